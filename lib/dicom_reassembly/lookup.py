@@ -1,0 +1,83 @@
+"""Find one instance's two members: by scanning the archives, or from the manifest."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import storage, tar_access
+from .errors import NotFoundError, ReassemblyError
+from .uids import member_uid
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".tar",)
+
+
+@dataclass
+class Located:
+    """One member found: its archive, name and bytes."""
+
+    archive_uri: str
+    member_name: str
+    data: bytes
+
+
+def _scan(prefix: str, uid: str, want_header: bool) -> Located | None:
+    """Walk archives under ``prefix`` until a member named for ``uid`` of the right kind appears."""
+    for obj in storage.list_objects(prefix, ARCHIVE_SUFFIXES):
+        # Header archives are small and streamed; pixel archives are walked by their headers only.
+        for item in tar_access.iter_members(obj.uri, obj.size, with_data=False):
+            if isinstance(item, tar_access.Damage):
+                log.warning("archive %s damaged at %d: %s", obj.uri, item.offset, item.reason)
+                continue
+            if not item.regular or member_uid(item.name) != uid:
+                continue
+            is_header = item.name.endswith(".json")
+            if is_header == want_header:
+                return Located(obj.uri, item.name, tar_access.read_member(obj.uri, item.data_offset, item.size))
+    return None
+
+
+def find_by_scan(uid: str, text: str, images: str) -> tuple[Located, Located]:
+    """Both halves of ``uid`` by scanning; NotFoundError names the missing half."""
+    header = _scan(text, uid, want_header=True)
+    if header is None:
+        raise NotFoundError("header_not_found", f"no header member {uid}.json under {text}")
+    pixels = _scan(images, uid, want_header=False)
+    if pixels is None:
+        raise NotFoundError("pixels_not_found", f"no pixel member for {uid} under {images}")
+    return header, pixels
+
+
+def find_by_manifest(uid: str, manifest: str) -> tuple[Located, Located]:
+    """Both halves of ``uid`` from the manifest: one lookup, then two ranged reads."""
+    import pyarrow.dataset as pads
+
+    from .manifest import read_manifest_arrow
+
+    try:
+        dataset = read_manifest_arrow(manifest)
+        table = dataset.to_table(
+            columns=["archive_uri", "member_name", "data_offset", "size", "kind", "index_run", "error"],
+            filter=(pads.field("sop_instance_uid") == uid),
+        )
+        archives = dataset.to_table(columns=["archive_uri", "index_run"], filter=(pads.field("kind") == "archive"))
+    except ReassemblyError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for a missing or foreign dataset
+        raise NotFoundError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}", uri=manifest) from exc
+    # A re-indexed archive appears once per index run: only its newest index counts.
+    newest: dict[str, str] = {}
+    for a, run in zip(archives["archive_uri"].to_pylist(), archives["index_run"].to_pylist()):
+        newest[a] = max(newest.get(a, run), run)
+    rows = [r for r in table.to_pylist() if newest.get(r["archive_uri"]) == r["index_run"]]
+
+    def pick(kind: str, missing: str) -> Located:
+        hits = [r for r in rows if r["kind"] == kind and not r["error"]]
+        if not hits:
+            raise NotFoundError(missing, f"no {kind} member for {uid} in the manifest {manifest}")
+        r = sorted(hits, key=lambda r: (r["archive_uri"], r["data_offset"]))[0]
+        return Located(r["archive_uri"], r["member_name"], tar_access.read_member(r["archive_uri"], r["data_offset"], r["size"]))
+
+    return pick("header", "header_not_found"), pick("pixels", "pixels_not_found")

@@ -1,0 +1,128 @@
+"""Assemble a conformant Part 10 object from a header and a pixel payload.
+
+pydicom encodes the header (it knows every VR and character set); the Pixel
+Data element is framed here around views of the payload, so the pixel bytes are
+written straight from the archive buffer without a Python copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID
+
+from . import pixels
+from .dicom_json import build_dataset, key_tags, parse_header
+from .errors import HeaderError, PixelError
+from .uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+log = logging.getLogger(__name__)
+
+PIXEL_DATA = 0x7FE00010
+
+
+@dataclass
+class Part10:
+    """A written-to-be object: its buffers, total size, SHA-256 and transfer syntax."""
+
+    sop_instance_uid: str
+    parts: list[Any]
+    size: int
+    sha256: str
+    transfer_syntax: str
+    frames: int
+
+    def tobytes(self) -> bytes:
+        """The whole object as one bytes value (tests and small objects only)."""
+        return b"".join(bytes(p) if isinstance(p, memoryview) else p for p in self.parts)
+
+
+def _geometry(tags: dict[str, Any]) -> tuple[int | None, int]:
+    """(expected native length or None, bits allocated) from the header's key tags."""
+    rows, cols = tags.get("rows"), tags.get("columns")
+    bits = tags.get("bits_allocated")
+    if not rows or not cols or not bits:
+        return None, bits or 0
+    samples = tags.get("samples_per_pixel") or 1
+    frames = tags.get("number_of_frames") or 1
+    return pixels.native_length(rows, cols, samples, bits, frames), bits
+
+
+def build_file_meta(meta: FileMetaDataset, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
+    """File meta: the source's group 0002 extras, then the elements this writer owns."""
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def encode_dataset(ds: Dataset, meta: FileMetaDataset) -> tuple[bytes, bytes]:
+    """Encode (preamble + meta + elements before Pixel Data, elements after it)."""
+    trailing = Dataset()
+    for tag in [t for t in ds.keys() if t > PIXEL_DATA]:
+        trailing[tag] = ds[tag]
+        del ds[tag]
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    head = buf.getvalue()
+    tail = b""
+    if len(trailing):
+        tbuf = io.BytesIO()
+        # Same encoding as the main body: explicit VR little endian for every TS we write.
+        trailing.file_meta = FileMetaDataset()
+        dcmwrite(tbuf, trailing, implicit_vr=False, little_endian=True)
+        tail = tbuf.getvalue()
+    return head, tail
+
+
+def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel_member: str | None = None,
+             max_bot_offset: int = pixels.MAX_BOT_OFFSET) -> Part10:
+    """Assemble one instance; raise HeaderError or PixelError when it cannot be made valid.
+
+    ``header`` is the member's JSON (raw or already parsed); ``payload`` the
+    pixel member's bytes (any buffer); ``uid`` the UID both members are named for.
+    """
+    parsed = header if isinstance(header, dict) else parse_header(header)
+    ds, meta = build_dataset(parsed, uid, pixel_member)
+    tags = key_tags(parsed)
+    expected, bits = _geometry(tags)
+    payload_kind = pixels.classify(payload, expected)
+    ts = pixels.transfer_syntax(payload_kind, tags.get("lossy_image_compression"))
+    if payload_kind.encapsulated:
+        n_frames = len(payload_kind.frames)
+        declared = tags.get("number_of_frames") or 1
+        if n_frames != declared:
+            raise PixelError("frame_count_mismatch", f"{n_frames} codestreams but NumberOfFrames is {declared}")
+        pixel_parts, extended = pixels.encapsulate_frames(payload, payload_kind.frames, max_bot_offset)
+        if extended:
+            ds.ExtendedOffsetTable = extended["offsets"]
+            ds.ExtendedOffsetTableLengths = extended["lengths"]
+    else:
+        if expected is None:
+            raise HeaderError("missing_geometry", "native pixels need Rows, Columns and BitsAllocated")
+        pixel_parts = pixels.native_element(payload, expected, bits)
+        n_frames = tags.get("number_of_frames") or 1
+    meta = build_file_meta(meta, tags["sop_class_uid"], uid, ts)
+    try:
+        head, tail = encode_dataset(ds, meta)
+    except Exception as exc:  # pydicom's encoder rejects values it cannot write
+        raise HeaderError("unencodable_header", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+    parts = [head, *pixel_parts]
+    if tail:
+        parts.append(tail)
+    h = hashlib.sha256()
+    size = 0
+    for p in parts:
+        h.update(p)
+        size += len(p)
+    return Part10(uid, parts, size, h.hexdigest(), ts, n_frames)

@@ -1,0 +1,494 @@
+"""Object storage: local paths and ``s3://bucket/key`` URIs behind one small API.
+
+S3 goes through boto3 with the standard AWS environment, ``AWS_ENDPOINT_URL``
+included, so any S3-compatible endpoint works. Clients are cached per process
+and per settings, because creating one costs milliseconds and we read millions
+of objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import IO, Any, BinaryIO
+
+from .errors import NotFoundError, NotRestoredError, StorageError
+
+log = logging.getLogger(__name__)
+
+S3_PREFIX = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3. Empty fields fall back to the default AWS chain.
+
+    The secret never appears in ``repr`` so that a settings object can be logged.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    max_pool_connections: int = 32
+    max_attempts: int = 10
+
+    def __repr__(self) -> str:  # explicit, so no secret leaks through dataclass repr
+        key = "***" if self.access_key_id else None
+        return f"S3Settings(endpoint_url={self.endpoint_url!r}, region={self.region!r}, access_key_id={key!r})"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its URI, size, and a change fingerprint."""
+
+    uri: str
+    size: int
+    etag: str
+    mtime: datetime | None = None
+    storage_class: str | None = None
+
+
+def is_s3(uri: str) -> bool:
+    """True for ``s3://`` URIs."""
+    return uri.startswith(S3_PREFIX)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key)."""
+    rest = uri[len(S3_PREFIX):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError("bad_uri", f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 prefix."""
+    if is_s3(base):
+        out = base.rstrip("/")
+        for p in parts:
+            out = f"{out}/{p.strip('/')}"
+        return out
+    return os.path.join(base, *parts)
+
+
+def basename(uri: str) -> str:
+    """Last path segment of a URI."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+_clients: dict[S3Settings, Any] = {}
+_clients_lock = threading.Lock()
+_default_settings = S3Settings()
+
+
+_read_settings: S3Settings | None = None
+
+
+def set_default_s3_settings(settings: S3Settings | None) -> None:
+    """Make ``settings`` the process default for every S3 call."""
+    global _default_settings
+    _default_settings = settings or S3Settings()
+
+
+def set_archive_s3_settings(settings: S3Settings | None) -> None:
+    """Settings for reading archives only (the orchestrator's input_s3_parameters).
+
+    Outputs keep the default chain, so input credentials never write anywhere.
+    """
+    global _read_settings
+    _read_settings = settings
+
+
+def _reader() -> Any:
+    return s3_client(_read_settings) if _read_settings is not None else s3_client()
+
+
+def s3_client(settings: S3Settings | None = None) -> Any:
+    """A cached boto3 S3 client with adaptive retries (SlowDown, 5xx)."""
+    settings = settings or _default_settings
+    with _clients_lock:
+        client = _clients.get(settings)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(
+                retries={"mode": "adaptive", "max_attempts": settings.max_attempts},
+                max_pool_connections=settings.max_pool_connections,
+                region_name=settings.region,
+            )
+            session = boto3.session.Session(
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=settings.secret_access_key,
+                region_name=settings.region,
+            )
+            client = session.client("s3", endpoint_url=settings.endpoint_url, config=cfg)
+            _clients[settings] = client
+        return client
+
+
+def translate_client_error(exc: Exception, uri: str) -> Exception:
+    """Map a botocore error onto our typed errors, keeping the S3 code."""
+    code = ""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    if code == "InvalidObjectState":
+        return NotRestoredError("not_restored", "object is in Glacier and not restored", uri=uri)
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return NotFoundError("not_found", "no such object", uri=uri)
+    if code == "NoSuchBucket":
+        return StorageError("no_such_bucket", "bucket does not exist", uri=uri)
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return StorageError("access_denied", code, uri=uri)
+    return StorageError("s3_error", code or type(exc).__name__, uri=uri)
+
+
+def _s3_call(uri: str, fn: Any, **kwargs: Any) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn(**kwargs)
+    except ClientError as exc:
+        err = translate_client_error(exc, uri)
+        log.debug("S3 %s failed on %s: %s", getattr(fn, "__name__", "call"), uri, err)
+        raise err from exc
+    except BotoCoreError as exc:
+        raise StorageError("s3_unreachable", type(exc).__name__, uri=uri) from exc
+
+
+def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[ObjectInfo]:
+    """List the objects under a local folder or S3 prefix, paginated, sorted by key.
+
+    ``suffixes`` filters by name ending; empty means everything.
+    """
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        if key and not key.endswith("/"):
+            key += "/"
+        paginator = _reader().get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=bucket, Prefix=key)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"]
+                    if name.endswith("/") or (suffixes and not name.endswith(suffixes)):
+                        continue
+                    yield ObjectInfo(
+                        uri=f"s3://{bucket}/{name}",
+                        size=int(obj["Size"]),
+                        etag=str(obj.get("ETag", "")).strip('"'),
+                        mtime=obj.get("LastModified"),
+                        storage_class=obj.get("StorageClass"),
+                    )
+        except ClientError as exc:
+            raise translate_client_error(exc, prefix) from exc
+        except BotoCoreError as exc:
+            raise StorageError("s3_unreachable", type(exc).__name__, uri=prefix) from exc
+        return
+    if os.path.isfile(prefix):
+        paths = [prefix]
+    elif os.path.isdir(prefix):
+        paths = []
+        for root, dirs, files in os.walk(prefix):
+            dirs.sort()
+            paths.extend(os.path.join(root, f) for f in sorted(files))
+    else:
+        raise NotFoundError("not_found", "no such folder", uri=prefix)
+    for path in paths:
+        if suffixes and not path.endswith(suffixes):
+            continue
+        st = os.stat(path)
+        yield ObjectInfo(
+            uri=os.path.abspath(path),
+            size=st.st_size,
+            etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
+            mtime=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+        )
+
+
+def head(uri: str) -> ObjectInfo | None:
+    """Size and fingerprint of one object, or None when it does not exist."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            r = _s3_call(uri, _reader().head_object, Bucket=bucket, Key=key)
+        except NotFoundError:
+            return None
+        return ObjectInfo(uri, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'),
+                          r.get("LastModified"), r.get("StorageClass"))
+    if not os.path.isfile(uri):
+        return None
+    st = os.stat(uri)
+    return ObjectInfo(uri, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}",
+                      datetime.fromtimestamp(st.st_mtime, tz=timezone.utc))
+
+
+def head_metadata(uri: str) -> dict[str, Any] | None:
+    """Raw head: size and user metadata, or None when absent."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            r = _s3_call(uri, s3_client().head_object, Bucket=bucket, Key=key)
+        except NotFoundError:
+            return None
+        return {"size": int(r["ContentLength"]), "metadata": r.get("Metadata", {})}
+    if not os.path.isfile(uri):
+        return None
+    return {"size": os.path.getsize(uri), "metadata": {}}
+
+
+class _Counter:
+    """Process-wide I/O counters, so benchmarks and tests can see what was read."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.gets = 0
+        self.bytes_read = 0
+        self.opens: dict[str, int] = {}
+
+    def record(self, uri: str, nbytes: int = 0, open_: bool = True) -> None:
+        with self.lock:
+            if open_:
+                self.gets += 1
+                self.opens[uri] = self.opens.get(uri, 0) + 1
+            self.bytes_read += nbytes
+
+    def reset(self) -> None:
+        with self.lock:
+            self.gets = 0
+            self.bytes_read = 0
+            self.opens = {}
+
+
+io_counter = _Counter()
+
+
+class _CountingReader:
+    """Wrap a readable stream to count bytes read into ``io_counter``."""
+
+    def __init__(self, raw: Any, uri: str) -> None:
+        self.raw = raw
+        self.uri = uri
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read() if n is None or n < 0 else self.raw.read(n)
+        io_counter.record(self.uri, len(data), open_=False)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LimitedFile:
+    """A local file window [start, end) that reads like a stream."""
+
+    def __init__(self, path: str, start: int, end: int | None) -> None:
+        self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.f.seek(start)
+        self.remaining = None if end is None else max(0, end - start)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining is None:
+            return self.f.read(n)
+        if n is None or n < 0 or n > self.remaining:
+            n = self.remaining
+        data = self.f.read(n)
+        self.remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def open_read(uri: str, start: int = 0, end: int | None = None) -> Any:
+    """Open a forward-only stream over bytes [start, end) of an object: one GET on S3."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        r = _s3_call(uri, _reader().get_object, **kwargs)
+        io_counter.record(uri)
+        return _CountingReader(r["Body"], uri)
+    try:
+        reader = _LimitedFile(uri, start, end)
+    except FileNotFoundError as exc:
+        raise NotFoundError("not_found", "no such file", uri=uri) from exc
+    except OSError as exc:
+        raise StorageError("os_error", exc.strerror or type(exc).__name__, uri=uri) from exc
+    io_counter.record(uri)
+    return _CountingReader(reader, uri)
+
+
+def read_range(uri: str, start: int, length: int) -> bytes:
+    """Read ``length`` bytes at ``start`` with a single ranged read."""
+    if length <= 0:
+        return b""
+    with open_read(uri, start, start + length) as stream:
+        return read_exact(stream, length)
+
+
+def read_exact(stream: Any, n: int) -> bytes:
+    """Read up to n bytes, looping over short reads; shorter only at end of stream."""
+    chunks = []
+    got = 0
+    while got < n:
+        chunk = stream.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How objects are written to S3; ignored for local paths."""
+
+    checksum_algorithm: str = "SHA256"
+    sse: str | None = None  # "AES256" or "aws:kms"
+    sse_kms_key_id: str | None = None
+    expected_bucket_owner: str | None = None
+    multipart_threshold: int = 64 * 1024 * 1024
+    content_type: str = "application/dicom"
+
+
+def sha256_hex(parts: list[bytes] | tuple[bytes, ...]) -> str:
+    """SHA-256 over a sequence of byte strings, as hex."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+def _s3_extra_args(opts: WriteOptions, sha256: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"ContentType": opts.content_type, "Metadata": {"sha256": sha256}}
+    if opts.sse:
+        extra["ServerSideEncryption"] = opts.sse
+        if opts.sse == "aws:kms" and opts.sse_kms_key_id:
+            extra["SSEKMSKeyId"] = opts.sse_kms_key_id
+    if opts.expected_bucket_owner:
+        extra["ExpectedBucketOwner"] = opts.expected_bucket_owner
+    return extra
+
+
+def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteOptions = WriteOptions()) -> None:
+    """Write an object made of byte strings (or memoryviews), atomically.
+
+    S3: one PutObject with a checksum S3 verifies, or a multipart upload above
+    ``opts.multipart_threshold``. Local: a temp file in the same folder, then a rename.
+    """
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        extra = _s3_extra_args(opts, sha256)
+        client = s3_client()
+        if size < opts.multipart_threshold:
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            _s3_call(uri, client.put_object, Bucket=bucket, Key=key, Body=bytes(body) if isinstance(body, memoryview) else body,
+                     ChecksumAlgorithm=opts.checksum_algorithm, **extra)
+        else:
+            _write_multipart(uri, client, bucket, key, parts, extra, opts)
+        return
+    folder = os.path.dirname(uri) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for p in parts:
+                f.write(p)
+        os.replace(tmp, uri)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _PartsReader:
+    """A file-like view over a list of buffers, for streaming uploads without joining."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = [memoryview(p) for p in parts]
+        self.i = 0
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = []
+        want = float("inf") if n is None or n < 0 else n
+        while want > 0 and self.i < len(self.parts):
+            cur = self.parts[self.i]
+            take = cur[self.pos: self.pos + int(min(want, len(cur) - self.pos))]
+            out.append(take)
+            self.pos += len(take)
+            want -= len(take)
+            if self.pos >= len(cur):
+                self.i += 1
+                self.pos = 0
+        return b"".join(out)
+
+
+def _write_multipart(uri: str, client: Any, bucket: str, key: str, parts: list[Any],
+                     extra: dict[str, Any], opts: WriteOptions) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    cfg = TransferConfig(multipart_threshold=opts.multipart_threshold,
+                         multipart_chunksize=max(8 * 1024 * 1024, opts.multipart_threshold // 4),
+                         max_concurrency=4, use_threads=True)
+    extra = dict(extra, ChecksumAlgorithm=opts.checksum_algorithm)
+    _s3_call(uri, client.upload_fileobj, Fileobj=_PartsReader(parts), Bucket=bucket, Key=key,
+             ExtraArgs=extra, Config=cfg)
+
+
+def write_bytes(uri: str, data: bytes, opts: WriteOptions = WriteOptions()) -> None:
+    """Write one small object atomically."""
+    write_parts(uri, [data], len(data), sha256_hex([data]), opts)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read a whole (small) object."""
+    with open_read(uri) as s:
+        return s.read()
+
+
+def open_local_or_s3_text(uri: str) -> IO[str]:
+    """Open a small text object (config, criteria) for reading."""
+    import io
+
+    return io.StringIO(read_bytes(uri).decode("utf-8"))
+
+
+def delete(uri: str) -> None:
+    """Delete an object; missing is fine."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
+    elif os.path.exists(uri):
+        os.unlink(uri)
+
+
+BinaryStream = BinaryIO

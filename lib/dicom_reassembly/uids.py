@@ -1,0 +1,38 @@
+"""UID syntax (PS3.5 9.1) and the project's own implementation identity."""
+
+from __future__ import annotations
+
+import re
+
+# 2.25 + a fixed 128-bit integer: our ImplementationClassUID (PS3.5 B.2, UUID-derived).
+IMPLEMENTATION_CLASS_UID = "2.25.196883724372519938210866398441871012093"
+IMPLEMENTATION_VERSION_NAME = "DCMREASM_010"
+
+# Components are "0" or start with a non-zero digit; no empty components.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def uid_problem(uid: str | None) -> str | None:
+    """Why ``uid`` is not a valid UID, or None when it is."""
+    if uid is None or uid == "":
+        return "empty"
+    if len(uid) > 64:
+        return f"longer than 64 characters ({len(uid)})"
+    if not _UID_RE.match(uid):
+        return "not dot-separated digits without leading zeros"
+    return None
+
+
+def is_valid_uid(uid: str | None) -> bool:
+    """True when ``uid`` follows PS3.5 9.1."""
+    return uid_problem(uid) is None
+
+
+def member_uid(member_name: str) -> str:
+    """The UID a tar member is named for: its basename minus the last extension.
+
+    A UID is full of dots, so only the final suffix is removed.
+    """
+    base = member_name.rsplit("/", 1)[-1]
+    stem, dot, _ext = base.rpartition(".")
+    return stem if dot else base

@@ -1,0 +1,26 @@
+"""Package definition: the importable library lives in lib/, the console script is dicom-reassembly."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dicom-reassembly",
+    version="0.1.0",
+    description="Rebuild Part 10 DICOM objects from split header/pixel tar deliveries, at scale, with Spark.",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    python_requires=">=3.10",
+    install_requires=[
+        "pydicom>=3.0,<4",
+        "numpy>=1.24",
+        "boto3>=1.28.57",  # first release honouring AWS_ENDPOINT_URL
+        "pyarrow>=12",
+        "pylibjpeg>=2.0",
+        "pylibjpeg-openjpeg>=2.3",  # decodes J2K/HTJ2K for checks and previews
+        "requests>=2.28",  # STOW-RS
+        "tqdm>=4.60",  # progress bars in the CLI
+    ],
+    extras_require={
+        "spark": ["pyspark>=3.5,<5"],
+    },
+    entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli:main"]},
+)

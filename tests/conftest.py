@@ -1,0 +1,125 @@
+"""Shared fixtures: one SparkSession and one moto S3 server per test run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; missing fails under CI and skips elsewhere."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed; `make test` must install it (CI)")
+    pytest.skip(f"{name} not installed (outside CI)")
+    raise AssertionError  # unreachable
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real moto server on 127.0.0.1; sets AWS_ENDPOINT_URL so every client uses it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    try:
+        yield url
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture()
+def s3(moto_server: str):  # noqa: ANN201 - boto3 client type is dynamic
+    """A boto3 S3 client on the moto server."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def spark():  # noqa: ANN201
+    """One local[2] SparkSession for the whole run."""
+    from dicom_reassembly.session import get_session
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = get_session("dicom-reassembly-tests", master="local[2]",
+                          extra={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_delivery(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """The clean sample delivery (root, expected.json) generated from pydicom's test files."""
+    from dicom_reassembly.sample_data import write_sample_delivery
+
+    root = str(tmp_path_factory.mktemp("sample"))
+    return root, write_sample_delivery(root)
+
+
+@pytest.fixture(scope="session")
+def damaged_delivery(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """The damaged delivery (root, expected.json)."""
+    from dicom_reassembly.sample_data import write_sample_delivery
+
+    root = str(tmp_path_factory.mktemp("damaged"))
+    return root, write_sample_delivery(root, damaged=True)
+
+
+def read_tar_member(path: str, member: str) -> bytes:
+    """A member's bytes through Python's tarfile: an independent reader for checks."""
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        f = tf.extractfile(member)
+        if f is None:
+            raise KeyError(member)
+        return f.read()
+
+
+def dciodvfy_errors(path: str) -> set[str]:
+    """dciodvfy's Error lines for a file, without the file-specific prefix."""
+    import subprocess
+
+    tool = require_tool("dciodvfy")
+    out = subprocess.run([tool, path], capture_output=True, text=True, timeout=60)
+    return {line.strip() for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")}
+
+
+def dcmftest_ok(path: str) -> bool:
+    """dcmtk's verdict that a file is DICOM Part 10."""
+    import subprocess
+
+    tool = require_tool("dcmftest")
+    out = subprocess.run([tool, path], capture_output=True, text=True, timeout=60)
+    return out.returncode == 0 and out.stdout.startswith("yes:")
