@@ -67,13 +67,20 @@ def s3(moto_server: str):  # noqa: ANN201 - boto3 client type is dynamic
 
 
 @pytest.fixture(scope="session")
-def spark():  # noqa: ANN201
-    """One local[2] SparkSession for the whole run."""
+def spark(moto_server: str):  # noqa: ANN201
+    """One local[2] SparkSession for the whole run.
+
+    It depends on the moto server so that AWS_ENDPOINT_URL is in the environment
+    before the JVM and its Python workers start: executors reach S3 the way they would on EMR.
+    """
     from dicom_reassembly.session import get_session
+    from dicom_reassembly.tables import jdbc_session_settings
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = get_session("dicom-reassembly-tests", master="local[2]",
-                          extra={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+                          extra={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false",
+                                 "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{ROOT}/conf/log4j2.properties",
+                                 **jdbc_session_settings()})
     yield session
     session.stop()
 

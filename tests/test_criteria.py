@@ -11,6 +11,8 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+
 from dicom_reassembly.criteria import (
     CriteriaSpec,
     first_failure,
@@ -22,7 +24,6 @@ from dicom_reassembly.criteria import (
 )
 from dicom_reassembly.errors import CriteriaError
 from dicom_reassembly.storage import S3Settings
-from pydicom.data import get_testdata_file
 
 KEY_ID = "AKIAEXAMPLEKEYID42"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRETzz"

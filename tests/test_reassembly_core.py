@@ -66,7 +66,7 @@ def test_no_dciodvfy_error_the_source_did_not_have(written: dict) -> None:
 
 
 def test_pixels_decode_to_the_source_pixels(written: dict) -> None:
-    for uid, (path, inst) in written.items():
+    for _uid, (path, inst) in written.items():
         ours = dcmread(path)
         source = dcmread(get_testdata_file(inst["source"], download=False))
         assert ours.file_meta.TransferSyntaxUID == inst["transfer_syntax"], inst["variant"]
@@ -114,7 +114,7 @@ def test_native_vr_follows_bits_allocated(written: dict) -> None:
         if inst["payload"] != "native":
             continue
         ds = dcmread(path)
-        assert ds["PixelData"].VR == ("OW" if ds.BitsAllocated > 8 else "OB"), inst["variant"]
+        assert ("OW" if ds.BitsAllocated > 8 else "OB") == ds["PixelData"].VR, inst["variant"]
         assert len(ds.PixelData) % 2 == 0
 
 

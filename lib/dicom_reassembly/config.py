@@ -23,6 +23,7 @@ class Config:
     sse_kms_key_id: str | None = None
     expected_bucket_owner: str | None = None
     upload_threads: int = 8
+    put_rate: float = 0.0  # PUTs per second per task (0 = unlimited): stays under S3's per-prefix limit
     multipart_threshold: int = 64 * 1024 * 1024
     # Reading archives
     coalesce_gap: int = 256 * 1024

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 SOP_CLASS_UID = "00080016"
 SOP_INSTANCE_UID = "00080018"
 PIXEL_DATA_TAGS = ("7FE00010", "7FE00008", "7FE00009")
-# We write our own offset tables; stale ones from the source must not survive.
-OFFSET_TABLE_TAGS = ("7FE00001", "7FE00002")
+# We write our own offset tables; stale ones from the source must not survive, nor its
+# Encapsulated Pixel Data Value Total Length.
+OFFSET_TABLE_TAGS = ("7FE00001", "7FE00002", "7FE00003")
 
 # Manifest column -> (tag, type). Typed columns later stages filter or group on.
 KEY_TAGS: dict[str, tuple[str, type]] = {
@@ -140,7 +141,9 @@ def _points_at(uri: str, uid: str, pixel_member: str | None) -> bool:
     last = path.rsplit("/", 1)[-1]
     if pixel_member and last == pixel_member.rsplit("/", 1)[-1]:
         return True
-    return last.rpartition(".")[0] == uid or last == uid
+    stem, _, ext = last.rpartition(".")
+    # A numeric "extension" is a UID component: <uid>.5 is another instance, not our file.
+    return last == uid or (stem == uid and not ext.isdigit())
 
 
 def _refuse_bulkdata(tag: str, vr: str, value: str) -> Any:

@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.charset import default_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
 from . import pixels
@@ -68,7 +70,7 @@ def build_file_meta(meta: FileMetaDataset, sop_class_uid: str, sop_instance_uid:
 def encode_dataset(ds: Dataset, meta: FileMetaDataset) -> tuple[bytes, bytes]:
     """Encode (preamble + meta + elements before Pixel Data, elements after it)."""
     trailing = Dataset()
-    for tag in [t for t in ds.keys() if t > PIXEL_DATA]:
+    for tag in [t for t in ds.keys() if t > PIXEL_DATA]:  # noqa: SIM118 - iterating a Dataset yields elements
         trailing[tag] = ds[tag]
         del ds[tag]
     ds.file_meta = meta
@@ -77,10 +79,12 @@ def encode_dataset(ds: Dataset, meta: FileMetaDataset) -> tuple[bytes, bytes]:
     head = buf.getvalue()
     tail = b""
     if len(trailing):
-        tbuf = io.BytesIO()
-        # Same encoding as the main body: explicit VR little endian for every TS we write.
-        trailing.file_meta = FileMetaDataset()
-        dcmwrite(tbuf, trailing, implicit_vr=False, little_endian=True)
+        tbuf = DicomBytesIO()
+        # Same encoding as the main body: explicit VR little endian for every TS we write,
+        # and the body's character set, which the split-off elements no longer carry.
+        tbuf.is_little_endian = True
+        tbuf.is_implicit_VR = False
+        write_dataset(tbuf, trailing, parent_encoding=ds.get("SpecificCharacterSet", default_encoding))
         tail = tbuf.getvalue()
     return head, tail
 

@@ -97,7 +97,9 @@ def parse_codestream(buf: Any, start: int, limit: int) -> Codestream | None:
             return None
         psot = struct.unpack(">I", bytes(buf[pos + 6: pos + 10]))[0]
         if psot == 0:  # last tile-part runs to EOC
-            eoc = bytes(buf[pos:limit]).rfind(b"\xff\xd9")
+            # The first EOC, not the last: another codestream may follow. Entropy-coded data
+            # never holds a marker above FF8F (T.800 A.1.3), so it cannot fake an EOC.
+            eoc = bytes(buf[pos:limit]).find(b"\xff\xd9")
             if eoc < 0:
                 return None
             return Codestream(start, pos + eoc + 2, reversible, htj2k)
@@ -230,7 +232,7 @@ def encapsulate_frames(payload: Any, frames: list[Codestream],
         }
     else:
         parts.append(_ITEM.pack(0xFFFE, 0xE000, 4 * len(offsets)) + struct.pack(f"<{len(offsets)}I", *offsets))
-    for f, size in zip(frames, lengths):
+    for f, size in zip(frames, lengths, strict=True):
         parts.append(_ITEM.pack(0xFFFE, 0xE000, size + (size & 1)))
         parts.append(view[f.start: f.end])
         if size & 1:

@@ -584,8 +584,9 @@ def _write_damaged(d: _Delivery, copies: int) -> None:
     d.expected["archives"][i3] = {"role": "images", "status": "unreadable_archive", "reason": "truncated_archive"}
     d.expect_member(i3, f"{victim.uid}.j2c", "unreadable_archive", "truncated_archive", uid=victim.uid,
                     role="pixels")
-    h = header_only(victim, t0, status="orphan_header", reason="pixels_in_truncated_archive")
-    record(victim, "orphan_header", "pixels_in_truncated_archive", h, None)
+    # The cut member's header block survives, so it is indexed; the instance shares its archive's fate.
+    h = header_only(victim, t0, status="unreadable_archive", reason="truncated_archive")
+    record(victim, "unreadable_archive", "truncated_archive", h, None)
 
     # Orphans both ways.
     inst = _damaged_case("orphan-header")
@@ -651,7 +652,8 @@ def _write_damaged(d: _Delivery, copies: int) -> None:
     model = copy.deepcopy(inst.header)
     model["00080018"] = {"vr": "UI", "Value": [bad_uid]}
     h = header_only(inst, t0, model=model, status="invalid_header", reason="invalid_uid", name=f"{bad_uid}.json")
-    p = pixels_only(inst, i2, status="invalid_header", reason="invalid_uid", name=f"{bad_uid}.j2c")
+    # No UID joins a member whose UID is invalid: each half is judged on its own.
+    p = pixels_only(inst, i2, status="invalid_pixels", reason="invalid_uid", name=f"{bad_uid}.j2c")
     for m in d.expected["members"][-2:]:
         m["uid"] = bad_uid
     entry = d.instance_entry(inst, "invalid_header", header=h, pixels=p, reason="invalid_uid")

@@ -24,6 +24,8 @@ from .errors import NotFoundError, NotRestoredError, StorageError
 log = logging.getLogger(__name__)
 
 S3_PREFIX = "s3://"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,9 @@ def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[Object
         paths = [prefix]
     elif os.path.isdir(prefix):
         paths = []
-        for root, dirs, files in os.walk(prefix):
-            dirs.sort()
-            paths.extend(os.path.join(root, f) for f in sorted(files))
+        for root, _dirs, files in os.walk(prefix):
+            paths.extend(os.path.join(root, f) for f in files)
+        paths.sort(key=lambda p: os.path.relpath(p, prefix))  # key order, as S3 lists
     else:
         raise NotFoundError("not_found", "no such folder", uri=prefix)
     for path in paths:
@@ -422,6 +424,7 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
         with os.fdopen(fd, "wb") as f:
             for p in parts:
                 f.write(p)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, uri)
     except BaseException:
         if os.path.exists(tmp):

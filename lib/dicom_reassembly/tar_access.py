@@ -41,6 +41,7 @@ class Member:
     type_name: str
     mtime: int
     data: bytes | None = None
+    truncated: bool = False
 
 
 @dataclass
@@ -156,12 +157,17 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def _not_tar_reason(block: bytes) -> str:
+    return "compressed_archive" if block[:2] == b"\x1f\x8b" else "not_a_tar"
+
+
 def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") -> Iterator[Member | Damage]:
     """Walk an archive's members from ``source``; yield Members, then maybe one Damage."""
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
     global_pax: dict[str, str] = {}
+    chain_start: int | None = None  # a member's record starts at its first extended header, as in tarfile
     first = True
     while True:
         header_offset = offset
@@ -171,7 +177,10 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
                 yield Damage("empty_archive", "no tar header at all", 0)
             return  # end without the end-of-archive blocks: tolerated, as GNU tar does
         if len(block) < BLOCK:
-            yield Damage("truncated_archive", f"partial header block ({len(block)} bytes)", offset)
+            if first and block[257:262] != b"ustar":  # too short for a header, and not the start of one
+                yield Damage(_not_tar_reason(block), f"{len(block)} bytes, no tar header", 0)
+            else:
+                yield Damage("truncated_archive", f"partial header block ({len(block)} bytes)", offset)
             return
         if block == b"\0" * BLOCK:
             return
@@ -179,8 +188,7 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
             if first:
-                reason = "compressed_archive" if block[:2] == b"\x1f\x8b" else "not_a_tar"
-                yield Damage(reason, f"no valid tar header at offset 0 ({exc})", 0)
+                yield Damage(_not_tar_reason(block), f"no valid tar header at offset 0 ({exc})", 0)
             else:
                 yield Damage("corrupt_header", f"invalid tar header ({exc})", offset)
             return
@@ -188,15 +196,13 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
         data_offset = offset + BLOCK
         size = info.size
         offset = data_offset + _round_up(size)
-        if archive_size is not None and data_offset + size > archive_size:
-            yield Damage("truncated_archive", f"member {info.name!r} needs {data_offset + size} bytes, archive has {archive_size}",
-                         header_offset)
-            return
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
             meta = source.read_at(data_offset, size)
             if len(meta) < size:
                 yield Damage("truncated_archive", "extended header cut short", header_offset)
                 return
+            if info.type != tarfile.XGLTYPE and chain_start is None:
+                chain_start = header_offset
             if info.type == tarfile.GNUTYPE_LONGNAME:
                 long_name = meta.rstrip(b"\0").decode("utf-8", "surrogateescape")
             elif info.type == tarfile.XHDTYPE:
@@ -213,12 +219,23 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
                 pass
         long_name = None
         pax = {}
+        if chain_start is not None:
+            header_offset, chain_start = chain_start, None
         regular = info.type in REGULAR_TYPES
         type_name = "file" if regular else _TYPE_NAMES.get(info.type, f"type_{info.type!r}")
         member = Member(name, header_offset, data_offset, size, regular, type_name, int(info.mtime))
+        if archive_size is not None and data_offset + (size if regular else 0) > archive_size:
+            # The header survived but the data is cut: list the member as damaged, then stop.
+            member.truncated = True
+            yield member
+            yield Damage("truncated_archive", f"member {name!r} needs {data_offset + size} bytes, archive has {archive_size}",
+                         header_offset)
+            return
         if with_data and regular:
             data = source.read_at(data_offset, size)
             if len(data) < size:
+                member.truncated = True
+                yield member
                 yield Damage("truncated_archive", f"member {name!r} cut at {len(data)} of {size} bytes", header_offset)
                 return
             member.data = data

@@ -1,0 +1,453 @@
+"""The measurements: tar -x, the naive baseline, the Spark jobs (timed, memory-sampled), lookups and the profile.
+
+Each function measures one thing on files it is given and returns plain dicts of figures; ``run.py`` decides what
+runs on which files and ``report.py`` derives the ratios. Nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.dirname(sys.executable)
+SPARK_SUBMIT = os.path.join(VENV_BIN, "spark-submit")
+CLI = os.path.join(VENV_BIN, "dicom-reassembly")
+LOG4J = f"-Dlog4j2.configurationFile=file:{ROOT}/conf/log4j2.properties"
+MB = 1000 ** 2  # MB/s figures are 10^6 bytes per second, as the cost model reads them
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken (a job failed, a tool is missing)."""
+
+
+def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for subprocesses: the venv's python for Spark, no stray S3 endpoint unless asked for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.update(extra or {})
+    return env
+
+
+# ---------------------------------------------------------------- a. tar -x
+
+
+def measure_tar_x(paths: list[str], scratch: str, repeats: int = 2) -> dict[str, Any]:
+    """``tar -xf`` every archive into ``scratch``, ``repeats`` times; the last run counts (warm cache, like the jobs)."""
+    tar = shutil.which("tar")
+    if tar is None:
+        raise BenchError("tar is not installed")
+    total = sum(os.path.getsize(p) for p in paths)
+    runs = []
+    for _ in range(repeats):
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.makedirs(scratch)
+        t0 = time.perf_counter()
+        for p in paths:
+            subprocess.run([tar, "-xf", p, "-C", scratch], check=True)
+        runs.append(time.perf_counter() - t0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    seconds = runs[-1]
+    return {"archives": len(paths), "bytes": total, "runs_s": runs, "seconds": seconds,
+            "bytes_per_s": total / seconds, "mb_s": total / seconds / MB,
+            "note": "one tar process per archive, single core; the last of the runs is reported"}
+
+
+# ---------------------------------------------------------------- b. naive baseline
+
+
+def _naive_find(paths: list[str], name: str) -> bytes | None:
+    """The obvious search: open each archive with tarfile and walk its members until the name turns up."""
+    for p in paths:
+        with tarfile.open(p) as tf:
+            for m in tf:
+                if m.name == name:
+                    f = tf.extractfile(m)
+                    return f.read() if f is not None else None
+    return None
+
+
+def naive_reassemble(uid: str, text_paths: list[str], image_paths: list[str], out_dir: str) -> int:
+    """Reassemble one instance the obvious way; return the bytes written."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+
+    header = _naive_find(text_paths, f"{uid}.json")
+    pixels = _naive_find(image_paths, f"{uid}.j2c")
+    if header is None or pixels is None:
+        raise BenchError(f"naive baseline: {uid} not found")
+    ds = Dataset.from_json(header.decode("utf-8"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if pixels[:4] == b"\xff\x4f\xff\x51":
+        meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = encapsulate([pixels])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PixelData = pixels
+        ds["PixelData"].VR = "OW"
+    ds.file_meta = meta
+    path = os.path.join(out_dir, f"{uid}.dcm")
+    dcmwrite(path, ds, enforce_file_format=True)
+    return os.path.getsize(path)
+
+
+def measure_naive(root: str, index: dict[str, Any], sample: int, out_dir: str, seed: int) -> dict[str, Any]:
+    """Time the naive baseline on ``sample`` random UIDs; its cost per instance grows with the archive count."""
+    text = sorted(os.path.join(root, "text", a["name"]) for a in index["archives"]["text"])
+    images = sorted(os.path.join(root, "images", a["name"]) for a in index["archives"]["images"])
+    uids = [i["uid"] for i in index["instances"]]
+    chosen = random.Random(f"naive:{seed}").sample(uids, min(sample, len(uids)))
+    os.makedirs(out_dir, exist_ok=True)
+    times, written = [], 0
+    for uid in chosen:
+        t0 = time.perf_counter()
+        written += naive_reassemble(uid, text, images, out_dir)
+        times.append(time.perf_counter() - t0)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    per = statistics.mean(times)
+    n = len(uids)
+    archive_bytes = index["totals"]["archive_bytes"]
+    return {"sampled": len(chosen), "per_instance_s": per, "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times), "extrapolated_total_s": per * n,
+            "instances_per_s": 1 / per, "bytes_per_s": archive_bytes / n / per, "mb_s": archive_bytes / n / per / MB,
+            "written_bytes_sampled": written,
+            "note": f"tarfile scan of {len(text)}+{len(images)} archives per UID, pydicom from_json + dcmwrite; "
+                    f"mean over {len(chosen)} random UIDs extrapolated to {n} instances (single core)"}
+
+
+# ---------------------------------------------------------------- g. memory sampling
+
+
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if cmdline and os.path.basename(cmdline[0]).startswith("java"):
+        return "jvm"
+    if "pyspark.daemon" in text or "pyspark/daemon" in text or "pyspark.worker" in text or "pyspark/worker" in text:
+        return "python_worker"
+    if "/jobs/" in text and ".py" in text:
+        return "python_driver"
+    return "other"
+
+
+class MemorySampler(threading.Thread):
+    """Samples the RSS of a spark-submit process tree every ``interval`` seconds.
+
+    Roles: the JVM (driver and, in local mode, the executor), the Python driver, and the Python workers (the
+    ``pyspark.daemon`` and the workers it forks, one per running task). RSS counts pages shared with the daemon
+    in every fork, so the sum over workers overstates their footprint a little.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.halt = threading.Event()
+        self.peak_by_pid: dict[int, tuple[str, int]] = {}
+        self.peak_sum: dict[str, int] = {}
+        self.samples = 0
+        self._roles: dict[int, str] = {}
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self.halt.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            sums: dict[str, int] = {}
+            for p in procs:
+                try:
+                    role = self._roles.get(p.pid) or self._roles.setdefault(p.pid, _role(p.cmdline()))
+                    rss = p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                sums[role] = sums.get(role, 0) + rss
+                prev = self.peak_by_pid.get(p.pid, (role, 0))[1]
+                if rss > prev:
+                    self.peak_by_pid[p.pid] = (role, rss)
+            for role, total in sums.items():
+                self.peak_sum[role] = max(self.peak_sum.get(role, 0), total)
+            self.samples += 1
+            self.halt.wait(self.interval)
+
+    def stop(self) -> dict[str, Any]:
+        self.halt.set()
+        self.join(timeout=5)
+        by_role: dict[str, list[int]] = {}
+        for role, rss in self.peak_by_pid.values():
+            by_role.setdefault(role, []).append(rss)
+        workers = by_role.get("python_worker", [])
+        jvm = max(by_role.get("jvm", [0]))
+        return {
+            "samples": self.samples, "interval_s": self.interval,
+            "jvm_peak_mb": jvm / MB,
+            "python_driver_peak_mb": max(by_role.get("python_driver", [0])) / MB,
+            "python_worker_processes": len(workers),
+            "python_worker_peak_mb": max(workers, default=0) / MB,
+            "python_workers_peak_sum_mb": self.peak_sum.get("python_worker", 0) / MB,
+            # Local mode: the executor is the JVM plus its Python workers.
+            "executor_peak_mb": (jvm + self.peak_sum.get("python_worker", 0)) / MB,
+        }
+
+
+# ---------------------------------------------------------------- c. the Spark jobs
+
+
+def run_spark_job(job: str, args: list[str], *, cores: int, env: dict[str, str], log_dir: str, name: str) -> dict[str, Any]:
+    """Run ``jobs/<job>`` under ``spark-submit --master local[cores]``; wall time, peak memory, stdout."""
+    import psutil
+
+    os.makedirs(log_dir, exist_ok=True)
+    cmd = [SPARK_SUBMIT, "--master", f"local[{cores}]", "--driver-java-options", LOG4J,
+           "--conf", "spark.ui.enabled=false", os.path.join(ROOT, "jobs", job), *args]
+    out_path, err_path = os.path.join(log_dir, f"{name}.out"), os.path.join(log_dir, f"{name}.err")
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        t0 = time.perf_counter()
+        proc = psutil.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
+        sampler = MemorySampler(proc.pid)
+        sampler.start()
+        rc = proc.wait()
+        wall = time.perf_counter() - t0
+        memory = sampler.stop()
+    with open(out_path) as f:
+        stdout = f.read()
+    if rc != 0:
+        with open(err_path) as f:
+            tail = f.read()[-2000:]
+        raise BenchError(f"{name}: {job} exited {rc}; see {err_path}\n{tail}")
+    return {"job": job, "wall_s": wall, "memory": memory, "stdout": stdout[-4000:], "log": err_path}
+
+
+def parse_reassemble_stdout(stdout: str) -> dict[str, Any]:
+    """Status counts and the conservation verdict from reassemble's summary."""
+    counts: dict[str, int] = {}
+    for line in stdout.splitlines():
+        if line.startswith('{"run_id"'):
+            counts = json.loads(line)["status_counts"]
+    return {"status_counts": counts,
+            "conservation_ok": "every manifest member is accounted for" in stdout}
+
+
+def run_pipeline(text: str, images: str, work: str, out: str, *, cores: int, env: dict[str, str], tag: str,
+                 criteria: str | None = None, manifest: str | None = None) -> dict[str, Any]:
+    """build_manifest (unless ``manifest`` is given) then reassemble; one dict per stage."""
+    logs = os.path.join(work, "logs")
+    stages: dict[str, Any] = {}
+    if manifest is None:
+        manifest = os.path.join(work, f"manifest-{tag}")
+        shutil.rmtree(manifest, ignore_errors=True)
+        stages["build_manifest"] = run_spark_job("build_manifest.py", ["--text", text, "--images", images,
+                                                                       "--manifest", manifest],
+                                                 cores=cores, env=env, log_dir=logs, name=f"build_manifest-{tag}")
+    ledger = os.path.join(work, f"ledger-{tag}")
+    shutil.rmtree(ledger, ignore_errors=True)
+    for extra in (ledger + "_runs", ledger + "_computations"):
+        shutil.rmtree(extra, ignore_errors=True)
+    args = ["--manifest", manifest, "--out", out, "--ledger", ledger, "--config", os.path.join(ROOT, "conf", "local.json")]
+    if criteria:
+        args += ["--criteria", criteria]
+    r = run_spark_job("reassemble.py", args, cores=cores, env=env, log_dir=logs, name=f"reassemble-{tag}")
+    r.update(parse_reassemble_stdout(r["stdout"]))
+    stages["reassemble"] = r
+    stages["manifest_uri"] = manifest
+    return stages
+
+
+# ---------------------------------------------------------------- d. single-UID lookups
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> float:
+    """Run the ``dicom-reassembly`` CLI; its wall time (Python start-up included)."""
+    t0 = time.perf_counter()
+    r = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise BenchError(f"dicom-reassembly {' '.join(args[:2])} failed: {r.stderr[-1500:]}")
+    return wall
+
+
+def measure_lookup(uid: str, text: str, images: str, manifest: str, out: str, env: dict[str, str], bucket: str,
+                   snapshot: Callable[[], Any], repeats: int, scan_repeats: int) -> dict[str, Any]:
+    """The single-UID CLI with and without the manifest: wall time and archive requests per lookup."""
+    results: dict[str, Any] = {}
+    for mode, extra, n in (("manifest", ["--manifest", manifest], repeats), ("scan", [], scan_repeats)):
+        walls, counts = [], []
+        for _ in range(n):
+            before = snapshot()
+            walls.append(run_cli(["uid", uid, "--text", text, "--images", images, "--out", out, *extra], env))
+            counts.append(snapshot().minus(before))
+        c = counts[-1]
+        results[mode] = {
+            "runs": n, "wall_s": statistics.median(walls), "walls_s": walls,
+            "archive_gets": c.total(bucket, "GET", "GET_RANGE"), "ranged_gets": c.total(bucket, "GET_RANGE"),
+            "lists": c.total(bucket, "LIST"), "heads": c.total(bucket, "HEAD"),
+            "archive_bytes_read": c.total(bucket, "GET", "GET_RANGE", what="bytes_out"),
+        }
+    return results
+
+
+# ---------------------------------------------------------------- profile of the hot path
+
+
+def hot_path_items(root: str, index: dict[str, Any], want: int) -> list[dict[str, Any]]:
+    """Work items like reassemble's, for whole pixel archives until ``want`` instances; header JSON preloaded."""
+    by_archive: dict[str, list[dict[str, Any]]] = {}
+    for inst in index["instances"]:
+        by_archive.setdefault(inst["pixel_archive"], []).append(inst)
+    chosen: list[dict[str, Any]] = []
+    for archive in sorted(by_archive):
+        chosen.extend(sorted(by_archive[archive], key=lambda i: i["pixel_offset"]))
+        if len(chosen) >= want:
+            break
+    headers: dict[str, bytes] = {}
+    for archive in sorted({i["header_archive"] for i in chosen}):
+        with tarfile.open(os.path.join(root, archive)) as tf:
+            for m in tf:
+                f = tf.extractfile(m)
+                if f is not None:
+                    headers[m.name] = f.read()
+    sizes = {f"images/{a['name']}": a["size"] for a in index["archives"]["images"]}
+    return [{"sop_instance_uid": i["uid"], "header_json": headers[i["header_member"]].decode("utf-8"),
+             "pixel_archive": os.path.join(root, i["pixel_archive"]), "pixel_archive_size": sizes[i["pixel_archive"]],
+             "pixel_member": i["pixel_member"], "pixel_offset": i["pixel_offset"], "pixel_size": i["pixel_size"]}
+            for i in chosen]
+
+
+def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[int, int, dict[str, float]]:
+    """The executor's hot path on one thread: read each archive in one pass, assemble, write locally.
+
+    Returns (instances, archive bytes read, seconds spent reading / assembling / writing).
+    """
+    from itertools import groupby
+
+    from dicom_reassembly import storage
+    from dicom_reassembly.part10 import assemble
+    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+
+    ctx = WriteContext(run_id="bench", out=out_dir)
+    split = {"read": 0.0, "assemble": 0.0, "write": 0.0}
+    n = 0
+    storage.io_counter.reset()
+    for archive, group in groupby(items, key=lambda i: i["pixel_archive"]):
+        members = list(group)
+        reader = read_archive_members(archive, members, members[0]["pixel_archive_size"], ctx)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item, payload, err = next(reader)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            if err is not None:
+                raise BenchError(f"profile: {item['sop_instance_uid']}: {err}")
+            obj = assemble(item["header_json"], payload.data, item["sop_instance_uid"], item["pixel_member"])
+            t2 = time.perf_counter()
+            storage.write_parts(os.path.join(out_dir, f"{item['sop_instance_uid']}.dcm"), obj.parts, obj.size, obj.sha256)
+            payload.close()
+            t3 = time.perf_counter()
+            split["read"] += t1 - t0
+            split["assemble"] += t2 - t1
+            split["write"] += t3 - t2
+            n += 1
+    return n, storage.io_counter.bytes_read, split
+
+
+# Functions whose cumulative time explains the hot path: (label, module file suffix, function name).
+_BREAKDOWN = [
+    ("json.loads (parse_header)", "dicom_json.py", "parse_header"),
+    ("build_dataset (pydicom Dataset.from_json)", "dicom_json.py", "build_dataset"),
+    ("key_tags", "dicom_json.py", "key_tags"),
+    ("check_identity", "dicom_json.py", "check_identity"),
+    ("pixels.classify", "pixels.py", "classify"),
+    ("pixels.encapsulate_frames", "pixels.py", "encapsulate_frames"),
+    ("pixels.native_element", "pixels.py", "native_element"),
+    ("build_file_meta", "part10.py", "build_file_meta"),
+    ("encode_dataset (pydicom dcmwrite)", "part10.py", "encode_dataset"),
+    ("part10.assemble (all of the above)", "part10.py", "assemble"),
+    ("storage.write_parts", "storage.py", "write_parts"),
+    ("read_archive_members", "reassembly.py", "read_archive_members"),
+]
+
+
+def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, profile_txt: str) -> dict[str, Any]:
+    """Time, cProfile and pyinstrument the hot path on about ``want`` instances; write pyinstrument's text."""
+    import cProfile
+    import pstats
+
+    items = hot_path_items(root, index, want)
+    out_dir = os.path.join(work, "profile-out")
+
+    def fresh() -> None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.makedirs(out_dir)
+
+    fresh()
+    reassemble_sequentially(items[:20], out_dir)  # warm imports and the page cache
+    fresh()
+    t0 = time.perf_counter()
+    n, read, split = reassemble_sequentially(items, out_dir)
+    wall = time.perf_counter() - t0
+    fresh()
+    prof = cProfile.Profile()
+    prof.enable()
+    reassemble_sequentially(items, out_dir)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    raw = stats.stats  # type: ignore[attr-defined]  # {(file, line, func): (cc, nc, tt, ct, callers)}
+    profiled_total = sum(v[2] for v in raw.values())
+    breakdown = {}
+    for label, suffix, func in _BREAKDOWN:
+        ct = sum(v[3] for (f, _, fn), v in raw.items() if fn == func and f.endswith(suffix))
+        breakdown[label] = {"ms_per_instance": 1000 * ct / n, "share": ct / profiled_total if profiled_total else 0}
+    top = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
+    top_functions = [{"function": f"{os.path.basename(f)}:{line}({fn})", "tottime_ms_per_instance": 1000 * v[2] / n,
+                      "cumtime_ms_per_instance": 1000 * v[3] / n, "calls_per_instance": v[1] / n,
+                      "share": v[2] / profiled_total if profiled_total else 0}
+                     for (f, line, fn), v in top]
+    hashing = sum(v[2] for (_, _, fn), v in raw.items() if "_hashlib.HASH" in fn)
+    breakdown["sha256 (all callers)"] = {"ms_per_instance": 1000 * hashing / n,
+                                          "share": hashing / profiled_total if profiled_total else 0}
+    fresh()
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        text = "pyinstrument is not installed; see the cProfile figures in report.json\n"
+    else:
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        reassemble_sequentially(items, out_dir)
+        profiler.stop()
+        # Library frames stay visible for pydicom and our own modules: that is where the time goes.
+        shown = {"show_regex": r".*(pydicom|dicom_reassembly|tempfile|hashlib|json).*", "filter_threshold": 0.012}
+        text = (profiler.output_text(unicode=False, color=False, processor_options=shown)
+                + "\n# flat: time spent in each function itself\n"
+                + "\n".join(profiler.output_text(unicode=False, color=False, flat=True).splitlines()[:60]) + "\n")
+    with open(profile_txt, "w") as f:
+        f.write(f"# hot path: read_archive_members + part10.assemble + storage.write_parts, one thread, {n} instances\n")
+        f.write(text)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"instances": n, "archive_bytes_read": read, "wall_s": wall, "ms_per_instance": 1000 * wall / n,
+            "split_ms_per_instance": {k: 1000 * v / n for k, v in split.items()},
+            "per_core_mb_s_in_process": read / wall / MB, "instances_per_s": n / wall,
+            "breakdown": breakdown, "top_functions": top_functions, "profile_txt": profile_txt}

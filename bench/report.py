@@ -1,0 +1,346 @@
+"""Turn the raw measurements into ratios, then write report.json, report.md and bench.png.
+
+Every section is optional (``--skip-s3``, a failed step, the smoke test), so each derived figure is computed only
+from what was measured, and the Markdown says "not measured" instead of inventing a number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+MB = 1000 ** 2
+
+# Issue 5's targets: (key in derived["ratios"], label, comparison, threshold).
+TARGETS = [
+    ("reassembly_vs_tar_x_per_core", "reassembly MB/s per core / tar -x MB/s", ">=", 0.5),
+    ("amplification_full", "read amplification, full selection", "<=", 1.05),
+    ("amplification_selection", "read amplification, 10% selection", "<=", 1.5),
+    ("reassembly_gets_per_planned_read_full", "reassembly GETs / planned archive reads, full", "<=", 1.0),
+    ("reassembly_gets_per_planned_read_selection", "reassembly GETs / planned archive reads, 10%", "<=", 1.0),
+    ("puts_per_written_full", "PUTs per written instance, full", "==", 1.0),
+    ("puts_per_written_selection", "PUTs per written instance, 10%", "==", 1.0),
+    ("lookup_manifest_max_gets", "archive GETs per single-UID lookup with the manifest (max)", "<=", 2),
+]
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _marginal(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(seconds per instance, fixed seconds) by least squares over (instances, wall) points; None if degenerate."""
+    if len(points) < 2 or len({n for n, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return slope, my - slope * mx
+
+
+def derive(results: dict[str, Any]) -> dict[str, Any]:
+    """Throughputs, marginal costs, ratios and target verdicts from the raw results."""
+    cores = _get(results, "parameters", "cores") or 1
+    out: dict[str, Any] = {"throughput": [], "marginal": {}, "ratios": {}, "targets": []}
+    tar_mb_s = _get(results, "tar_x", "mb_s")
+    naive_ips = _get(results, "naive", "instances_per_s")
+    sizes = _get(results, "pipeline", "sizes") or []
+    for s in sizes:
+        n, b = s["instances"], s["archive_bytes"]
+        row: dict[str, Any] = {"instances": n, "archive_bytes": b}
+        total = 0.0
+        for stage in ("build_manifest", "reassemble"):
+            wall = _get(s, stage, "wall_s")
+            if wall:
+                total += wall
+                row[stage] = {"wall_s": wall, "instances_per_s": n / wall, "mb_s": b / wall / MB,
+                              "mb_s_per_core": b / wall / MB / cores}
+        if total:
+            row["end_to_end"] = {"wall_s": total, "instances_per_s": n / total, "mb_s": b / total / MB,
+                                 "mb_s_per_core": b / total / MB / cores}
+        out["throughput"].append(row)
+    largest = max(out["throughput"], key=lambda r: r["instances"]) if out["throughput"] else None
+    bytes_per_instance = largest["archive_bytes"] / largest["instances"] if largest else None
+    slopes = {}
+    for stage in ("build_manifest", "reassemble"):
+        fit = _marginal([(s["instances"], s[stage]["wall_s"]) for s in sizes if _get(s, stage, "wall_s")])
+        if fit and fit[0] > 0 and bytes_per_instance:
+            slope, fixed = fit
+            slopes[stage] = slope
+            out["marginal"][stage] = {"s_per_instance": slope, "ms_per_instance": 1000 * slope, "fixed_s": fixed,
+                                      "instances_per_s_per_core": 1 / slope / cores,
+                                      "mb_s_per_core": bytes_per_instance / slope / cores / MB}
+    if len(slopes) == 2 and bytes_per_instance:
+        both = slopes["build_manifest"] + slopes["reassemble"]
+        out["marginal"]["end_to_end"] = {"s_per_instance": both, "ms_per_instance": 1000 * both,
+                                         "instances_per_s_per_core": 1 / both / cores,
+                                         "mb_s_per_core": bytes_per_instance / both / cores / MB}
+    r = out["ratios"]
+    if largest and "reassemble" in largest:
+        r["reassembly_mb_s_per_core_wall"] = largest["reassemble"]["mb_s_per_core"]
+        r["reassembly_vs_tar_x_per_core_wall"] = _div(largest["reassemble"]["mb_s_per_core"], tar_mb_s)
+    steady = _get(out, "marginal", "reassemble", "mb_s_per_core")
+    r["reassembly_mb_s_per_core_marginal"] = steady
+    r["reassembly_vs_tar_x_per_core"] = _div(steady, tar_mb_s) if steady else r.get("reassembly_vs_tar_x_per_core_wall")
+    if largest and "end_to_end" in largest:
+        r["pipeline_vs_naive"] = _div(largest["end_to_end"]["instances_per_s"], naive_ips)
+        r["pipeline_vs_naive_per_core"] = _div(largest["end_to_end"]["instances_per_s"] / cores, naive_ips)
+    r["naive_vs_tar_x"] = _div(_get(results, "naive", "mb_s"), tar_mb_s)
+    # The figure the cost model reads: MB of archives processed per core-second, manifest plus reassembly,
+    # at the marginal (steady-state) rate; the wall-clock rate when only one size was measured.
+    e2e = _get(out, "marginal", "end_to_end", "mb_s_per_core") or _get(largest or {}, "end_to_end", "mb_s_per_core")
+    out["reassembly"] = {"per_core_mb_s": e2e,
+                         "basis": "marginal, manifest + reassemble" if _get(out, "marginal", "end_to_end")
+                         else "wall clock, manifest + reassemble"}
+    for key in ("full", "selection"):
+        run = _get(results, "s3", key)
+        if not run:
+            continue
+        r[f"amplification_{key}"] = run.get("amplification")
+        r[f"reassembly_gets_per_planned_read_{key}"] = _div(run["reassemble"]["archive_gets"], run["planned_reads"])
+        r[f"puts_per_written_{key}"] = run["reassemble"].get("puts_per_written")
+    lookups = _get(results, "lookup", "by_archives") or []
+    if lookups:
+        r["lookup_manifest_max_gets"] = max(x["manifest"]["archive_gets"] for x in lookups)
+    for key, label, op, threshold in TARGETS:
+        value = r.get(key)
+        met = None if value is None else {">=": value >= threshold, "<=": value <= threshold,
+                                          "==": abs(value - threshold) < 1e-9}[op]
+        out["targets"].append({"key": key, "label": label, "value": value, "target": f"{op} {threshold}", "met": met})
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "not measured"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != 0 and abs(v) < 10 ** -digits:
+            return f"{v:.2e}"
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c if isinstance(c, str) else _f(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The human report: targets first, then each measurement."""
+    d = results["derived"]
+    p = results.get("parameters", {})
+    m = results.get("machine", {})
+    t = _get(results, "delivery", "totals") or {}
+    lines = ["# Benchmark report", ""]
+    lines.append(f"Run {results.get('started_at', '?')} on {m.get('cpu', '?')} ({m.get('cpus', '?')} CPUs, "
+                 f"{_f(m.get('memory_gb'), 1)} GB RAM), Spark `local[{p.get('cores', '?')}]`, "
+                 f"Python {_get(results, 'versions', 'python')}, pyspark {_get(results, 'versions', 'pyspark')}, "
+                 f"pydicom {_get(results, 'versions', 'pydicom')}. Mode: {p.get('mode', '?')}.")
+    if p.get("note"):
+        lines.append(f"\n**Note:** {p['note']}")
+    lines += ["", "## Delivery", ""]
+    if t:
+        lines.append(f"{_f(t.get('instances'))} instances in {_f(t.get('text_archives'))} header archives and "
+                     f"{_f(t.get('image_archives'))} pixel archives ({_f(t.get('archive_bytes', 0) / MB, 1)} MB); "
+                     f"headers {_f(t.get('header_size_min'))}-{_f(t.get('header_size_max'))} bytes "
+                     f"(median {_f(t.get('header_size_median'))}); {_f(t.get('j2k_instances'))} J2K lossless, the rest "
+                     f"native 512x512x16; modalities {t.get('modalities')}.")
+    lines += ["", "## Targets (issue 5)", ""]
+    lines += _table(["figure", "measured", "target", "met"],
+                    [[x["label"], x["value"], x["target"], "not measured" if x["met"] is None else ("yes" if x["met"] else "**no**")]
+                     for x in d["targets"]])
+    r = d["ratios"]
+    lines += ["## Ratios", ""]
+    lines += _table(["ratio", "value", "meaning"], [
+        ["pipeline / tar -x, per core (marginal)", r.get("reassembly_vs_tar_x_per_core"),
+         "reassemble's steady-state MB/s per core over tar -x's MB/s (one process)"],
+        ["pipeline / tar -x, per core (wall)", r.get("reassembly_vs_tar_x_per_core_wall"),
+         "the same with Spark start-up included, at the largest size"],
+        ["pipeline / naive", r.get("pipeline_vs_naive"), f"instances/s, manifest + reassemble on {p.get('cores')} cores, "
+                                                        f"over the naive baseline on one"],
+        ["pipeline / naive, per core", r.get("pipeline_vs_naive_per_core"), "the same divided by the cores"],
+        ["naive / tar -x", r.get("naive_vs_tar_x"), "the naive baseline's MB/s over tar -x's"],
+        ["amplification, full", r.get("amplification_full"), "archive bytes read / bytes of the wanted members"],
+        ["amplification, 10%", r.get("amplification_selection"), "the same for the 10% selection"],
+    ])
+    base = ["tar -x", _get(results, "tar_x", "mb_s"), "archives", _get(results, "tar_x", "seconds")]
+    naive = ["naive (extrapolated)", _get(results, "naive", "mb_s"), f"{_get(results, 'naive', 'sampled')} UIDs sampled",
+             _get(results, "naive", "extrapolated_total_s")]
+    lines += ["## Baselines", ""]
+    lines += _table(["baseline", "MB/s", "basis", "seconds"], [base, naive])
+    lines += ["## Pipeline throughput by size (wall clock, Spark start-up included)", ""]
+    rows = []
+    for row in d["throughput"]:
+        for stage in ("build_manifest", "reassemble", "end_to_end"):
+            s = row.get(stage)
+            if s:
+                rows.append([row["instances"], stage, s["wall_s"], s["instances_per_s"], s["mb_s"], s["mb_s_per_core"]])
+    lines += _table(["instances", "stage", "wall s", "instances/s", "MB/s", "MB/s per core"], rows)
+    lines += ["## Marginal cost per instance (from the sizes above)", ""]
+    lines += _table(["stage", "ms per instance", "fixed s (start-up)", "instances/s per core", "MB/s per core"],
+                    [[k, v.get("ms_per_instance"), v.get("fixed_s"), v.get("instances_per_s_per_core"), v.get("mb_s_per_core")]
+                     for k, v in d["marginal"].items()])
+    lines.append(f"`per_core_mb_s` for the cost model: {_f(_get(d, 'reassembly', 'per_core_mb_s'))} "
+                 f"({_get(d, 'reassembly', 'basis')}).")
+    lines += ["", "## S3 requests (moto on 127.0.0.1, counted at the server)", ""]
+    rows = []
+    for key in ("full", "selection"):
+        run = _get(results, "s3", key)
+        if not run:
+            continue
+        for stage in ("build_manifest", "reassemble"):
+            s = run.get(stage)
+            if not s:
+                continue
+            rows.append([f"{key} ({run.get('selected_instances')} instances)", stage, s["archive_gets"], s["ranged_gets"],
+                         s["heads"], s["lists"], s["puts"], s["multipart"], s["archive_bytes_read"] / MB,
+                         s["gets_per_instance"], s["puts_per_instance"], s["heads_per_instance"], s["wall_s"]])
+    lines += _table(["run", "stage", "GET", "of which ranged", "HEAD", "LIST", "PUT", "multipart", "MB read",
+                     "GET/inst", "PUT/inst", "HEAD/inst", "wall s"], rows)
+    for key in ("full", "selection"):
+        run = _get(results, "s3", key)
+        if run:
+            lines.append(f"- {key}: wanted {_f(run['wanted_bytes'] / MB, 1)} MB, read {_f(run['read_bytes'] / MB, 1)} MB "
+                         f"(amplification {_f(run['amplification'], 3)}); reassembly planned {run['planned_reads']} "
+                         f"archive reads and made {run['reassemble']['archive_gets']} GETs; written "
+                         f"{run.get('written')} of {run.get('selected_instances')} selected.")
+    lines += ["", "## Single-UID lookup (CLI, archives on S3)", ""]
+    lines += _table(["archives per role", "with manifest s", "GETs", "without s", "GETs", "LISTs"],
+                    [[x["archives"], x["manifest"]["wall_s"], x["manifest"]["archive_gets"], x["scan"]["wall_s"],
+                      x["scan"]["archive_gets"], x["scan"]["lists"]] for x in (_get(results, "lookup", "by_archives") or [])])
+    lines += ["## Peak memory (RSS, sampled every 0.2 s)", ""]
+    rows = []
+    for name, mem in _memory_rows(results):
+        rows.append([name, mem.get("jvm_peak_mb"), mem.get("python_worker_peak_mb"), mem.get("python_workers_peak_sum_mb"),
+                     mem.get("python_worker_processes"), mem.get("executor_peak_mb")])
+    lines += _table(["run", "JVM MB", "largest Python worker MB", "all workers MB", "worker processes",
+                     "executor (JVM + workers) MB"], rows)
+    prof = results.get("profile")
+    if prof:
+        lines += ["## Hot path profile (one thread, in process)", ""]
+        lines.append(f"{prof['instances']} instances in {_f(prof['wall_s'])} s: {_f(prof['ms_per_instance'])} ms per instance, "
+                     f"{_f(prof['per_core_mb_s_in_process'])} MB/s on one core without Spark. Split: "
+                     + ", ".join(f"{k} {_f(v)} ms" for k, v in prof["split_ms_per_instance"].items()) + ".")
+        lines.append("")
+        lines += _table(["function (cumulative, cProfile)", "ms per instance", "share"],
+                        [[k, v["ms_per_instance"], v["share"]] for k, v in prof["breakdown"].items()])
+        lines.append("Full tree: `bench/results/profile.txt`.")
+    return "\n".join(lines) + "\n"
+
+
+def _memory_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = []
+    for s in _get(results, "pipeline", "sizes") or []:
+        for stage in ("build_manifest", "reassemble"):
+            mem = _get(s, stage, "memory")
+            if mem:
+                rows.append((f"local {s['instances']} {stage}", mem))
+    for key in ("full", "selection"):
+        for stage in ("build_manifest", "reassemble"):
+            mem = _get(results, "s3", key, stage, "memory")
+            if mem:
+                rows.append((f"S3 {key} {stage}", mem))
+    return rows
+
+
+def render_chart(results: dict[str, Any], path: str) -> None:
+    """Throughput against size, the stage breakdown, and lookups against archive count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = results["derived"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    rows = d["throughput"]
+    for stage, style in (("build_manifest", "o-"), ("reassemble", "s-"), ("end_to_end", "^-")):
+        pts = [(r["instances"], r[stage]["mb_s_per_core"]) for r in rows if stage in r]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=f"{stage} (wall)")
+    steady = _get(d, "marginal", "reassemble", "mb_s_per_core")
+    if steady:
+        ax.axhline(steady, color="C1", ls=":", label="reassemble, marginal")
+    if _get(results, "tar_x", "mb_s"):
+        ax.axhline(results["tar_x"]["mb_s"], color="k", ls="--", label="tar -x (1 process)")
+    if _get(results, "naive", "mb_s"):
+        ax.axhline(results["naive"]["mb_s"], color="r", ls="--", label="naive (1 process)")
+    ax.set_yscale("log")
+    ax.set_xlabel("instances")
+    ax.set_ylabel("MB/s per core (archive bytes)")
+    ax.set_title("Throughput against size")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    labels, fixed, marginal = [], [], []
+    for r in rows:
+        for stage in ("build_manifest", "reassemble"):
+            if stage not in r:
+                continue
+            wall = r[stage]["wall_s"]
+            f = min(wall, max(0.0, _get(d, "marginal", stage, "fixed_s") or 0.0))
+            labels.append(f"{stage.split('_')[-1]}\n{r['instances']}")
+            fixed.append(f)
+            marginal.append(wall - f)
+    for key in ("full", "selection"):
+        for stage in ("build_manifest", "reassemble"):
+            wall = _get(results, "s3", key, stage, "wall_s")
+            if wall:
+                labels.append(f"S3 {stage.split('_')[-1]}\n{key}")
+                fixed.append(0.0)
+                marginal.append(wall)
+    if labels:
+        ax.bar(labels, fixed, label="fixed (start-up, from the fit)", color="0.7")
+        ax.bar(labels, marginal, bottom=fixed, label="per-instance work", color="C0")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7)
+    ax.set_ylabel("wall seconds")
+    ax.set_title("Stage breakdown")
+    ax = axes[2]
+    lk = _get(results, "lookup", "by_archives") or []
+    if lk:
+        xs = [x["archives"] for x in lk]
+        ax.plot(xs, [x["manifest"]["wall_s"] for x in lk], "o-", label="with manifest")
+        ax.plot(xs, [x["scan"]["wall_s"] for x in lk], "s-", label="scanning the archives")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("archives per role")
+    ax.set_ylabel("CLI wall seconds")
+    ax.set_title("Single-UID lookup")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Derive the ratios, then write report.json, report.md and bench.png under ``out_dir``; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    # derived.reassembly.per_core_mb_s is the one key named per_core_mb_s: lib/dicom_reassembly/cost.py reads it.
+    results["derived"] = derive(results)
+    paths = {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"),
+             "png": os.path.join(out_dir, "bench.png")}
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True, default=str)
+    with open(paths["md"], "w") as f:
+        f.write(render_markdown(results))
+    render_chart(results, paths["png"])
+    return paths

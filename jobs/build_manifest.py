@@ -1,0 +1,68 @@
+"""Spark job: index every tar member of a delivery into a Parquet manifest.
+
+spark-submit jobs/build_manifest.py --text URI --images URI --manifest URI [--config FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+
+from dicom_reassembly.cli import configure_logging, fail  # noqa: E402
+from dicom_reassembly.config import load_config  # noqa: E402
+from dicom_reassembly.errors import ReassemblyError  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="build_manifest", description=__doc__.splitlines()[0])
+    p.add_argument("--text", required=True, help="header archives: local folder or s3://bucket/prefix")
+    p.add_argument("--images", required=True, help="pixel archives: local folder or s3://bucket/prefix")
+    p.add_argument("--manifest", required=True, help="manifest Parquet dataset (appended to on re-runs)")
+    p.add_argument("--config", help="JSON config from conf/ (flags override it)")
+    p.add_argument("--tasks", type=int, help="indexing tasks (default: derived from the cluster)")
+    p.add_argument("--full", action="store_true", help="re-index every archive, not only new or changed ones")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging()
+    from dicom_reassembly import manifest as mf
+    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
+    from dicom_reassembly.session import get_session
+
+    try:
+        cfg = load_config(args.config, manifest_tasks=args.tasks)
+        listing = mf.list_archives(args.text, args.images, cfg.archive_suffixes)
+    except ReassemblyError as exc:
+        return fail(exc)
+    spark = get_session("dicom-reassembly build_manifest", extra=cfg.spark)
+    try:
+        todo = listing if args.full else mf.archives_to_index(listing, indexed_archives(spark, args.manifest))
+        index_run, indexed_at = mf.new_index_run()
+        tasks = cfg.manifest_tasks or 4 * spark.sparkContext.defaultParallelism
+        if todo:
+            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap)
+            df.write.mode("append").parquet(args.manifest)
+        total = sum(a["size"] for a in listing)
+        print(f"manifest: {args.manifest}")
+        print(f"archives listed: {len(listing)} ({total} bytes); indexed this run: {len(todo)}; "
+              f"unchanged and skipped: {len(listing) - len(todo)}")
+        if todo:
+            from pyspark.sql import functions as F
+
+            run = spark.read.schema(mf.manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
+            for r in run.groupBy("kind", "error").count().orderBy("kind", "error").collect():
+                print(f"  {r['kind']:<8} {r['error'] or 'ok':<24} {r['count']}")
+        return 0
+    except ReassemblyError as exc:
+        return fail(exc)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Spark job: join headers and pixels on UID, write Part 10 objects, and a ledger of every outcome.
+
+spark-submit jobs/reassemble.py --manifest URI --out URI --ledger URI [--criteria FILE] [--config conf/X]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+
+from dicom_reassembly.cli import configure_logging, fail  # noqa: E402
+from dicom_reassembly.errors import ReassemblyError  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="reassemble", description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", required=True, help="manifest Parquet dataset from build_manifest")
+    p.add_argument("--out", help="where .dcm objects go: local folder or s3://bucket/prefix")
+    p.add_argument("--ledger", required=True, help="ledger Parquet dataset (one partition per run)")
+    p.add_argument("--criteria", help="selection criteria JSON (a list, or orchestrator parameters)")
+    p.add_argument("--config", help="JSON config from conf/ (flags override it)")
+    p.add_argument("--runs", help="runs table (default: beside the ledger, <ledger>_runs)")
+    p.add_argument("--computations", help="computations table (default: <ledger>_computations)")
+    p.add_argument("--stow-url", help="also POST instances to this DICOMweb root (STOW-RS)")
+    p.add_argument("--jdbc-url", help="also write ledger, runs and computations to this PostgreSQL "
+                                      "(user and password from DICOM_REASSEMBLY_JDBC_USER/_PASSWORD)")
+    p.add_argument("--key-template", help="output key template, default {sop_instance_uid}.dcm")
+    p.add_argument("--partitions", type=int, help="reassembly tasks (default: one per pixel archive, capped)")
+    args = p.parse_args(argv)
+    if not args.out and not args.stow_url:
+        p.error("give --out, --stow-url, or both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    configure_logging()
+    from dicom_reassembly import storage
+    from dicom_reassembly.config import load_config
+    from dicom_reassembly.criteria import load_criteria
+    from dicom_reassembly.stow import StowSettings
+    from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
+
+    started = datetime.now(timezone.utc)
+    try:
+        # Criteria are checked before Spark starts, so a bad criterion costs nothing.
+        spec = load_criteria(args.criteria) if args.criteria else None
+        cfg = load_config(args.config, key_template=args.key_template, reassemble_partitions=args.partitions)
+        stow = (StowSettings(args.stow_url, batch_count=cfg.stow_batch_count, batch_bytes=cfg.stow_batch_bytes,
+                             timeout=(min(10.0, cfg.stow_timeout), cfg.stow_timeout)) if args.stow_url else None)
+        jdbc = JdbcTarget.from_env(args.jdbc_url) if args.jdbc_url else None
+        from dicom_reassembly import manifest as mf
+
+        if not mf.manifest_exists(args.manifest):
+            raise storage.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
+    except ReassemblyError as exc:
+        return fail(exc)
+    if spec is not None and spec.s3 is not None:
+        storage.set_archive_s3_settings(spec.s3)
+
+    from dicom_reassembly.session import get_session
+
+    extra = dict(cfg.spark)
+    if jdbc is not None:
+        extra.update(jdbc_session_settings())
+    spark = get_session("dicom-reassembly reassemble", extra=extra)
+    try:
+        from dicom_reassembly.run import ReassembleRun
+
+        run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
+                            runs_uri=args.runs or args.ledger.rstrip("/") + "_runs",
+                            computations_uri=args.computations or args.ledger.rstrip("/") + "_computations",
+                            cfg=cfg, spec=spec, stow=stow, jdbc=jdbc, argv=argv, started=started)
+        summary = run.execute()
+        print(run.report(summary))
+        print(json.dumps({"run_id": summary["run_id"], "status_counts": summary["status_counts"]}))
+        return 0
+    except ReassemblyError as exc:
+        return fail(exc)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

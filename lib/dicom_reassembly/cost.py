@@ -1,0 +1,664 @@
+"""Cost model for a full run: restore, retrieval, requests, EMR hours and destination storage.
+
+Every price comes from a prices file (``conf/prices.json``) per region, each with the date and source it was
+taken from; nothing here hard-codes a price. The workload comes from a manifest (summarised with pyarrow,
+projecting a few columns) or from listing totals plus stated averages. EMR hours derive from the measured
+throughput per core in ``bench/results/report.json`` when it exists, else from a default in the prices file
+that says where it comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from . import storage
+from .errors import ConfigError, CriteriaError, ReassemblyError
+
+log = logging.getLogger(__name__)
+
+GB = 1024 ** 3
+MB = 1000 ** 2  # throughput figures are MB/s (10^6 bytes), as the benchmark reports them
+STORAGE_CLASSES = ("STANDARD", "INTELLIGENT_TIERING", "STANDARD_IA", "GLACIER_IR")
+MIN_BILLABLE_BYTES = {"STANDARD_IA": 128 * 1024, "GLACIER_IR": 128 * 1024}  # smaller objects are billed as 128 KB
+IT_MONITORED_MIN_BYTES = 128 * 1024  # Intelligent-Tiering monitors (and charges for) objects from 128 KB
+TAR_OVERHEAD_PER_MEMBER = 768  # a 512-byte header block plus, on average, half a block of padding
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_PRICES = "conf/prices.json"
+DEFAULT_BENCH_REPORT = "bench/results/report.json"
+
+
+# ------------------------------------------------------------------------------------------------ prices
+
+
+@dataclass(frozen=True)
+class Price:
+    """One price with its provenance: a flat ``value`` or volume ``tiers`` [(up_to_gb | None, price)]."""
+
+    key: str
+    value: float | None
+    tiers: tuple[tuple[float | None, float], ...]
+    as_of: str
+    source: str
+
+    def for_quantity(self, quantity: float) -> float:
+        """Cost of ``quantity`` units (tiers: GB in one month, each band at its price)."""
+        if not self.tiers:
+            return quantity * float(self.value or 0.0)
+        cost, floor = 0.0, 0.0
+        for upto, price in self.tiers:
+            top = quantity if upto is None else min(quantity, upto)
+            if top > floor:
+                cost += (top - floor) * price
+            if upto is None or quantity <= upto:
+                break
+            floor = upto
+        return cost
+
+    def unit_text(self) -> str:
+        """The price as shown in a table."""
+        if not self.tiers:
+            return f"{self.value:g}"
+        return " / ".join(f"{p:g}" for _, p in self.tiers) + " (tiered)"
+
+
+class PriceBook:
+    """The prices of one region, read from a prices file."""
+
+    def __init__(self, data: dict[str, Any], region: str, path: str) -> None:
+        regions = data.get("regions")
+        if not isinstance(regions, dict):
+            raise ConfigError("prices_bad_file", "no 'regions' object", uri=path)
+        if region not in regions:
+            raise ConfigError("price_region_missing", f"no prices for region {region!r}; the file has "
+                                                      f"{', '.join(sorted(regions)) or 'none'}", uri=path)
+        self.region = region
+        self.path = path
+        self.currency = str(data.get("currency", "USD"))
+        self.data = regions[region]
+        self.defaults = data.get("workload_defaults", {})
+
+    def price(self, *path: str) -> Price:
+        """The price at ``path`` (e.g. ``("put_per_1000", "STANDARD")``); a clear error when absent."""
+        node: Any = self.data
+        for p in path:
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError("price_missing", f"no price {'.'.join(path)} for region {self.region}", uri=self.path)
+            node = node[p]
+        return _to_price(".".join(path), node, self.path)
+
+    def instance(self, instance_type: str) -> dict[str, Any]:
+        """The instance's vCPU, network and prices."""
+        inst = self.data.get("instances", {}).get(instance_type)
+        if not isinstance(inst, dict):
+            known = ", ".join(sorted(self.data.get("instances", {}))) or "none"
+            raise ConfigError("price_missing", f"no instance {instance_type!r} in region {self.region} (known: {known})",
+                              uri=self.path)
+        return inst
+
+    def default(self, name: str) -> tuple[float, str] | None:
+        """A workload default and its provenance, if the file gives one."""
+        d = self.defaults.get(name)
+        if isinstance(d, dict) and isinstance(d.get("value"), (int, float)):
+            return float(d["value"]), f"{self.path}: workload_defaults.{name} ({d.get('source', 'no source')})"
+        return None
+
+
+def _to_price(key: str, node: Any, path: str) -> Price:
+    if not isinstance(node, dict) or ("value" not in node and "tiers" not in node):
+        raise ConfigError("price_bad_entry", f"{key} must be an object with 'value' or 'tiers'", uri=path)
+    if not node.get("as_of") or not node.get("source"):
+        raise ConfigError("price_no_provenance", f"{key} must say 'as_of' and 'source'", uri=path)
+    tiers: tuple[tuple[float | None, float], ...] = ()
+    if "tiers" in node:
+        try:
+            tiers = tuple((None if t[0] is None else float(t[0]), float(t[1])) for t in node["tiers"])
+        except (TypeError, ValueError, IndexError):
+            raise ConfigError("price_bad_entry", f"{key}: tiers must be [[up_to_gb or null, price], ...]",
+                              uri=path) from None
+    value = node.get("value")
+    if value is not None and not isinstance(value, (int, float)):
+        raise ConfigError("price_bad_entry", f"{key}: value must be a number", uri=path)
+    return Price(key, None if value is None else float(value), tiers, str(node["as_of"]), str(node["source"]))
+
+
+def _existing(path: str) -> str:
+    """``path`` as given if it exists, else relative to the repository (for the shipped defaults)."""
+    if os.path.exists(path) or storage.is_s3(path) or os.path.isabs(path):
+        return path
+    alt = os.path.join(_REPO_ROOT, path)
+    return alt if os.path.exists(alt) else path
+
+
+def read_prices(path: str | None = None, region: str = "us-east-1") -> PriceBook:
+    """Read a prices file (local or s3://) for one region."""
+    path = _existing(path or DEFAULT_PRICES)
+    try:
+        data = json.loads(storage.read_bytes(path))
+    except ValueError as exc:
+        raise ConfigError("prices_bad_file", f"not JSON ({exc})", uri=path) from None
+    except storage.NotFoundError:
+        raise ConfigError("prices_not_found", "no such prices file", uri=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("prices_bad_file", "the prices file must hold a JSON object", uri=path)
+    return PriceBook(data, region, path)
+
+
+def read_bench_throughput(path: str | None = None) -> tuple[float, str] | None:
+    """``per_core_mb_s`` from the benchmark report and where it was found; None when absent.
+
+    The key is searched anywhere in the report; a value under a reassembly section wins.
+    """
+    path = _existing(path or DEFAULT_BENCH_REPORT)
+    if not storage.is_s3(path) and not os.path.exists(path):
+        return None
+    try:
+        report = json.loads(storage.read_bytes(path))
+    except (ValueError, ReassemblyError):
+        log.warning("benchmark report %s is unreadable; using the default throughput", path)
+        return None
+    found: list[tuple[str, float]] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                here = f"{where}.{k}" if where else str(k)
+                if k == "per_core_mb_s" and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                    found.append((here, float(v)))
+                else:
+                    walk(v, here)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(report, "")
+    if not found:
+        return None
+    found.sort(key=lambda f: ("reassembl" not in f[0], len(f[0])))
+    where, value = found[0]
+    return value, f"measured: {path} {where}"
+
+
+# ---------------------------------------------------------------------------------------------- workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the delivery holds."""
+
+    header_archives: int
+    pixel_archives: int
+    header_archive_bytes: int
+    pixel_archive_bytes: int
+    instances: int
+    header_member_bytes: int
+    pixel_member_bytes: int
+    source: str = ""
+
+    @property
+    def archives(self) -> int:
+        """All archives."""
+        return self.header_archives + self.pixel_archives
+
+    @property
+    def archive_bytes(self) -> int:
+        """All archive bytes."""
+        return self.header_archive_bytes + self.pixel_archive_bytes
+
+
+def workload_from_totals(archives: int, total_bytes: int, instances: int, avg_header_bytes: int = 12 * 1024,
+                         header_archives: int | None = None) -> Workload:
+    """A workload from listing totals and an assumed average header (JSON) size.
+
+    Header archives hold ``instances x (avg_header + tar overhead)`` bytes; the rest are pixel archives.
+    Archives are split between the two in proportion to bytes unless ``header_archives`` is given.
+    """
+    if archives < 1 or total_bytes < 1 or instances < 1:
+        raise ConfigError("bad_workload", "archives, bytes and instances must all be positive")
+    header_member = instances * avg_header_bytes
+    header_arch = min(total_bytes, header_member + instances * TAR_OVERHEAD_PER_MEMBER)
+    pixel_arch = total_bytes - header_arch
+    if pixel_arch <= 0:
+        raise ConfigError("bad_workload", "the headers alone exceed --bytes: check --instances and --avg-header-bytes")
+    if header_archives is None:
+        header_archives = max(1, round(archives * header_arch / total_bytes))
+    header_archives = min(header_archives, archives - 1) if archives > 1 else 1
+    pixel_member = max(0, pixel_arch - instances * TAR_OVERHEAD_PER_MEMBER)
+    return Workload(header_archives, max(0, archives - header_archives), header_arch, pixel_arch, instances,
+                    header_member, pixel_member, source="listing totals with assumed averages")
+
+
+def read_manifest_workload(uri: str) -> Workload:
+    """Summarise a manifest (newest index per archive) with pyarrow, projecting only a few columns."""
+    import pyarrow as pa
+
+    from .manifest import read_manifest_arrow
+
+    try:
+        dataset = read_manifest_arrow(uri)
+    except FileNotFoundError as exc:
+        raise storage.NotFoundError("manifest_not_found", "no manifest dataset here", uri=uri) from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise storage.StorageError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}",
+                                   uri=uri) from exc
+    names = set(dataset.schema.names)
+    need = ("archive_uri", "archive_role", "archive_size", "index_run", "kind", "size")
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise ConfigError("manifest_bad_schema", f"manifest lacks columns {', '.join(missing)}", uri=uri)
+    try:
+        return _summarise_manifest(dataset, uri)
+    except (pa.ArrowException, OSError) as exc:
+        raise storage.StorageError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}",
+                                   uri=uri) from exc
+
+
+def _summarise_manifest(dataset: Any, uri: str) -> Workload:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    newest: dict[str, tuple[str, str, int]] = {}
+    for batch in dataset.to_batches(columns=["archive_uri", "archive_role", "archive_size", "index_run"],
+                                    filter=pads.field("kind") == "archive"):
+        for a, role, size, run in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
+            run = run or ""
+            if a not in newest or run > newest[a][1]:
+                newest[a] = (role or "", run, int(size or 0))
+    sums: dict[tuple[str, str, str], list[int]] = {}
+    member_filter = pads.field("kind").isin(["header", "pixels"])
+    for batch in dataset.to_batches(columns=["archive_uri", "index_run", "kind", "size"], filter=member_filter):
+        table = pa.Table.from_batches([batch])
+        grouped = table.group_by(["archive_uri", "index_run", "kind"]).aggregate([("size", "sum"), ("size", "count")])
+        for a, run, kind, total, count in zip(*(grouped.column(c).to_pylist() for c in
+                                                ("archive_uri", "index_run", "kind", "size_sum", "size_count")), strict=True):
+            acc = sums.setdefault((a, run or "", kind), [0, 0])
+            acc[0] += int(total or 0)
+            acc[1] += int(count or 0)
+    header_archives = pixel_archives = header_bytes = pixel_bytes = 0
+    for role, _, size in newest.values():
+        if role == "text":
+            header_archives += 1
+            header_bytes += size
+        else:
+            pixel_archives += 1
+            pixel_bytes += size
+    header_members = pixel_members = instances = 0
+    for (a, run, kind), (total, count) in sums.items():
+        if a not in newest or newest[a][1] != run:
+            continue
+        if kind == "header":
+            header_members += total
+            instances += count
+        else:
+            pixel_members += total
+    return Workload(header_archives, pixel_archives, header_bytes, pixel_bytes, instances, header_members,
+                    pixel_members, source=f"manifest {uri}")
+
+
+def merge_listing(workload: Workload, header_archives: int, header_bytes: int, pixel_archives: int,
+                  pixel_bytes: int) -> Workload:
+    """Archive counts and bytes from a listing on top of a manifest summary.
+
+    Pixel archives still in Glacier are not indexed, so the manifest does not know their members; their member
+    bytes are then estimated from the archive bytes minus tar overhead.
+    """
+    pixel_members = workload.pixel_member_bytes
+    if pixel_bytes > workload.pixel_archive_bytes:
+        pixel_members = max(pixel_members, pixel_bytes - workload.instances * TAR_OVERHEAD_PER_MEMBER)
+    return replace(workload, header_archives=header_archives, header_archive_bytes=header_bytes,
+                   pixel_archives=pixel_archives, pixel_archive_bytes=pixel_bytes, pixel_member_bytes=pixel_members,
+                   source=f"{workload.source} + listing")
+
+
+# ---------------------------------------------------------------------------------------------- estimate
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Everything the estimate assumes besides the workload and the prices."""
+
+    tier: str = "Bulk"
+    days: int = 7
+    selected_fraction: float = 1.0
+    pixel_archive_fraction: float | None = None  # pixel archives holding a selected instance; default = selected
+    selective_restore: bool = False  # headers name their pixel archive (or it was indexed): restore only those
+    destination_class: str = "STANDARD"
+    instance_type: str = "m6i.4xlarge"
+    primary_instance_type: str = "m6i.xlarge"
+    worker_nodes: int = 50
+    utilization: float = 0.7
+    per_core_mb_s: float | None = None
+    index_gets_per_core_s: float | None = None
+    read_amplification: float = 1.05
+    ranges_per_pixel_archive: float = 1.0
+    index_gets_per_pixel_member: float = 1.0
+    status_polls: int = 2
+    heads_per_instance: float = 1.0
+    header_binary_ratio: float = 0.5
+    part10_overhead_bytes: int = 400
+    kms_bucket_key: bool = True
+    restore_via: str = "auto"  # api | batch | auto
+    batch_threshold: int = 100_000
+    spot_discount: float = 0.0
+
+
+@dataclass(frozen=True)
+class Line:
+    """One cost line: quantity x unit price, with the price's provenance."""
+
+    group: str
+    item: str
+    quantity: float
+    unit: str
+    unit_price: str
+    cost: float
+    price_key: str
+    as_of: str
+    source: str
+
+
+@dataclass
+class Estimate:
+    """A full-run estimate: one-time lines, monthly storage per class, and derived figures."""
+
+    region: str
+    currency: str
+    prices_file: str
+    workload: dict[str, Any]
+    assumptions: dict[str, Any]
+    lines: list[Line]
+    storage: list[dict[str, Any]]
+    derived: dict[str, Any]
+    one_time_total: float = 0.0
+    monthly_total: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["lines"] = [asdict(line) for line in self.lines]
+        return out
+
+
+def _line(group: str, item: str, quantity: float, unit: str, price: Price, per: float = 1.0) -> Line:
+    """quantity (in units of ``per``, e.g. 1000 requests) at ``price``."""
+    cost = price.for_quantity(quantity / per)
+    return Line(group, item, quantity, unit, price.unit_text() + (f" per {per:,.0f}" if per != 1 else ""), cost,
+                price.key, price.as_of, price.source)
+
+
+def _check(a: Assumptions) -> None:
+    if a.tier not in ("Bulk", "Standard", "Expedited"):
+        raise ConfigError("bad_tier", f"tier must be Bulk, Standard or Expedited, got {a.tier!r}")
+    if a.days < 1:
+        raise ConfigError("bad_days", "days must be >= 1")
+    if not 0 < a.selected_fraction <= 1:
+        raise ConfigError("bad_fraction", "the selected fraction must be in (0, 1]")
+    if a.pixel_archive_fraction is not None and not 0 < a.pixel_archive_fraction <= 1:
+        raise ConfigError("bad_fraction", "the pixel archive fraction must be in (0, 1]")
+    if a.destination_class not in STORAGE_CLASSES:
+        raise ConfigError("bad_storage_class", f"destination class must be one of {', '.join(STORAGE_CLASSES)}")
+    if a.worker_nodes < 1 or not 0 < a.utilization <= 1:
+        raise ConfigError("bad_cluster", "worker nodes must be >= 1 and utilization in (0, 1]")
+    if a.restore_via not in ("api", "batch", "auto"):
+        raise ConfigError("bad_restore_via", "restore_via must be api, batch or auto")
+
+
+def estimate_cost(workload: Workload, prices: PriceBook, assumptions: Assumptions = Assumptions(),
+                  bench_report: str | None = None) -> Estimate:
+    """Estimate a full run. Totals are the sums of the lines; every line names its price and source."""
+    a = assumptions
+    _check(a)
+    notes: list[str] = []
+    sel = a.selected_fraction
+    arch_frac = a.pixel_archive_fraction if a.pixel_archive_fraction is not None else sel
+    restore_frac = arch_frac if a.selective_restore else 1.0
+    if not a.selective_restore and arch_frac < 1:
+        notes.append("pixel archives cannot be indexed before they are restored, and headers do not name them: "
+                     "every pixel archive is restored (pass selective_restore when they are located)")
+
+    # Throughput: measured, else the prices file default; capped by the instance's network share per vCPU.
+    inst = prices.instance(a.instance_type)
+    if a.per_core_mb_s:
+        per_core, per_core_src = a.per_core_mb_s, "given"
+    else:
+        found = read_bench_throughput(bench_report) or prices.default("per_core_mb_s")
+        if found is None:
+            raise ConfigError("no_throughput", "no per_core_mb_s in the benchmark report nor in workload_defaults")
+        per_core, per_core_src = found
+    if a.index_gets_per_core_s:
+        idx_rate, idx_src = a.index_gets_per_core_s, "given"
+    else:
+        found_idx = prices.default("index_gets_per_core_s")
+        if found_idx is None:
+            raise ConfigError("no_throughput", "no index_gets_per_core_s in workload_defaults", uri=prices.path)
+        idx_rate, idx_src = found_idx
+    vcpu = int(inst["vcpu"])
+    net_share = float(inst.get("network_gbps_baseline", 0) or 0) * 1e9 / 8 / MB / vcpu
+    effective = min(per_core, net_share) if net_share > 0 else per_core
+    if effective < per_core:
+        notes.append(f"throughput capped by the network: {net_share:.1f} MB/s per vCPU on {a.instance_type}")
+
+    n_head_restore = workload.header_archives
+    n_pix_restore = math.ceil(workload.pixel_archives * restore_frac)
+    restore_bytes = workload.header_archive_bytes + workload.pixel_archive_bytes * restore_frac
+    restored_gb = restore_bytes / GB
+    n_restore = n_head_restore + n_pix_restore
+    instances_sel = workload.instances * sel
+    pixel_archives_read = workload.pixel_archives * arch_frac
+    pixel_read_bytes = workload.pixel_member_bytes * sel * a.read_amplification
+    index_gets = workload.instances * restore_frac * a.index_gets_per_pixel_member
+    reassembly_gets = pixel_archives_read * a.ranges_per_pixel_archive
+    puts = instances_sel
+
+    lines: list[Line] = []
+    rp = prices.price("restore_request_per_1000", a.tier)
+    lines.append(_line("restore", "Restore requests, wave 1 (headers)", n_head_restore, "requests", rp, 1000))
+    lines.append(_line("restore", "Restore requests, wave 2 (pixels)", n_pix_restore, "requests", rp, 1000))
+    lines.append(_line("restore", f"Retrieval ({a.tier})", restored_gb, "GB", prices.price("retrieval_per_gb", a.tier)))
+    std = prices.price("storage_gb_month", "STANDARD")
+    temp = _line("restore", f"Restored copies for {a.days} days", restored_gb, "GB", std)
+    lines.append(replace(temp, cost=temp.cost * a.days / 30, unit=f"GB x {a.days}/30 month"))
+    via = a.restore_via if a.restore_via != "auto" else ("batch" if n_restore >= a.batch_threshold else "api")
+    if via == "batch":
+        lines.append(_line("restore", "Batch Operations jobs (one per wave)", 2, "jobs",
+                           prices.price("batch_operations_per_job")))
+        lines.append(_line("restore", "Batch Operations objects", n_restore, "objects",
+                           prices.price("batch_operations_per_million_objects"), 1_000_000))
+    get = prices.price("get_per_1000")
+    lines.append(_line("requests", "GET: manifest, header archives streamed", workload.header_archives, "requests",
+                       get, 1000))
+    lines.append(_line("requests", "GET: manifest, pixel tar headers (ranged)", index_gets, "requests", get, 1000))
+    lines.append(_line("requests", "GET: reassembly passes and coalesced ranges", reassembly_gets, "requests",
+                       get, 1000))
+    lines.append(_line("requests", "HEAD: restore status polls", n_restore * a.status_polls, "requests", get, 1000))
+    lines.append(_line("requests", "HEAD: skip_existing checks", instances_sel * a.heads_per_instance, "requests",
+                       get, 1000))
+    lines.append(_line("requests", "LIST: archive listings (manifest, plan, status)",
+                       3 * math.ceil(workload.archives / 1000), "requests", prices.price("list_per_1000"), 1000))
+    lines.append(_line("requests", f"PUT: one per written instance ({a.destination_class})", puts, "requests",
+                       prices.price("put_per_1000", a.destination_class), 1000))
+    if not a.kms_bucket_key:
+        lines.append(_line("requests", "KMS: a call per PUT and per GET of an SSE-KMS object (no S3 Bucket Key)",
+                           puts + reassembly_gets + index_gets, "requests", prices.price("kms_per_10000_requests"),
+                           10_000))
+
+    processed_mb = (workload.header_archive_bytes + pixel_read_bytes) / MB
+    core_seconds = processed_mb / effective + index_gets / idx_rate
+    node_hours = core_seconds / 3600 / (vcpu * a.utilization)
+    wall_hours = node_hours / a.worker_nodes
+    ec2 = prices.price("instances", a.instance_type, "ec2_per_hour")
+    emr = prices.price("instances", a.instance_type, "emr_per_hour")
+    node_rate = Price(f"instances.{a.instance_type}", ec2.for_quantity(1) * (1 - a.spot_discount) + emr.for_quantity(1),
+                      (), min(ec2.as_of, emr.as_of), f"{ec2.source}; {emr.source}")
+    lines.append(_line("compute", f"EMR worker nodes ({a.instance_type}, EC2 + EMR)", node_hours,
+                       "instance-hours", node_rate))
+    pec2 = prices.price("instances", a.primary_instance_type, "ec2_per_hour")
+    pemr = prices.price("instances", a.primary_instance_type, "emr_per_hour")
+    primary_rate = Price(f"instances.{a.primary_instance_type}", pec2.for_quantity(1) + pemr.for_quantity(1), (),
+                         min(pec2.as_of, pemr.as_of), f"{pec2.source}; {pemr.source}")
+    lines.append(_line("compute", f"EMR primary node ({a.primary_instance_type})", wall_hours, "instance-hours",
+                       primary_rate))
+
+    out_bytes = sel * (workload.pixel_member_bytes + workload.header_member_bytes * a.header_binary_ratio
+                       + workload.instances * a.part10_overhead_bytes)
+    avg_obj = out_bytes / instances_sel if instances_sel else 0.0
+    storage_rows = []
+    for cls in STORAGE_CLASSES:
+        billable = out_bytes
+        if cls in MIN_BILLABLE_BYTES and avg_obj < MIN_BILLABLE_BYTES[cls]:
+            billable = instances_sel * MIN_BILLABLE_BYTES[cls]
+        sp = prices.price("storage_gb_month", cls)
+        monthly = sp.for_quantity(billable / GB)
+        monitoring = 0.0
+        if cls == "INTELLIGENT_TIERING" and avg_obj >= IT_MONITORED_MIN_BYTES:
+            monitoring = prices.price("intelligent_tiering_monitoring_per_1000_objects_month").for_quantity(
+                instances_sel / 1000)
+        put_cost = prices.price("put_per_1000", cls).for_quantity(puts / 1000)
+        storage_rows.append({"storage_class": cls, "gb": billable / GB, "storage_per_month": monthly,
+                             "monitoring_per_month": monitoring, "monthly_total": monthly + monitoring,
+                             "put_cost_one_time": put_cost, "price": sp.unit_text(), "as_of": sp.as_of,
+                             "source": sp.source})
+    monthly_total = next(r["monthly_total"] for r in storage_rows if r["storage_class"] == a.destination_class)
+    peak_puts = puts / (wall_hours * 3600) if wall_hours > 0 else 0.0
+    derived = {
+        "per_core_mb_s": per_core, "per_core_mb_s_source": per_core_src, "effective_mb_s_per_vcpu": effective,
+        "index_gets_per_core_s": idx_rate, "index_gets_per_core_s_source": idx_src,
+        "restore_requests": n_restore, "restore_via": via, "restored_gb": restored_gb,
+        "selected_instances": instances_sel, "output_gb": out_bytes / GB, "avg_output_object_bytes": avg_obj,
+        "processed_mb": processed_mb, "core_seconds": core_seconds, "node_hours": node_hours,
+        "wall_clock_hours": wall_hours, "cluster_vcpus": a.worker_nodes * vcpu,
+        "mean_put_per_s": peak_puts, "output_prefixes_needed_at_3500_put_s": max(1, math.ceil(peak_puts / 3500)),
+    }
+    one_time = sum(line.cost for line in lines)
+    return Estimate(prices.region, prices.currency, prices.path, asdict(workload), asdict(a), lines, storage_rows,
+                    derived, one_time, monthly_total, notes)
+
+
+def _qty(q: float) -> str:
+    if q >= 1e9:
+        return f"{q / 1e9:,.2f} billion"
+    if q >= 1e6:
+        return f"{q / 1e6:,.2f} million"
+    return f"{q:,.0f}" if q >= 100 or q == int(q) else f"{q:,.2f}"
+
+
+def format_cost_table(est: Estimate) -> str:
+    """The estimate as a Markdown table (one-time lines, then monthly storage per class)."""
+    cur = est.currency
+    rows = [f"| Item | Quantity | Unit price | Cost ({cur}) |", "|---|---:|---:|---:|"]
+    for line in est.lines:
+        rows.append(f"| {line.item} | {_qty(line.quantity)} {line.unit} | {line.unit_price} | {line.cost:,.2f} |")
+    rows.append(f"| **One-time total** | | | **{est.one_time_total:,.2f}** |")
+    rows.append("")
+    rows.append(f"| Destination storage class | GB | Per month ({cur}) | PUTs, one-time ({cur}) |")
+    rows.append("|---|---:|---:|---:|")
+    for r in est.storage:
+        mark = " (chosen)" if r["storage_class"] == est.assumptions["destination_class"] else ""
+        rows.append(f"| {r['storage_class']}{mark} | {r['gb']:,.0f} | {r['monthly_total']:,.2f} | "
+                    f"{r['put_cost_one_time']:,.2f} |")
+    rows.append("")
+    d = est.derived
+    rows.append(f"Region {est.region}, prices from {est.prices_file}. Throughput {d['per_core_mb_s']:g} MB/s per core "
+                f"({d['per_core_mb_s_source']}); {d['node_hours']:,.0f} worker node-hours, about "
+                f"{d['wall_clock_hours']:,.1f} h on {est.assumptions['worker_nodes']} worker nodes.")
+    rows.extend(f"Note: {n}" for n in est.notes)
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``cost``; the handler is ``args.func`` (returns an exit code)."""
+    p = subparsers.add_parser("cost", help="estimate the cost of a full run")
+    src = p.add_argument_group("workload (a manifest, a listing, or totals)")
+    src.add_argument("--manifest", help="manifest dataset (Parquet)")
+    src.add_argument("--text", help="text archive prefix to list (archive counts and bytes)")
+    src.add_argument("--images", help="image archive prefix to list (archive counts and bytes)")
+    src.add_argument("--listing", action="store_true", help="use the totals below (--archives, --bytes, --instances)")
+    src.add_argument("--archives", type=int, help="number of archives (text + image)")
+    src.add_argument("--bytes", type=float, help="bytes of all archives")
+    src.add_argument("--instances", type=float, help="number of instances")
+    src.add_argument("--avg-header-bytes", type=int, default=12 * 1024, help="average header JSON size (12 KiB)")
+    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--prices", default=DEFAULT_PRICES, help="prices file (default conf/prices.json)")
+    p.add_argument("--bench-report", default=DEFAULT_BENCH_REPORT, help="benchmark report with per_core_mb_s")
+    p.add_argument("--tier", choices=("Bulk", "Standard", "Expedited"), default="Bulk")
+    p.add_argument("--days", type=int, default=7, help="days restored copies stay")
+    p.add_argument("--selected-fraction", type=float, default=1.0, help="share of instances selected")
+    p.add_argument("--pixel-archive-fraction", type=float, help="share of pixel archives holding a selected instance")
+    p.add_argument("--selective-restore", action="store_true",
+                   help="restore only pixel archives with selected instances (headers name their archive)")
+    p.add_argument("--storage-class", choices=STORAGE_CLASSES, default="STANDARD", help="destination class")
+    p.add_argument("--instance-type", default="m6i.4xlarge")
+    p.add_argument("--nodes", type=int, default=50, help="EMR worker nodes (core + task fleets)")
+    p.add_argument("--utilization", type=float, default=0.7, help="share of vCPU time at measured throughput")
+    p.add_argument("--per-core-mb-s", type=float, help="override the measured throughput per core")
+    p.add_argument("--spot-discount", type=float, default=0.0, help="EC2 discount on worker nodes (0.6 = 60%% off)")
+    p.add_argument("--no-bucket-key", action="store_true", help="SSE-KMS without S3 Bucket Keys (KMS per request)")
+    p.add_argument("--restore-via", choices=("api", "batch", "auto"), default="auto")
+    p.add_argument("--json-out", help="write the estimate as JSON here")
+    p.set_defaults(func=handle_cost)
+    return p
+
+
+def handle_cost(args: argparse.Namespace) -> int:
+    """Run ``cost``: print the table, write JSON; errors become one line on stderr."""
+    try:
+        est = _run(args)
+    except (ConfigError, CriteriaError) as exc:
+        print(f"dicom-reassembly cost: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except ReassemblyError as exc:
+        print(f"dicom-reassembly cost: {exc.one_line()}", file=sys.stderr)
+        return 1
+    print(format_cost_table(est))
+    if args.json_out:
+        try:
+            storage.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
+                                storage.WriteOptions(content_type="application/json"))
+        except ReassemblyError as exc:
+            print(f"dicom-reassembly cost: {exc.one_line()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _listed(prefix: str) -> tuple[int, int]:
+    n = total = 0
+    for o in storage.list_objects(prefix):
+        n += 1
+        total += o.size
+    return n, total
+
+
+def _run(args: argparse.Namespace) -> Estimate:
+    prices = read_prices(args.prices, args.region)
+    if args.listing or (args.manifest is None and args.archives is not None):
+        if args.archives is None or args.bytes is None or args.instances is None:
+            raise ConfigError("bad_workload", "--listing needs --archives, --bytes and --instances")
+        workload = workload_from_totals(int(args.archives), int(args.bytes), int(args.instances),
+                                        args.avg_header_bytes)
+    elif args.manifest:
+        workload = read_manifest_workload(args.manifest)
+        if args.text and args.images:
+            ha, hb = _listed(args.text)
+            pa_, pb = _listed(args.images)
+            workload = merge_listing(workload, ha, hb, pa_, pb)
+        if workload.instances == 0:
+            raise ConfigError("bad_workload", "the manifest has no header rows: nothing to estimate", uri=args.manifest)
+    else:
+        raise ConfigError("bad_workload", "give --manifest M, or --listing --archives N --bytes B --instances N")
+    a = Assumptions(tier=args.tier, days=args.days, selected_fraction=args.selected_fraction,
+                    pixel_archive_fraction=args.pixel_archive_fraction, selective_restore=args.selective_restore,
+                    destination_class=args.storage_class, instance_type=args.instance_type,
+                    worker_nodes=args.nodes, utilization=args.utilization, per_core_mb_s=args.per_core_mb_s,
+                    spot_discount=args.spot_discount, kms_bucket_key=not args.no_bucket_key,
+                    restore_via=args.restore_via)
+    return estimate_cost(workload, prices, a, args.bench_report)

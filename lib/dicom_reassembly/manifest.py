@@ -1,0 +1,210 @@
+"""The manifest: a Parquet index of every tar member, its offsets, UID and key header tags.
+
+Like ratarmount's index, it makes random access one seek; unlike it, it spans
+millions of archives and carries the header JSON, so reassembly never re-reads
+a text archive. Rows are produced by a plain generator per archive, run inside
+``mapPartitions``; Spark only schedules and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from . import storage, tar_access
+from .dicom_json import KEY_TAGS, canonical_sha256, check_identity, key_tags, parse_header
+from .errors import HeaderError, NotRestoredError
+from .uids import member_uid, uid_problem
+
+log = logging.getLogger(__name__)
+
+HEADER_SUFFIXES = (".json",)
+PIXEL_SUFFIXES = (".j2c", ".j2k", ".jp2", ".jph", ".jhc", ".raw", ".bin", ".pixels")
+# Archive errors worth retrying on the next indexing run.
+RETRYABLE_ARCHIVE_ERRORS = ("not_restored", "read_error", "s3_error", "s3_unreachable", "not_found", "access_denied")
+
+_INT_TAGS = [c for c, (_, kind) in KEY_TAGS.items() if kind is int]
+_STR_TAGS = [c for c, (_, kind) in KEY_TAGS.items() if kind is not int]
+
+# (name, spark type name); the order is the row order.
+MANIFEST_FIELDS: list[tuple[str, str]] = [
+    ("archive_uri", "string"), ("archive_role", "string"), ("archive_size", "long"), ("archive_etag", "string"),
+    ("archive_mtime", "timestamp"), ("index_run", "string"), ("indexed_at", "timestamp"),
+    ("member_name", "string"), ("header_offset", "long"), ("data_offset", "long"), ("size", "long"),
+    ("kind", "string"), ("member_type", "string"), ("sop_instance_uid", "string"),
+    ("error", "string"), ("error_detail", "string"),
+    ("header_json", "string"), ("header_sha256", "string"),
+    *[(c, "string") for c in _STR_TAGS], *[(c, "int") for c in _INT_TAGS], ("pixel_ref", "string"),
+]
+FIELD_NAMES = [n for n, _ in MANIFEST_FIELDS]
+
+
+def manifest_schema() -> Any:
+    """The manifest's Spark schema."""
+    from pyspark.sql import types as T
+
+    kinds = {"string": T.StringType(), "long": T.LongType(), "int": T.IntegerType(), "timestamp": T.TimestampType()}
+    return T.StructType([T.StructField(n, kinds[t], True) for n, t in MANIFEST_FIELDS])
+
+
+def member_kind(name: str) -> str:
+    """header, pixels or other, from the member's extension."""
+    lower = name.lower()
+    if lower.endswith(HEADER_SUFFIXES):
+        return "header"
+    if lower.endswith(PIXEL_SUFFIXES):
+        return "pixels"
+    return "other"
+
+
+def _row(**values: Any) -> tuple:
+    return tuple(values.get(n) for n in FIELD_NAMES)
+
+
+def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
+                  coalesce_gap: int = 256 * 1024) -> Iterator[tuple]:
+    """Manifest rows of one archive: one per member, then one archive-level row.
+
+    ``archive`` has uri, role ('text' streams the data, 'images' reads headers
+    only), size, etag and mtime. Errors become rows, never exceptions.
+    """
+    base = {
+        "archive_uri": archive["uri"], "archive_role": archive["role"], "archive_size": archive["size"],
+        "archive_etag": archive.get("etag"), "archive_mtime": archive.get("mtime"),
+        "index_run": index_run, "indexed_at": indexed_at,
+    }
+    with_data = archive["role"] == "text"
+    error = detail = None
+    members = 0
+    try:
+        for item in tar_access.iter_members(archive["uri"], archive["size"], with_data, coalesce_gap):
+            if isinstance(item, tar_access.Damage):
+                error, detail = item.reason, f"at offset {item.offset}: {item.detail}"
+                break
+            members += 1
+            yield _member_row(base, item)
+    except NotRestoredError as exc:
+        error, detail = "not_restored", exc.detail
+    yield _row(**base, kind="archive", member_type="archive", size=archive["size"], error=error,
+               error_detail=detail if error else f"{members} members")
+
+
+def _member_row(base: dict[str, Any], m: tar_access.Member) -> tuple:
+    kind = member_kind(m.name) if m.regular else "other"
+    row: dict[str, Any] = dict(base, member_name=m.name, header_offset=m.header_offset, data_offset=m.data_offset,
+                               size=m.size, kind=kind, member_type=m.type_name)
+    if not m.regular:
+        return _row(**row, error="non_regular_member", error_detail=f"{m.type_name} member skipped")
+    if m.truncated:
+        row["sop_instance_uid"] = member_uid(m.name)
+        return _row(**row, error="truncated_archive", error_detail="the archive ends inside this member's data")
+    if kind == "other":
+        return _row(**row, error="unexpected_member", error_detail="neither .json header nor pixel member")
+    uid = member_uid(m.name)
+    row["sop_instance_uid"] = uid
+    problem = uid_problem(uid)
+    if problem:
+        return _row(**row, error="invalid_uid", error_detail=f"member UID {uid!r} is {problem}")
+    if kind == "header" and m.data is not None:
+        row.update(_header_columns(m.data, uid))
+    return _row(**row)
+
+
+def _header_columns(data: bytes, uid: str) -> dict[str, Any]:
+    """Header JSON, its hash and typed key tags; an error code when it is unusable."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return {"error": "malformed_json", "error_detail": f"not UTF-8: {exc}"}
+    try:
+        header = parse_header(text)
+        cols = key_tags(header)
+        cols.pop("header_sop_instance_uid", None)
+        cols.update(header_json=text, header_sha256=canonical_sha256(header))
+        check_identity(header, uid)
+    except HeaderError as exc:
+        partial = locals().get("cols") or {}
+        return {**partial, "error": exc.reason, "error_detail": exc.detail}
+    return cols
+
+
+def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",)) -> list[dict[str, Any]]:
+    """List both prefixes (paginated on S3) into archive dicts tagged with their role."""
+    out = []
+    for role, prefix in (("text", text), ("images", images)):
+        for obj in storage.list_objects(prefix, suffixes):
+            out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime})
+    return out
+
+
+def archives_to_index(listing: list[dict[str, Any]], indexed: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The archives that are new, changed (size or ETag) or whose last index failed for a retryable reason."""
+    known = {r["archive_uri"]: r for r in indexed}
+    todo = []
+    for a in listing:
+        prev = known.get(a["uri"])
+        if (prev is None or prev["archive_size"] != a["size"] or prev["archive_etag"] != a["etag"]
+                or prev.get("archive_role") != a["role"] or (prev.get("error") or "") in RETRYABLE_ARCHIVE_ERRORS):
+            todo.append(a)
+    return todo
+
+
+def balance_by_bytes(archives: list[dict[str, Any]], tasks: int) -> list[list[dict[str, Any]]]:
+    """Spread archives over ``tasks`` buckets, largest first onto the lightest bucket."""
+    import heapq
+
+    tasks = max(1, min(tasks, len(archives)))
+    heap = [(0, i) for i in range(tasks)]
+    buckets: list[list[dict[str, Any]]] = [[] for _ in range(tasks)]
+    for a in sorted(archives, key=lambda a: (-a["size"], a["uri"])):
+        load, i = heapq.heappop(heap)
+        buckets[i].append(a)
+        heapq.heappush(heap, (load + max(a["size"], 1), i))
+    return buckets
+
+
+def new_index_run() -> tuple[str, datetime]:
+    """An index run id that sorts by time, and its timestamp."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S%fZ"), now
+
+
+# ---------------------------------------------------------------- Spark side
+
+
+def with_latest_index(df: Any) -> Any:
+    """Keep, for each archive, only the rows of its newest index run."""
+    from pyspark.sql import functions as F
+
+    latest = (df.filter(F.col("kind") == "archive")
+              .groupBy("archive_uri").agg(F.max("index_run").alias("_latest")))
+    return (df.join(latest, "archive_uri")
+            .filter(F.col("index_run") == F.col("_latest")).drop("_latest"))
+
+
+def read_manifest(spark: Any, uri: str) -> Any:
+    """The manifest as a DataFrame, newest index per archive."""
+    return spark.read.schema(manifest_schema()).parquet(uri).transform(with_latest_index)
+
+
+def manifest_exists(uri: str) -> bool:
+    """True when a manifest dataset has been written at ``uri``."""
+    if storage.is_s3(uri):
+        return any(True for _ in storage.list_objects(uri, (".parquet",)))
+    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
+
+
+def read_manifest_arrow(uri: str) -> Any:
+    """The manifest as a pyarrow dataset (CLI use; no Spark)."""
+    import pyarrow.dataset as pads
+
+    if storage.is_s3(uri):
+        from pyarrow import fs
+
+        s3fs = fs.S3FileSystem(endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
+                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1")
+        return pads.dataset(uri[len("s3://"):], filesystem=s3fs, format="parquet")
+    return pads.dataset(uri, format="parquet")

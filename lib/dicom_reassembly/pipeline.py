@@ -1,0 +1,184 @@
+"""The Spark side of both jobs: small DataFrame transforms and the functions that chain them.
+
+Heavy work (tar walking, DICOM assembly, writes) happens in plain-Python
+generators from ``manifest`` and ``reassembly``, called through ``mapPartitions``.
+Nothing here reads member data on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from . import manifest as mf
+from .ledger import LEDGER_NAMES, ledger_schema
+from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reassemble_partition
+
+log = logging.getLogger(__name__)
+
+MEMBER_COLUMNS = ["archive_uri", "archive_size", "member_name", "data_offset", "size", "error", "error_detail"]
+HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instance_uid", "series_instance_uid", "modality"]
+
+
+# ---------------------------------------------------------------- build_manifest
+
+
+def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
+                      tasks: int, coalesce_gap: int) -> Any:
+    """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks."""
+    buckets = mf.balance_by_bytes(archives, tasks) if archives else []
+    keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
+    n = max(1, len(buckets))
+    rdd = (spark.sparkContext.parallelize(keyed, n)
+           .partitionBy(n, lambda k: k)
+           .flatMap(lambda kv: mf.index_archive(kv[1], index_run, indexed_at, coalesce_gap)))
+    return spark.createDataFrame(rdd, mf.manifest_schema())
+
+
+def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
+    """The archive-level rows of an existing manifest (newest index each), for incremental runs."""
+    if not mf.manifest_exists(manifest_uri):
+        return []
+    from pyspark.sql import functions as F
+
+    rows = (mf.read_manifest(spark, manifest_uri).filter(F.col("kind") == "archive")
+            .select("archive_uri", "archive_role", "archive_size", "archive_etag", "error").collect())
+    return [r.asDict() for r in rows]
+
+
+# ---------------------------------------------------------------- reassemble: transforms
+
+
+def with_members_by_uid(manifest: Any) -> Any:
+    """One row per UID: its header members and pixel members, as lists of structs.
+
+    Members with unusable UIDs stay out: no UID can join them.
+    """
+    from pyspark.sql import functions as F
+
+    usable = manifest.filter(F.col("kind").isin("header", "pixels")
+                             & (F.col("error").isNull() | (F.col("error") != "invalid_uid")))
+    headers = (usable.filter(F.col("kind") == "header").groupBy("sop_instance_uid")
+               .agg(F.collect_list(F.struct(*HEADER_COLUMNS)).alias("headers")))
+    pixels = (usable.filter(F.col("kind") == "pixels").groupBy("sop_instance_uid")
+              .agg(F.collect_list(F.struct(*MEMBER_COLUMNS)).alias("pixels")))
+    return headers.join(pixels, "sop_instance_uid", "full_outer")
+
+
+def with_instance_plan(select: Callable[[str], str | None] | None, pixels_pending_restore: bool) -> Callable[[Any], Any]:
+    """Transform: UIDs with their members -> plan rows (terminal outcomes and pending work)."""
+
+    def transform(by_uid: Any) -> Any:
+        def plan(row: Any) -> Any:
+            headers = [h.asDict() for h in (row["headers"] or [])]
+            pixels = [p.asDict() for p in (row["pixels"] or [])]
+            return plan_instance(row["sop_instance_uid"], headers, pixels, select, pixels_pending_restore)
+
+        return by_uid.sparkSession.createDataFrame(by_uid.rdd.flatMap(plan), plan_schema())
+
+    return transform
+
+
+def with_archive_locality(partitions: int) -> Callable[[Any], Any]:
+    """Transform: pending work hashed by pixel archive, each archive's members in offset order."""
+
+    def transform(work: Any) -> Any:
+        return work.repartition(partitions, "pixel_archive").sortWithinPartitions("pixel_archive", "pixel_offset")
+
+    return transform
+
+
+def with_ledger_columns(run_id: str, finished_at: datetime) -> Callable[[Any], Any]:
+    """Transform: terminal plan rows -> ledger rows."""
+
+    def transform(plan: Any) -> Any:
+        from pyspark.sql import functions as F
+
+        cols = []
+        for name, field in zip(LEDGER_NAMES, ledger_schema().fields):
+            if name == "run_id":
+                cols.append(F.lit(run_id).alias(name))
+            elif name == "finished_at":
+                cols.append(F.lit(finished_at).cast("timestamp").alias(name))
+            elif name in plan.columns:
+                cols.append(F.col(name).cast(field.dataType).alias(name))
+            else:
+                cols.append(F.lit(None).cast(field.dataType).alias(name))
+        return plan.select(*cols)
+
+    return transform
+
+
+def with_manifest_damage(manifest: Any) -> Any:
+    """Manifest rows that are damage, not members to join: damaged archives, odd members, bad UIDs."""
+    from pyspark.sql import functions as F
+
+    is_header_side = (F.col("kind") == "header") | ((F.col("kind") != "pixels") & (F.col("archive_role") == "text"))
+    status = (F.when(F.col("kind") == "archive",
+                     F.when(F.col("error") == "not_restored", "not_restored").otherwise("unreadable_archive"))
+              .when(is_header_side, "invalid_header").otherwise("invalid_pixels"))
+    reason = F.concat_ws(": ", F.col("error"), F.col("error_detail"))
+    damaged = manifest.filter(
+        ((F.col("kind") == "archive") & F.col("error").isNotNull())
+        | (F.col("kind") == "other")
+        | (F.col("kind").isin("header", "pixels") & (F.col("error") == "invalid_uid")))
+    member = F.col("member_name")
+    return damaged.select(
+        F.col("sop_instance_uid"), status.alias("status"), reason.alias("reason"),
+        F.when(is_header_side, F.col("archive_uri")).alias("header_archive"),
+        F.when(is_header_side, member).alias("header_member"),
+        F.when(~is_header_side, F.col("archive_uri")).alias("pixel_archive"),
+        F.when(~is_header_side, member).alias("pixel_member"),
+    )
+
+
+# ---------------------------------------------------------------- reassemble: the run
+
+
+def count_pending_restore(manifest: Any) -> int:
+    """Image archives the manifest could not index because they are still in Glacier."""
+    from pyspark.sql import functions as F
+
+    return (manifest.filter((F.col("kind") == "archive") & (F.col("archive_role") == "images")
+                            & (F.col("error") == "not_restored")).count())
+
+
+def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: datetime, partitions: int) -> Any:
+    """The whole run's ledger as one lazy DataFrame: terminal outcomes, damage, and written instances.
+
+    Evaluating it writes the objects, so it is evaluated exactly once (by the ledger write).
+    """
+    from pyspark.sql import functions as F
+
+    terminal = plan.filter(F.col("status") != PENDING).transform(with_ledger_columns(ctx.run_id, finished_at))
+    damage = manifest.transform(with_manifest_damage).transform(with_ledger_columns(ctx.run_id, finished_at))
+    work = plan.filter(F.col("status") == PENDING).transform(with_archive_locality(partitions))
+    written = plan.sparkSession.createDataFrame(
+        work.rdd.mapPartitions(lambda rows: reassemble_partition(rows, ctx)), ledger_schema())
+    return terminal.unionByName(damage).unionByName(written)
+
+
+def skipped_archives(plan: Any, manifest: Any) -> dict[str, int]:
+    """Image archives (and bytes) that no pending instance needs: never opened by this run."""
+    from pyspark.sql import functions as F
+
+    images = (manifest.filter((F.col("kind") == "archive") & (F.col("archive_role") == "images"))
+              .select("archive_uri", "archive_size").distinct())
+    needed = plan.filter(F.col("status") == PENDING).select(F.col("pixel_archive").alias("archive_uri")).distinct()
+    unneeded = images.join(needed, "archive_uri", "left_anti")
+    row = unneeded.agg(F.count(F.lit(1)).alias("n"), F.sum("archive_size").alias("b")).collect()[0]
+    total = images.agg(F.count(F.lit(1)).alias("n")).collect()[0]
+    return {"archives_total": int(total["n"] or 0), "archives_skipped": int(row["n"] or 0), "bytes_skipped": int(row["b"] or 0)}
+
+
+def reassemble_partitions(plan: Any, configured: int) -> int:
+    """How many tasks: configured, else one per pending archive up to 4 per core."""
+    from pyspark.sql import functions as F
+
+    if configured > 0:
+        return configured
+    archives = plan.filter(F.col("status") == PENDING).select("pixel_archive").distinct().count()
+    cores = plan.sparkSession.sparkContext.defaultParallelism
+    return max(1, min(archives, 4 * cores))

@@ -1,0 +1,551 @@
+"""Reassembly at scale, as plain Python that Spark schedules.
+
+Two stages, each a generator:
+
+- ``plan_instance``: one UID's header and pixel members in, its fate out:
+  a terminal ledger outcome (orphan, invalid, duplicate copy, conflict,
+  filtered out) or one work item that names the pixel member to read.
+- ``reassemble_partition``: work items sorted by (pixel archive, offset) in,
+  ledger rows out. Each archive is read in one forward pass: one streaming GET
+  when most of it is wanted, coalesced ranged GETs when little is. Objects are
+  written by a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+from . import storage
+from .errors import ArchiveError, NotRestoredError, ReassemblyError
+from .ledger import ledger_row
+from .part10 import Part10, assemble
+
+log = logging.getLogger(__name__)
+
+# Work items: the fields the executor needs, and nothing heavier than the header JSON.
+PLAN_FIELDS: list[tuple[str, str]] = [
+    ("sop_instance_uid", "string"), ("status", "string"), ("reason", "string"),
+    ("header_archive", "string"), ("header_member", "string"), ("header_json", "string"),
+    ("pixel_archive", "string"), ("pixel_archive_size", "long"), ("pixel_member", "string"),
+    ("pixel_offset", "long"), ("pixel_size", "long"), ("dup_pixels", "string"),
+    ("study_instance_uid", "string"), ("series_instance_uid", "string"), ("modality", "string"),
+]
+PLAN_NAMES = [n for n, _ in PLAN_FIELDS]
+PENDING = "pending"
+# Manifest member errors that say the archive, not the member, is damaged.
+ARCHIVE_DAMAGE = ("truncated_archive", "corrupt_header", "read_error")
+
+
+def plan_schema() -> Any:
+    """Spark schema of plan rows."""
+    from pyspark.sql import types as T
+
+    kinds = {"string": T.StringType(), "long": T.LongType()}
+    return T.StructType([T.StructField(n, kinds[t], True) for n, t in PLAN_FIELDS])
+
+
+def _plan(uid: str, status: str, reason: str | None, h: dict | None, p: dict | None, **extra: Any) -> tuple:
+    values: dict[str, Any] = {"sop_instance_uid": uid, "status": status, "reason": reason}
+    if h:
+        values.update(header_archive=h["archive_uri"], header_member=h["member_name"],
+                      study_instance_uid=h.get("study_instance_uid"), series_instance_uid=h.get("series_instance_uid"),
+                      modality=h.get("modality"))
+    if p:
+        values.update(pixel_archive=p["archive_uri"], pixel_archive_size=p.get("archive_size"),
+                      pixel_member=p["member_name"], pixel_offset=p["data_offset"], pixel_size=p["size"])
+    values.update(extra)
+    return tuple(values.get(n) for n in PLAN_NAMES)
+
+
+def _loc(m: dict) -> str:
+    return f"{m['archive_uri']}:{m['member_name']}"
+
+
+def _first(members: list[dict]) -> list[dict]:
+    """Copies in a stable order: the first one is the primary."""
+    return sorted(members, key=lambda m: (m["archive_uri"], m["data_offset"]))
+
+
+def _why(m: dict) -> str:
+    return f"{m['error']}: {m.get('error_detail') or ''}".rstrip(": ")
+
+
+def plan_instance(uid: str, headers: list[dict], pixels: list[dict],
+                  select: Callable[[str], str | None] | None = None,
+                  pixels_pending_restore: bool = False) -> Iterator[tuple]:
+    """Decide one UID's fate from all its header and pixel members.
+
+    The instance's outcome names its primary header and pixel member; every
+    other member gets a row of its own, so each member appears in the ledger.
+    ``select(header_json)`` returns None to keep the instance or the reason it
+    was filtered out. ``pixels_pending_restore`` says some pixel archives are
+    not indexed yet (still in Glacier), so a header without pixels is
+    ``not_restored`` rather than an orphan.
+    """
+    headers, pixels = _first(headers), _first(pixels)
+    good_h = [h for h in headers if not h.get("error")]
+    bad_h = [h for h in headers if h.get("error")]
+    good_p = [p for p in pixels if not p.get("error")]
+    bad_p = [p for p in pixels if p.get("error")]
+
+    def bad_pixel(p: dict, h: dict | None = None) -> tuple:
+        status = "unreadable_archive" if p["error"] in ARCHIVE_DAMAGE else "invalid_pixels"
+        return _plan(uid, status, _why(p), h, p)
+
+    def rest_of(pixels_named: list[dict], status: str, reason: str) -> Iterator[tuple]:
+        """Rows for the pixel members the outcome did not name: bad ones say why, good ones share the outcome."""
+        for p in pixels:
+            if any(p is q for q in pixels_named):
+                continue
+            yield bad_pixel(p) if p.get("error") else _plan(uid, status, reason, None, p)
+
+    if not good_h:
+        if not headers:
+            for p in pixels:
+                yield bad_pixel(p) if p.get("error") else _plan(uid, "orphan_pixels", "no header member for this UID", None, p)
+            return
+        p0 = (good_p or bad_p or [None])[0]
+        yield _plan(uid, "invalid_header", _why(bad_h[0]), bad_h[0], p0)
+        for h in bad_h[1:]:
+            yield _plan(uid, "invalid_header", _why(h), h, None)
+        yield from rest_of([p0] if p0 else [], "invalid_header", "its header is invalid (extra pixel copy)")
+        return
+    for h in bad_h:
+        yield _plan(uid, "invalid_header", _why(h), h, None)
+    primary, *extra_h = good_h
+    if any(h["header_sha256"] != primary["header_sha256"] for h in extra_h):
+        reason = "headers differ: " + ", ".join(_loc(h) for h in good_h)
+        named = good_p[: len(good_h)]
+        for i, h in enumerate(good_h):
+            yield _plan(uid, "conflict", reason, h, named[i] if i < len(named) else None)
+        yield from rest_of(named, "conflict", reason)
+        return
+    for h in extra_h:
+        yield _plan(uid, "duplicate", f"identical copy of {_loc(primary)}", h, None)
+    reason = select(primary["header_json"]) if select else None
+    if reason:
+        p0 = (good_p or bad_p or [None])[0]
+        yield _plan(uid, "filtered_out", reason, primary, p0)
+        yield from rest_of([p0] if p0 else [], "filtered_out", reason)
+        return
+    if not good_p:
+        if bad_p:
+            yield bad_pixel(bad_p[0], primary)
+            yield from rest_of(bad_p[:1], "invalid_pixels", "")
+        elif pixels_pending_restore:
+            yield _plan(uid, "not_restored", "no pixel member indexed yet; some image archives are not restored", primary, None)
+        else:
+            yield _plan(uid, "orphan_header", "no pixel member for this UID", primary, None)
+        return
+    for p in bad_p:
+        yield bad_pixel(p)
+    first_p, *extra_p = good_p
+    if any(p["size"] != first_p["size"] for p in extra_p):
+        reason = "pixel copies differ in size: " + ", ".join(_loc(p) for p in good_p)
+        yield _plan(uid, "conflict", reason, primary, first_p)
+        for p in extra_p:
+            yield _plan(uid, "conflict", reason, None, p)
+        return
+    dups = json.dumps([[p["archive_uri"], p["member_name"], p["data_offset"], p["size"]] for p in extra_p]) if extra_p else None
+    yield _plan(uid, PENDING, None, primary, first_p, header_json=primary["header_json"], dup_pixels=dups)
+
+
+# ---------------------------------------------------------------- executor
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What the executors need to write outputs: small and picklable."""
+
+    run_id: str
+    out: str | None
+    key_template: str = "{sop_instance_uid}.dcm"
+    write_options: storage.WriteOptions = storage.WriteOptions()
+    skip_existing: bool = True
+    upload_threads: int = 8
+    stream_fraction: float = 0.5
+    coalesce_gap: int = 256 * 1024
+    large_member_bytes: int = 256 * 1024 * 1024
+    put_rate: float = 0.0  # writes per second per task; 0 = unlimited
+    s3: storage.S3Settings | None = None
+    stow: Any = None  # stow.StowSettings when forwarding to DICOMweb
+
+
+def output_key(template: str, item: dict[str, Any]) -> str:
+    """The object key for an instance from the configured template."""
+    uid = item["sop_instance_uid"]
+    fields = {
+        "sop_instance_uid": uid,
+        "study_instance_uid": item.get("study_instance_uid") or "unknown-study",
+        "series_instance_uid": item.get("series_instance_uid") or "unknown-series",
+        "modality": item.get("modality") or "OT",
+        "uid_hash": hashlib.sha256(uid.encode()).hexdigest()[:4],
+    }
+    return template.format(**fields)
+
+
+@dataclass
+class _Range:
+    start: int
+    end: int
+    items: list[dict[str, Any]]
+
+
+def plan_reads(items: list[dict[str, Any]], archive_size: int | None, stream_fraction: float, coalesce_gap: int) -> list[_Range]:
+    """Group an archive's wanted members (sorted by offset) into the GETs that read them.
+
+    One range spanning everything when most of the archive is wanted; otherwise
+    ranges split wherever the gap between members exceeds ``coalesce_gap``.
+    """
+    if not items:
+        return []
+    wanted = sum(i["pixel_size"] for i in items)
+    if archive_size and wanted >= stream_fraction * archive_size:
+        return [_Range(items[0]["pixel_offset"], max(i["pixel_offset"] + i["pixel_size"] for i in items), items)]
+    ranges: list[_Range] = []
+    for it in items:
+        start, end = it["pixel_offset"], it["pixel_offset"] + it["pixel_size"]
+        if ranges and start - ranges[-1].end <= coalesce_gap:
+            ranges[-1].end = max(ranges[-1].end, end)
+            ranges[-1].items.append(it)
+        else:
+            ranges.append(_Range(start, end, [it]))
+    return ranges
+
+
+class _Payload:
+    """A member's bytes: in memory, or spooled to a temp file and mapped when large."""
+
+    def __init__(self, stream: Any, size: int, large: int) -> None:
+        self.file = None
+        self.map = None
+        if size <= large:
+            self.data: Any = storage.read_exact(stream, size)
+            return
+        self.file = tempfile.TemporaryFile(prefix="dcm-member-")  # noqa: SIM115 - closed by close()
+        left = size
+        while left:
+            chunk = stream.read(min(left, 8 << 20))
+            if not chunk:
+                break
+            self.file.write(chunk)
+            left -= len(chunk)
+        self.file.flush()
+        self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size - left else None
+        self.data = self.map if self.map is not None else b""
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def _skip(stream: Any, n: int) -> None:
+    while n > 0:
+        chunk = stream.read(min(n, 1 << 20))
+        if not chunk:
+            raise ArchiveError("truncated_archive", "archive ended before a wanted member")
+        n -= len(chunk)
+
+
+def read_archive_members(uri: str, items: list[dict[str, Any]], archive_size: int | None, ctx: WriteContext
+                         ) -> Iterator[tuple[dict[str, Any], Any, ReassemblyError | None]]:
+    """Yield (item, payload or None, error) for each wanted member, in one forward pass per range."""
+    for rng in plan_reads(items, archive_size, ctx.stream_fraction, ctx.coalesce_gap):
+        try:
+            stream = storage.open_read(uri, rng.start, rng.end)
+        except ReassemblyError as exc:
+            for it in rng.items:
+                yield it, None, exc
+            continue
+        with stream:
+            pos = rng.start
+            for k, it in enumerate(rng.items):
+                try:
+                    if it["pixel_offset"] < pos:  # two UIDs naming one member: read it again, separately
+                        yield it, _Payload(_ReadOnce(uri, it), it["pixel_size"], ctx.large_member_bytes), None
+                        continue
+                    _skip(stream, it["pixel_offset"] - pos)
+                    payload = _Payload(stream, it["pixel_size"], ctx.large_member_bytes)
+                    pos = it["pixel_offset"] + len(payload)
+                    if len(payload) < it["pixel_size"]:
+                        payload.close()
+                        raise ArchiveError("truncated_archive", f"member cut at {len(payload)} of {it['pixel_size']} bytes")
+                    yield it, payload, None
+                except ReassemblyError as exc:
+                    for rest in rng.items[k:]:
+                        yield rest, None, exc
+                    break
+                except Exception as exc:  # a dropped connection: the rest of this range is lost, not the run
+                    err = ArchiveError("read_error", f"{type(exc).__name__}: {str(exc)[:200]}", uri=uri)
+                    for rest in rng.items[k:]:
+                        yield rest, None, err
+                    break
+
+
+class _ReadOnce:
+    """A stream over one member by its own ranged read."""
+
+    def __init__(self, uri: str, it: dict[str, Any]) -> None:
+        self.data = storage.read_range(uri, it["pixel_offset"], it["pixel_size"])
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = len(self.data) - self.pos if n < 0 else n
+        out = self.data[self.pos: self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def _error_status(exc: ReassemblyError) -> str:
+    return exc.status
+
+
+class _RateLimit:
+    """Spaces calls at least 1/rate seconds apart (rate 0: no limit), shared by a task's threads."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.lock = threading.Lock()
+        self.next_at = 0.0
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            at = max(now, self.next_at)
+            self.next_at = at + self.interval
+        if at > now:
+            time.sleep(at - now)
+
+
+class _Writer:
+    """Writes objects on a bounded thread pool and keeps the ledger rows in order of completion."""
+
+    def __init__(self, ctx: WriteContext) -> None:
+        self.ctx = ctx
+        self.pool = ThreadPoolExecutor(max_workers=max(1, ctx.upload_threads), thread_name_prefix="dcm-put")
+        self.limit = threading.BoundedSemaphore(2 * max(1, ctx.upload_threads))
+        self.rate = _RateLimit(ctx.put_rate)
+        self.futures: set[Future] = set()
+
+    def submit(self, fn: Callable[[], list[tuple]]) -> None:
+        self.limit.acquire()
+        fut = self.pool.submit(fn)
+        fut.add_done_callback(lambda _f: self.limit.release())
+        self.futures.add(fut)
+
+    def done(self, block: bool = False) -> Iterator[tuple]:
+        if not self.futures:
+            return
+        finished, _ = wait(self.futures, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for fut in finished:
+            self.futures.discard(fut)
+            yield from fut.result()
+
+    def drain(self) -> Iterator[tuple]:
+        while self.futures:
+            yield from self.done(block=True)
+        self.pool.shutdown(wait=True)
+
+
+def _exists_same(uri: str, obj: Part10) -> bool:
+    info = storage.head_metadata(uri)
+    if info is None or info["size"] != obj.size:
+        return False
+    if storage.is_s3(uri):
+        return info["metadata"].get("sha256") == obj.sha256
+    h = hashlib.sha256()
+    with open(uri, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest() == obj.sha256
+
+
+def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext, stow_queue: Any,
+         rate: _RateLimit) -> list[tuple]:
+    """Write one object (or skip it when it already exists) and return its ledger row."""
+    common = _ledger_values(item)
+    try:
+        if ctx.out:
+            uri = storage.join_uri(ctx.out, output_key(ctx.key_template, item))
+            if ctx.skip_existing and _exists_same(uri, obj):
+                status = "skipped_existing"
+            else:
+                rate.wait()
+                storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options)
+                status = "written"
+            common.update(output_uri=uri, output_bytes=obj.size, output_checksum=f"sha256:{obj.sha256}")
+        else:
+            status = "written"
+            common.update(output_bytes=obj.size, output_checksum=f"sha256:{obj.sha256}")
+        common["transfer_syntax"] = obj.transfer_syntax
+        row = ledger_row(ctx.run_id, status, None, **common)
+        if stow_queue is not None:
+            stow_queue.add(item["sop_instance_uid"], obj, row)
+            return []
+        return [row]
+    except ReassemblyError as exc:
+        log.warning("write failed for %s: %s", item["sop_instance_uid"], exc.reason)
+        return [ledger_row(ctx.run_id, "failed", exc.one_line(), **common)]
+    finally:
+        payload.close()
+
+
+def _ledger_values(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: item.get(k) for k in ("sop_instance_uid", "header_archive", "header_member", "pixel_archive",
+                                     "pixel_member", "study_instance_uid", "series_instance_uid")}
+
+
+def _copies(item: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(zip(("archive", "member", "offset", "size"), d)) for d in json.loads(item["dup_pixels"])]
+
+
+def _identical_copies(copies: list[dict[str, Any]], payload: _Payload) -> bool:
+    """Read each same-size pixel copy once and compare it with the primary's bytes."""
+    primary = hashlib.sha256(payload.data).digest()
+    return all(hashlib.sha256(storage.read_range(c["archive"], c["offset"], c["size"])).digest() == primary
+               for c in copies)
+
+
+def _process(item: dict[str, Any], payload: _Payload, ctx: WriteContext, writer: _Writer, stow_queue: Any) -> Iterator[tuple]:
+    uid = item["sop_instance_uid"]
+    base = _ledger_values(item)
+    if item.get("dup_pixels"):
+        copies = _copies(item)
+        primary = f"{item['pixel_archive']}:{item['pixel_member']}"
+        try:
+            identical = _identical_copies(copies, payload)
+        except ReassemblyError as exc:
+            payload.close()
+            yield ledger_row(ctx.run_id, exc.status, f"reading a duplicate copy: {exc.one_line()}", **base)
+            for c in copies:
+                yield ledger_row(ctx.run_id, exc.status, f"copy of {primary} unreadable", sop_instance_uid=uid,
+                                 pixel_archive=c["archive"], pixel_member=c["member"])
+            return
+        if not identical:
+            where = ", ".join([primary, *(f"{c['archive']}:{c['member']}" for c in copies)])
+            payload.close()
+            yield ledger_row(ctx.run_id, "conflict", f"pixel copies differ: {where}", **base)
+            for c in copies:
+                yield ledger_row(ctx.run_id, "conflict", f"pixel copies differ: {where}", sop_instance_uid=uid,
+                                 pixel_archive=c["archive"], pixel_member=c["member"])
+            return
+        for c in copies:
+            yield ledger_row(ctx.run_id, "duplicate", f"identical copy of {primary}", sop_instance_uid=uid,
+                             pixel_archive=c["archive"], pixel_member=c["member"])
+    try:
+        obj = assemble(item["header_json"], payload.data, uid, item["pixel_member"])
+    except ReassemblyError as exc:
+        payload.close()
+        yield ledger_row(ctx.run_id, exc.status, exc.one_line(), **base)
+        return
+    except Exception as exc:  # an unforeseen input must cost one instance, not the run
+        payload.close()
+        log.exception("unexpected failure assembling %s", uid)
+        yield ledger_row(ctx.run_id, "failed", f"{type(exc).__name__}: {str(exc)[:200]}", **base)
+        return
+    writer.submit(lambda: _put(item, obj, payload, ctx, stow_queue, writer.rate))
+
+
+def reassemble_partition(rows: Iterable[Any], ctx: WriteContext) -> Iterator[tuple]:
+    """Executor side: work items sorted by (pixel_archive, pixel_offset) in, ledger rows out."""
+    if ctx.s3 is not None:
+        storage.set_default_s3_settings(ctx.s3)
+    writer = _Writer(ctx)
+    stow_queue = _StowQueue(ctx) if ctx.stow is not None else None
+    try:
+        items = (r.asDict() if hasattr(r, "asDict") else dict(r) for r in rows)
+        for archive, group in groupby(items, key=lambda r: r["pixel_archive"]):
+            members = list(group)
+            try:
+                for item, payload, err in read_archive_members(archive, members, members[0].get("pixel_archive_size"), ctx):
+                    if err is not None:
+                        status = "not_restored" if isinstance(err, NotRestoredError) else (
+                            "unreadable_archive" if isinstance(err, ArchiveError) else "failed")
+                        yield ledger_row(ctx.run_id, status, err.one_line(), **_ledger_values(item))
+                        continue
+                    try:
+                        yield from _process(item, payload, ctx, writer, stow_queue)
+                    except Exception as exc:  # a bug or an unforeseen input costs one instance, never the run
+                        log.exception("unexpected failure on %s", item["sop_instance_uid"])
+                        payload.close()
+                        yield ledger_row(ctx.run_id, "failed", f"{type(exc).__name__}: {str(exc)[:200]}",
+                                         **_ledger_values(item))
+                    yield from writer.done()
+                    if stow_queue is not None:
+                        yield from stow_queue.ready()
+            finally:
+                for m in members:
+                    m["header_json"] = None  # release the header text early
+        yield from writer.drain()
+        if stow_queue is not None:
+            yield from stow_queue.flush()
+    finally:
+        writer.pool.shutdown(wait=True)
+
+
+class _StowQueue:
+    """Batches written instances for STOW-RS and completes their ledger rows with the result."""
+
+    def __init__(self, ctx: WriteContext) -> None:
+        from .stow import StowClient
+
+        self.ctx = ctx
+        self.client = StowClient(ctx.stow)
+        self.lock = threading.Lock()
+        self.batch: list[tuple[str, bytes, tuple]] = []
+        self.batch_bytes = 0
+        self.out: list[tuple] = []
+
+    def add(self, uid: str, obj: Part10, row: tuple) -> None:
+        with self.lock:
+            self.batch.append((uid, obj.tobytes(), row))
+            self.batch_bytes += obj.size
+            full = len(self.batch) >= self.ctx.stow.batch_count or self.batch_bytes >= self.ctx.stow.batch_bytes
+        if full:
+            self._send()
+
+    def _send(self) -> None:
+        from .ledger import LEDGER_NAMES
+
+        with self.lock:
+            batch, self.batch, self.batch_bytes = self.batch, [], 0
+        if not batch:
+            return
+        results = {r.key: r for r in self.client.send([(uid, data) for uid, data, _ in batch])}
+        i_status, i_reason = LEDGER_NAMES.index("stow_status"), LEDGER_NAMES.index("stow_reason")
+        done = []
+        for uid, _data, row in batch:
+            r = results.get(uid)
+            values = list(row)
+            values[i_status] = r.status if r else "failed"
+            values[i_reason] = (r.reason if r else "no result") or None
+            done.append(tuple(values))
+        with self.lock:
+            self.out.extend(done)
+
+    def ready(self) -> Iterator[tuple]:
+        with self.lock:
+            out, self.out = self.out, []
+        yield from out
+
+    def flush(self) -> Iterator[tuple]:
+        self._send()
+        yield from self.ready()

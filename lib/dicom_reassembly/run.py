@@ -1,0 +1,164 @@
+"""One reassembly run, end to end: plan, write, ledger, conservation, computations, runs table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+from . import manifest as mf
+from .config import Config
+from .errors import ReassemblyError
+from .ledger import STATUSES, with_status_counts, with_unaccounted_members
+from .pipeline import (
+    count_pending_restore,
+    reassemble_ledger,
+    reassemble_partitions,
+    skipped_archives,
+    with_instance_plan,
+    with_members_by_uid,
+)
+from .reassembly import WriteContext
+
+log = logging.getLogger(__name__)
+
+WRITTEN = ("written", "skipped_existing")
+
+
+def new_run_id(now: datetime) -> str:
+    """A run id that sorts by time and is unique."""
+    return now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class ReassembleRun:
+    """Everything one run needs; ``execute`` does the run and returns its summary."""
+
+    spark: Any
+    manifest_uri: str
+    out: str | None
+    ledger_uri: str
+    runs_uri: str
+    computations_uri: str
+    cfg: Config
+    spec: Any = None  # criteria.CriteriaSpec
+    stow: Any = None  # stow.StowSettings
+    jdbc: Any = None  # tables.JdbcTarget
+    argv: list[str] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def context(self, run_id: str) -> WriteContext:
+        """The picklable settings the executors get; the criteria secret goes only as S3 settings."""
+        return WriteContext(
+            run_id=run_id, out=self.out, key_template=self.cfg.key_template,
+            write_options=self.cfg.write_options(), skip_existing=self.cfg.skip_existing,
+            upload_threads=self.cfg.upload_threads, stream_fraction=self.cfg.stream_fraction,
+            coalesce_gap=self.cfg.coalesce_gap, large_member_bytes=self.cfg.large_member_bytes,
+            put_rate=self.cfg.put_rate,
+            s3=self.spec.s3 if self.spec is not None else None, stow=self.stow,
+        )
+
+    def execute(self) -> dict[str, Any]:
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        from .criteria import first_failure_json
+
+        run_id = new_run_id(self.started)
+        manifest = mf.read_manifest(self.spark, self.manifest_uri)
+        pending_restore = count_pending_restore(manifest)
+        # Executors get the criteria alone: the spec itself holds the input credentials.
+        select = partial(first_failure_json, self.spec.criteria) if self.spec is not None and self.spec.criteria else None
+        plan = (manifest.transform(with_members_by_uid)
+                .transform(with_instance_plan(select, pending_restore > 0))
+                .persist(StorageLevel.MEMORY_AND_DISK))
+        try:
+            skipped = skipped_archives(plan, manifest)
+            log.info("run %s: %d of %d image archives need no read (%d bytes)", run_id,
+                     skipped["archives_skipped"], skipped["archives_total"], skipped["bytes_skipped"])
+            partitions = reassemble_partitions(plan, self.cfg.reassemble_partitions)
+            ledger = reassemble_ledger(plan, manifest, self.context(run_id), datetime.now(timezone.utc), partitions)
+            ledger.write.mode("append").partitionBy("run_id").parquet(self.ledger_uri)
+        finally:
+            plan.unpersist()
+        run_ledger = self.spark.read.parquet(self.ledger_uri).filter(F.col("run_id") == run_id)
+        counts = {r["status"]: int(r["rows"]) for r in with_status_counts(run_ledger).collect()}
+        unaccounted = with_unaccounted_members(manifest, run_ledger)
+        missing = unaccounted.count()
+        examples = [f"{r['archive_uri']}:{r['member_name']}" for r in unaccounted.limit(5).collect()] if missing else []
+        computations = self.run_computations(run_ledger, run_id)
+        finished = datetime.now(timezone.utc)
+        summary = {
+            "run_id": run_id, "status_counts": counts, "unaccounted_members": missing, "unaccounted_examples": examples,
+            "pending_restore_archives": pending_restore, "computations": computations, **skipped,
+            "started_at": self.started, "finished_at": finished,
+        }
+        self.write_tables(run_ledger, summary)
+        return summary
+
+    def run_computations(self, run_ledger: Any, run_id: str) -> dict[str, int]:
+        """Per-series computations over the selected, written instances; recorded in their table."""
+        from pyspark.sql import functions as F
+
+        from .computations import computations_schema, run_computations_partition
+        from .tables import write_table
+
+        if not self.out or not self.cfg.computations:
+            return {}
+        series = (run_ledger.filter(F.col("status").isin(*WRITTEN) & F.col("series_instance_uid").isNotNull())
+                  .groupBy("series_instance_uid").agg(F.sort_array(F.collect_list("output_uri")).alias("uris")))
+        names, out = list(self.cfg.computations), self.out
+        rdd = series.rdd.map(lambda r: (r["series_instance_uid"], list(r["uris"]))).mapPartitions(
+            lambda rows: run_computations_partition(rows, names, out, run_id))
+        df = self.spark.createDataFrame(rdd, computations_schema())
+        write_table(df, "computations", self.computations_uri, self.jdbc)
+        done = self.spark.read.parquet(self.computations_uri).filter(F.col("run_id") == run_id)
+        return {r["status"]: int(r["count"]) for r in done.groupBy("status").count().collect()}
+
+    def write_tables(self, run_ledger: Any, summary: dict[str, Any]) -> None:
+        """The runs row always; the ledger too when PostgreSQL is configured."""
+        from .tables import build_runs_df, scrub_arguments, write_table
+
+        row = {
+            "run_id": summary["run_id"], "job": "reassemble", "started_at": summary["started_at"],
+            "finished_at": summary["finished_at"], "arguments": json.dumps(scrub_arguments(self.argv)),
+            "criteria_json": self.spec.to_public_json() if self.spec is not None else None,
+            "criteria_sha256": self.spec.sha256() if self.spec is not None else None,
+            "status_counts": json.dumps(summary["status_counts"], sort_keys=True),
+            "archives_total": summary["archives_total"], "archives_skipped": summary["archives_skipped"],
+            "bytes_skipped": summary["bytes_skipped"], "spark_version": self.spark.version,
+        }
+        write_table(build_runs_df(self.spark, row), "runs", self.runs_uri, self.jdbc)
+        if self.jdbc is not None:
+            from .tables import write_jdbc
+
+            write_jdbc(run_ledger, "ledger", self.jdbc)
+
+    @staticmethod
+    def report(summary: dict[str, Any]) -> str:
+        """The end-of-run summary a person reads."""
+        lines = [f"run {summary['run_id']}"]
+        counts = summary["status_counts"]
+        for status in STATUSES:
+            if counts.get(status):
+                lines.append(f"  {status:<18} {counts[status]}")
+        lines.append(f"  {'total':<18} {sum(counts.values())}")
+        if summary["unaccounted_members"]:
+            lines.append(f"CONSERVATION FAILED: {summary['unaccounted_members']} manifest members have no ledger row, "
+                         f"e.g. {', '.join(summary['unaccounted_examples'])}")
+        else:
+            lines.append("conservation: every manifest member is accounted for in the ledger")
+        lines.append(f"image archives not read: {summary['archives_skipped']} of {summary['archives_total']} "
+                     f"({summary['bytes_skipped']} bytes)")
+        if summary["pending_restore_archives"]:
+            lines.append(f"image archives still in Glacier: {summary['pending_restore_archives']} (re-run after restore)")
+        if summary["computations"]:
+            lines.append("computations: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["computations"].items())))
+        return "\n".join(lines)
+
+
+__all__ = ["ReassembleRun", "ReassemblyError", "new_run_id"]

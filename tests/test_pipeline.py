@@ -1,0 +1,247 @@
+"""The Spark pipeline in-process on the shared session: transforms (chispa) and whole runs."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from chispa import assert_df_equality
+from conftest import dcmftest_ok
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from dicom_reassembly import manifest as mf
+from dicom_reassembly.config import Config
+from dicom_reassembly.ledger import STATUSES
+from dicom_reassembly.pipeline import (
+    build_manifest_df,
+    indexed_archives,
+    with_archive_locality,
+    with_manifest_damage,
+    with_members_by_uid,
+)
+from dicom_reassembly.run import ReassembleRun
+
+pytestmark = pytest.mark.spark
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _manifest_rows(spark, rows: list[dict]):  # noqa: ANN001, ANN202
+    return spark.createDataFrame([tuple(r.get(n) for n in mf.FIELD_NAMES) for r in rows], mf.manifest_schema())
+
+
+def test_with_latest_index_keeps_only_the_newest_index_of_each_archive(spark) -> None:  # noqa: ANN001
+    rows = [
+        {"archive_uri": "a", "index_run": "1", "kind": "archive"},
+        {"archive_uri": "a", "index_run": "1", "kind": "pixels", "member_name": "old.j2c"},
+        {"archive_uri": "a", "index_run": "2", "kind": "archive"},
+        {"archive_uri": "a", "index_run": "2", "kind": "pixels", "member_name": "new.j2c"},
+        {"archive_uri": "b", "index_run": "1", "kind": "archive"},
+        {"archive_uri": "b", "index_run": "1", "kind": "header", "member_name": "h.json"},
+    ]
+    got = _manifest_rows(spark, rows).transform(mf.with_latest_index).select("archive_uri", "index_run", "member_name")
+    expected = spark.createDataFrame(
+        [("a", "2", None), ("a", "2", "new.j2c"), ("b", "1", None), ("b", "1", "h.json")],
+        "archive_uri string, index_run string, member_name string")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_with_manifest_damage_maps_archives_and_odd_members_to_statuses(spark) -> None:  # noqa: ANN001
+    rows = [
+        {"archive_uri": "t.tar", "archive_role": "text", "kind": "archive", "error": "not_a_tar", "error_detail": "x"},
+        {"archive_uri": "i.tar", "archive_role": "images", "kind": "archive", "error": "not_restored", "error_detail": "g"},
+        {"archive_uri": "ok.tar", "archive_role": "images", "kind": "archive"},
+        {"archive_uri": "t2.tar", "archive_role": "text", "kind": "other", "member_name": "d",
+         "error": "non_regular_member", "error_detail": "directory member skipped"},
+        {"archive_uri": "i2.tar", "archive_role": "images", "kind": "pixels", "member_name": "1.02.j2c",
+         "sop_instance_uid": "1.02", "error": "invalid_uid", "error_detail": "bad"},
+        {"archive_uri": "i2.tar", "archive_role": "images", "kind": "pixels", "member_name": "1.2.j2c", "sop_instance_uid": "1.2"},
+    ]
+    got = _manifest_rows(spark, rows).transform(with_manifest_damage).select(
+        "status", "header_archive", "header_member", "pixel_archive", "pixel_member")
+    expected = spark.createDataFrame([
+        ("unreadable_archive", "t.tar", None, None, None),
+        ("not_restored", None, None, "i.tar", None),
+        ("invalid_header", "t2.tar", "d", None, None),
+        ("invalid_pixels", None, None, "i2.tar", "1.02.j2c"),
+    ], "status string, header_archive string, header_member string, pixel_archive string, pixel_member string")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_with_members_by_uid_groups_both_halves_and_keeps_orphans(spark) -> None:  # noqa: ANN001
+    rows = [
+        {"archive_uri": "t", "kind": "header", "member_name": "1.2.json", "sop_instance_uid": "1.2"},
+        {"archive_uri": "i", "kind": "pixels", "member_name": "1.2.j2c", "sop_instance_uid": "1.2"},
+        {"archive_uri": "j", "kind": "pixels", "member_name": "1.2.j2c", "sop_instance_uid": "1.2"},
+        {"archive_uri": "t", "kind": "header", "member_name": "1.3.json", "sop_instance_uid": "1.3"},
+        {"archive_uri": "i", "kind": "pixels", "member_name": "1.4.j2c", "sop_instance_uid": "1.4"},
+    ]
+    got = _manifest_rows(spark, rows).transform(with_members_by_uid)
+    counts = {r["sop_instance_uid"]: (len(r["headers"] or []), len(r["pixels"] or [])) for r in got.collect()}
+    assert counts == {"1.2": (1, 2), "1.3": (1, 0), "1.4": (0, 1)}
+
+
+def test_with_archive_locality_puts_each_archive_in_one_partition_in_offset_order(spark) -> None:  # noqa: ANN001
+    data = [(f"a{i % 5}", (i * 7919) % 1000) for i in range(60)]
+    df = spark.createDataFrame(data, "pixel_archive string, pixel_offset long").transform(with_archive_locality(3))
+    parts = df.rdd.glom().collect()
+    seen: dict[str, int] = {}
+    for p, rows in enumerate(parts):
+        for archive, group in _runs(rows):
+            assert archive not in seen, "an archive was split across partitions or runs"
+            seen[archive] = p
+            offsets = [r["pixel_offset"] for r in group]
+            assert offsets == sorted(offsets)
+    assert set(seen) == {f"a{i}" for i in range(5)}
+
+
+def _runs(rows: list) -> list[tuple[str, list]]:  # noqa: ANN001
+    from itertools import groupby
+
+    return [(k, list(g)) for k, g in groupby(rows, key=lambda r: r["pixel_archive"])]
+
+
+# ---------------------------------------------------------------- whole runs, in-process
+
+
+def _build_manifest(spark, root: str, manifest_uri: str) -> None:  # noqa: ANN001
+    listing = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
+    todo = mf.archives_to_index(listing, indexed_archives(spark, manifest_uri))
+    if todo:
+        run, at = mf.new_index_run()
+        build_manifest_df(spark, todo, run, at, 4, 256 * 1024).write.mode("append").parquet(manifest_uri)
+
+
+def _run(spark, base: str, out: str, **kw) -> dict:  # noqa: ANN001, ANN003
+    run = ReassembleRun(spark=spark, manifest_uri=os.path.join(base, "manifest"), out=out,
+                        ledger_uri=os.path.join(base, "ledger"), runs_uri=os.path.join(base, "runs"),
+                        computations_uri=os.path.join(base, "computations"), cfg=kw.pop("cfg", Config(upload_threads=2)),
+                        argv=["--manifest", "m"], **kw)
+    return run.execute()
+
+
+def _ledger(spark, base: str, run_id: str) -> list[dict]:  # noqa: ANN001
+    from pyspark.sql import functions as F
+
+    return [r.asDict() for r in spark.read.parquet(os.path.join(base, "ledger")).filter(F.col("run_id") == run_id).collect()]
+
+
+@pytest.fixture(scope="module")
+def sample_run(spark, sample_delivery, tmp_path_factory):  # noqa: ANN001, ANN201
+    root, expected = sample_delivery
+    base = str(tmp_path_factory.mktemp("run"))
+    _build_manifest(spark, root, os.path.join(base, "manifest"))
+    out = os.path.join(base, "dcm")
+    summary = _run(spark, base, out)
+    return base, out, expected, summary
+
+
+def test_sample_run_writes_every_instance_and_accounts_for_every_member(sample_run, spark) -> None:  # noqa: ANN001
+    base, out, expected, summary = sample_run
+    n = len(expected["instances"])
+    assert summary["status_counts"] == {"written": n}
+    assert summary["unaccounted_members"] == 0
+    rows = _ledger(spark, base, summary["run_id"])
+    assert {r["sop_instance_uid"] for r in rows} == set(expected["instances"])
+    for r in rows:
+        assert r["output_uri"] == os.path.join(out, f"{r['sop_instance_uid']}.dcm")
+        assert os.path.getsize(r["output_uri"]) == r["output_bytes"]
+        assert r["output_checksum"].startswith("sha256:")
+
+
+def test_sample_run_outputs_pass_dcmtk_and_decode_to_source_pixels(sample_run) -> None:  # noqa: ANN001
+    _, out, expected, _ = sample_run
+    for uid, inst in expected["instances"].items():
+        path = os.path.join(out, f"{uid}.dcm")
+        assert dcmftest_ok(path), inst["variant"]
+        source = dcmread(get_testdata_file(inst["source"], download=False))
+        np.testing.assert_array_equal(dcmread(path).pixel_array, source.pixel_array, err_msg=inst["variant"])
+
+
+def test_rerun_rewrites_nothing(sample_run, spark) -> None:  # noqa: ANN001
+    base, out, expected, _ = sample_run
+    before = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)}
+    summary = _run(spark, base, out)
+    assert summary["status_counts"] == {"skipped_existing": len(expected["instances"])}
+    after = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if not f.startswith("_")}
+    assert {k: v for k, v in before.items() if not k.startswith("_")} == after
+
+
+def test_rebuilding_the_manifest_indexes_only_new_or_changed_archives(sample_run, spark, sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    root, _ = sample_delivery
+    base = sample_run[0]
+    manifest_uri = os.path.join(base, "manifest")
+    listing = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
+    assert mf.archives_to_index(listing, indexed_archives(spark, manifest_uri)) == []
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    with open(copy / "images" / "images-000.tar", "ab") as f:
+        f.write(b"\0" * 1024)
+    changed = mf.list_archives(str(copy / "text"), str(copy / "images"))
+    # Same names, different URIs: all new. Then the original listing with one archive grown.
+    assert len(mf.archives_to_index(changed, indexed_archives(spark, manifest_uri))) == len(changed)
+    grown = [dict(a, size=a["size"] + 1024) if a["uri"].endswith("images-000.tar") else a for a in listing]
+    assert [a["uri"] for a in mf.archives_to_index(grown, indexed_archives(spark, manifest_uri))] == [
+        a["uri"] for a in listing if a["uri"].endswith("images-000.tar")]
+
+
+@pytest.fixture(scope="module")
+def damaged_run(spark, damaged_delivery, tmp_path_factory):  # noqa: ANN001, ANN201
+    root, expected = damaged_delivery
+    base = str(tmp_path_factory.mktemp("damaged-run"))
+    _build_manifest(spark, root, os.path.join(base, "manifest"))
+    out = os.path.join(base, "dcm")
+    summary = _run(spark, base, out)
+    return root, base, out, expected, summary
+
+
+def test_damaged_run_writes_every_good_instance(damaged_run, spark) -> None:  # noqa: ANN001
+    root, base, out, expected, summary = damaged_run
+    good = {uid for uid, i in expected["instances"].items() if i["status"] == "written"}
+    rows = _ledger(spark, base, summary["run_id"])
+    written = {r["sop_instance_uid"] for r in rows if r["status"] == "written"}
+    assert written == good
+    for uid in good:
+        assert dcmftest_ok(os.path.join(out, f"{uid}.dcm"))
+
+
+def test_damaged_run_explains_every_member(damaged_run, spark) -> None:  # noqa: ANN001
+    root, base, out, expected, summary = damaged_run
+    assert summary["unaccounted_members"] == 0
+    rows = _ledger(spark, base, summary["run_id"])
+    assert {r["status"] for r in rows} <= set(STATUSES)
+    by_member: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        for a, m in ((r["header_archive"], r["header_member"]), (r["pixel_archive"], r["pixel_member"])):
+            if m is not None:
+                by_member.setdefault((os.path.relpath(a, root), m), set()).add(r["status"])
+    wrong = {}
+    for m in expected["members"]:
+        key = (m["archive"], m["member"].rstrip("/"))
+        got = by_member.get(key) or by_member.get((m["archive"], m["member"]))
+        if got is None or m["status"] not in got:
+            wrong[key] = (m["status"], m.get("reason"), got)
+    assert not wrong, wrong
+
+
+def test_damaged_archives_get_their_own_rows(damaged_run, spark) -> None:  # noqa: ANN001
+    root, base, out, expected, summary = damaged_run
+    rows = _ledger(spark, base, summary["run_id"])
+    archive_rows = {os.path.relpath(r["header_archive"] or r["pixel_archive"], root): r for r in rows
+                    if r["header_member"] is None and r["pixel_member"] is None}
+    for archive, info in expected["archives"].items():
+        if info["status"] == "unreadable_archive":
+            assert archive_rows[archive]["status"] == "unreadable_archive"
+            assert archive_rows[archive]["reason"].startswith(info["reason"]), archive_rows[archive]["reason"]
+
+
+def test_every_ledger_reason_is_one_line(damaged_run, spark) -> None:  # noqa: ANN001
+    _, base, _, _, summary = damaged_run
+    for r in _ledger(spark, base, summary["run_id"]):
+        if r["status"] != "written":
+            assert r["reason"] and "\n" not in r["reason"] and "Traceback" not in r["reason"]

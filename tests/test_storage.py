@@ -1,0 +1,198 @@
+"""Object storage: local files and S3 through a real moto server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dicom_reassembly import storage
+from dicom_reassembly.errors import NotFoundError, NotRestoredError, StorageError
+from dicom_reassembly.storage import S3Settings, WriteOptions
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> str:
+    name = f"st-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def _leftovers(folder: str) -> list[str]:
+    return [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+
+
+# ---------------------------------------------------------------- local writes
+
+
+def test_local_write_is_complete_and_leaves_no_temp_file(tmp_path: Any) -> None:
+    target = os.path.join(tmp_path, "out", "nested", "1.2.3.dcm")
+    parts = [b"head", memoryview(b"-pixels-"), b"tail"]
+    storage.write_parts(target, parts, 16, storage.sha256_hex([b"head-pixels-tail"]))
+    with open(target, "rb") as f:
+        assert f.read() == b"head-pixels-tail"
+    assert _leftovers(os.path.dirname(target)) == []
+    storage.write_bytes(target, b"second")
+    assert storage.read_bytes(target) == b"second"
+    assert _leftovers(os.path.dirname(target)) == []
+
+
+class _Boom:
+    """A part that is not a buffer: the write fails after earlier parts went out."""
+
+
+def test_local_write_failing_midway_leaves_no_partial_file(tmp_path: Any) -> None:
+    target = os.path.join(tmp_path, "1.2.3.dcm")
+    with pytest.raises(TypeError):
+        storage.write_parts(target, [b"x" * 100_000, _Boom(), b"never"], 100_010, "0" * 64)
+    assert not os.path.exists(target)
+    assert _leftovers(tmp_path) == []
+    # An existing object is not replaced by a failed write.
+    storage.write_bytes(target, b"good")
+    with pytest.raises(TypeError):
+        storage.write_parts(target, [b"bad", _Boom()], 3, "0" * 64)
+    assert storage.read_bytes(target) == b"good"
+    assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- local listing and reads
+
+
+def test_local_listing_with_suffix_filter(tmp_path: Any) -> None:
+    for rel, body in [("a.tar", b"1"), ("b/c.tar", b"22"), ("b/d.json", b"3"), ("b/e/f.tar", b"4444")]:
+        path = os.path.join(tmp_path, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(body)
+    listed = {os.path.relpath(o.uri, tmp_path): o.size for o in storage.list_objects(str(tmp_path), (".tar",))}
+    assert listed == {"a.tar": 1, os.path.join("b", "c.tar"): 2, os.path.join("b", "e", "f.tar"): 4}
+    everything = [o.uri for o in storage.list_objects(str(tmp_path))]
+    assert len(everything) == 4
+    single = list(storage.list_objects(os.path.join(tmp_path, "a.tar")))
+    assert [o.size for o in single] == [1]
+    with pytest.raises(NotFoundError):
+        list(storage.list_objects(os.path.join(tmp_path, "missing")))
+
+
+def test_local_head_and_ranges(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "x.bin")
+    storage.write_bytes(path, bytes(range(256)))
+    info = storage.head(path)
+    assert info is not None and info.size == 256
+    assert storage.head(os.path.join(tmp_path, "nope")) is None
+    assert storage.read_range(path, 10, 5) == bytes(range(10, 15))
+    assert storage.read_range(path, 250, 100) == bytes(range(250, 256))  # short only at the end
+    with pytest.raises(NotFoundError):
+        storage.read_bytes(os.path.join(tmp_path, "nope"))
+
+
+# ---------------------------------------------------------------- S3
+
+
+@pytest.fixture()
+def small_pages() -> Iterator[list[int]]:
+    """Make the shared client list 50 keys a page (S3 allows any MaxKeys); count the pages.
+
+    Over 1000 keys would exercise the default page size, but takes moto several seconds to create.
+    """
+    client = storage.s3_client()
+    pages: list[int] = []
+
+    def set_page(params: dict[str, Any], **_: Any) -> None:
+        params["MaxKeys"] = 50
+
+    def count(**_: Any) -> None:
+        pages.append(1)
+
+    client.meta.events.register("provide-client-params.s3.ListObjectsV2", set_page)
+    client.meta.events.register("after-call.s3.ListObjectsV2", count)
+    try:
+        yield pages
+    finally:
+        client.meta.events.unregister("provide-client-params.s3.ListObjectsV2", set_page)
+        client.meta.events.unregister("after-call.s3.ListObjectsV2", count)
+
+
+def test_s3_listing_follows_every_page(s3: Any, bucket: str, small_pages: list[int]) -> None:
+    keys = [f"deliveries/text/{i:04d}.tar" for i in range(120)]
+    for k in keys:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"t" * (len(k) % 7))
+    s3.put_object(Bucket=bucket, Key="deliveries/text/", Body=b"")  # a "folder" marker
+    s3.put_object(Bucket=bucket, Key="deliveries/text/readme.txt", Body=b"r")
+    s3.put_object(Bucket=bucket, Key="deliveries/text2/other.tar", Body=b"o")  # a sibling prefix
+    listed = list(storage.list_objects(f"s3://{bucket}/deliveries/text", (".tar",)))
+    assert len(small_pages) == 3
+    assert [o.uri for o in listed] == [f"s3://{bucket}/{k}" for k in keys]
+    assert [o.size for o in listed] == [len(k) % 7 for k in keys]
+    assert all(o.etag and '"' not in o.etag and o.mtime is not None for o in listed)
+    everything = [o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(f"s3://{bucket}/deliveries/text/")]
+    assert len(everything) == 121 and "readme.txt" in everything and "" not in everything
+
+
+def test_s3_head_read_and_missing(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a/b.bin", Body=bytes(range(100)))
+    info = storage.head(f"s3://{bucket}/a/b.bin")
+    assert info is not None and info.size == 100 and info.etag == hashlib.md5(bytes(range(100))).hexdigest()
+    assert storage.head(f"s3://{bucket}/a/missing.bin") is None
+    assert storage.read_range(f"s3://{bucket}/a/b.bin", 90, 50) == bytes(range(90, 100))
+    with pytest.raises(NotFoundError) as exc:
+        storage.read_bytes(f"s3://{bucket}/a/missing.bin")
+    assert exc.value.reason == "not_found" and exc.value.uri == f"s3://{bucket}/a/missing.bin"
+    with pytest.raises(StorageError) as exc:
+        storage.read_bytes(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
+    assert exc.value.reason == "no_such_bucket"
+
+
+def test_s3_glacier_object_is_not_restored(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="cold/a.tar", Body=b"x" * 1024, StorageClass="GLACIER")
+    uri = f"s3://{bucket}/cold/a.tar"
+    for read in (lambda: storage.read_bytes(uri), lambda: storage.read_range(uri, 0, 512)):
+        with pytest.raises(NotRestoredError) as exc:
+            read()
+        assert exc.value.reason == "not_restored" and exc.value.status == "not_restored"
+    info = storage.head(uri)
+    assert info is not None and info.storage_class == "GLACIER"
+    assert [o.storage_class for o in storage.list_objects(f"s3://{bucket}/cold")] == ["GLACIER"]
+
+
+def test_s3_small_write_stores_its_sha256(s3: Any, bucket: str) -> None:
+    data = b"DICM" * 1000
+    uri = f"s3://{bucket}/out/1.2.3.dcm"
+    storage.write_bytes(uri, data)
+    r = s3.head_object(Bucket=bucket, Key="out/1.2.3.dcm")
+    assert r["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert r["ContentType"] == "application/dicom"
+    assert "-" not in r["ETag"]  # a single PutObject
+    assert storage.read_bytes(uri) == data
+
+
+def test_s3_multipart_write(s3: Any, bucket: str) -> None:
+    head = b"H" * 1000
+    body = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    tail = b"T" * 77
+    parts = [head, memoryview(body), tail]
+    whole = head + body + tail
+    sha = storage.sha256_hex(parts)
+    assert sha == hashlib.sha256(whole).hexdigest()
+    uri = f"s3://{bucket}/out/big.dcm"
+    storage.write_parts(uri, parts, len(whole), sha, WriteOptions(multipart_threshold=5 * 1024 * 1024))
+    r = s3.head_object(Bucket=bucket, Key="out/big.dcm")
+    assert "-" in r["ETag"].strip('"')  # a multipart upload's ETag is <md5 of md5s>-<part count>
+    assert r["ContentLength"] == len(whole)
+    assert r["Metadata"]["sha256"] == hashlib.sha256(whole).hexdigest()
+    assert storage.read_bytes(uri) == whole
+
+
+def test_s3_settings_repr_hides_the_secret() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9", region="eu-west-1", access_key_id="AKIAEXAMPLEKEYID",
+                          secret_access_key=secret)
+    for text in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert secret not in text
+        assert "AKIAEXAMPLEKEYID" not in text
+        assert "eu-west-1" in text
+    assert settings.secret_access_key == secret  # still usable, only hidden
