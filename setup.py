@@ -18,6 +18,7 @@ setup(
         "pylibjpeg-openjpeg>=2.3",  # decodes J2K/HTJ2K for checks and previews
         "requests>=2.28",  # STOW-RS
         "tqdm>=4.60",  # progress bars in the CLI
+        "matplotlib>=3.7",  # series previews, drawn on the executors
     ],
     extras_require={
         "spark": ["pyspark>=3.5,<5"],

@@ -346,7 +346,11 @@ def read_needed_pixel_archives(dataset: Any, spec: Any, indexed: dict[str, str],
     unlocated: set[str] = set()
     sel = Selection()
     cols = _columns(dataset, ("archive_uri", "index_run", "sop_instance_uid", "header_json", "error", "pixel_ref"))
-    for batch in dataset.to_batches(columns=cols, filter=pads.field("kind") == "header"):
+    pixel_set = set(pixel_uris)
+    # Only the listed, indexed text archives: a plan per text prefix then parses only that prefix's headers.
+    text_archives = sorted(u for u in indexed if u not in pixel_set)
+    flt = (pads.field("kind") == "header") & pads.field("archive_uri").isin(pa.array(text_archives, pa.string()))
+    for batch in dataset.to_batches(columns=cols, filter=flt):
         for row in batch.to_pylist():
             if indexed.get(row["archive_uri"]) != (row.get("index_run") or ""):
                 continue  # an older index of this archive, or an archive whose index is unusable
@@ -366,12 +370,13 @@ def read_needed_pixel_archives(dataset: Any, spec: Any, indexed: dict[str, str],
                 needed.add(archive)
             else:
                 unlocated.add(row["sop_instance_uid"])
-    if unlocated:
+    if unlocated and any(u in pixel_set for u in indexed):
         wanted = pa.array(sorted(unlocated), type=pa.string())
         found: set[str] = set()
         cols = _columns(dataset, ("archive_uri", "index_run", "sop_instance_uid"))
-        pixel_set = set(pixel_uris)
-        for batch in dataset.to_batches(columns=cols, filter=pads.field("kind") == "pixels"):
+        pixel_indexed = sorted(u for u in indexed if u in pixel_set)
+        flt = (pads.field("kind") == "pixels") & pads.field("archive_uri").isin(pa.array(pixel_indexed, pa.string()))
+        for batch in dataset.to_batches(columns=cols, filter=flt):
             hit = batch.filter(pc.is_in(batch.column("sop_instance_uid"), value_set=wanted))
             for row in hit.to_pylist():
                 uri = row["archive_uri"]
@@ -379,7 +384,8 @@ def read_needed_pixel_archives(dataset: Any, spec: Any, indexed: dict[str, str],
                     needed.add(uri)
                     found.add(row["sop_instance_uid"])
         sel.located_by_manifest = len(found)
-        sel.unlocated = len(unlocated - found)
+        unlocated -= found
+    sel.unlocated = len(unlocated)
     log.info("restore plan: %d headers, %d selected, %d filtered out, %d pixel archives needed, %d unlocated",
              sel.header_rows, sel.selected, sel.filtered_out, len(needed), sel.unlocated)
     return needed, sel
@@ -914,6 +920,10 @@ def handle_restore(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.criteria and not args.manifest:
         raise ConfigError("criteria_needs_manifest", "--criteria selects archives through --manifest; give both")
+    if args.restore_command == "request":  # fail before listing millions of keys
+        _check_request_args(args.tier, args.days)
+        if not args.ledger and not args.batch_manifest:
+            raise ConfigError("ledger_required", "--ledger URI is required: every restore request is recorded")
     spec = _as_spec(args.criteria)
     settings = getattr(spec, "s3", None)
     if settings is not None:

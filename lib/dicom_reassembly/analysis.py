@@ -1,0 +1,627 @@
+"""What the manifest-analysis notebook shows: tables (pandas) and charts (matplotlib), without Spark.
+
+The manifest and the ledger are read with pyarrow, projecting only the columns shown (never ``header_json``),
+so the notebook runs without a JVM. Each table is a function of the loaded frames, so it can be tested on
+small hand-made data; each chart is a ``matplotlib.figure.Figure`` built without pyplot (Agg canvas, no
+global figure state), which Jupyter displays when a cell returns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import storage
+from .errors import ConfigError, StorageError
+from .ledger import STATUSES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MANIFEST = "out/demo/manifest"
+DEFAULT_LEDGER = "out/demo/ledger"
+
+MANIFEST_COLUMNS = (
+    "archive_uri", "archive_role", "archive_size", "index_run", "member_name", "size", "kind", "sop_instance_uid",
+    "error", "error_detail", "modality", "study_date", "patient_age",
+)
+LEDGER_COLUMNS = (
+    "run_id", "sop_instance_uid", "status", "reason", "header_archive", "header_member", "pixel_archive",
+    "pixel_member", "output_bytes",
+)
+MEMBER_KINDS = ("header", "pixels", "other")
+ROLES = ("text", "images")
+ORPHAN_STATUSES = ("orphan_header", "orphan_pixels")
+DUPLICATE_STATUSES = ("duplicate", "conflict")
+ARCHIVE_STATUSES = ("unreadable_archive", "not_restored")
+MISSING = "(missing)"
+
+_AS = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+_AS_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_REASON_CODE = re.compile(r"^([a-z][a-z0-9_]*):")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def resolve_input(value: str | None, default: str, root: str) -> str:
+    """An input path from an environment value (or ``default``); relative local paths are taken from ``root``."""
+    path = (value or "").strip() or default
+    if storage.is_s3(path) or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(root, path))
+
+
+def _dataset(uri: str, partitioning: str | None = None) -> Any:
+    """A Parquet dataset, local or on S3 (honouring AWS_ENDPOINT_URL like the rest of the package)."""
+    import pyarrow.dataset as pads
+
+    if storage.is_s3(uri):
+        from pyarrow import fs
+
+        s3fs = fs.S3FileSystem(endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
+                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+                               or "us-east-1")
+        return pads.dataset(uri[len("s3://"):], filesystem=s3fs, format="parquet", partitioning=partitioning)
+    return pads.dataset(uri, format="parquet", partitioning=partitioning)
+
+
+def _has_parquet(uri: str) -> bool:
+    if storage.is_s3(uri):
+        return any(True for _ in storage.list_objects(uri, (".parquet",)))
+    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
+
+
+def newest_index(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per archive, only the rows of its newest index run (decided by its ``kind == 'archive'`` rows)."""
+    archive_rows = df[df["kind"] == "archive"]
+    newest = archive_rows.groupby("archive_uri", sort=False)["index_run"].max().rename("_newest")
+    out = df.join(newest, on="archive_uri", how="inner")
+    out = out[out["index_run"] == out["_newest"]].drop(columns="_newest")
+    return out.reset_index(drop=True)
+
+
+def read_manifest_frame(uri: str, columns: Iterable[str] = MANIFEST_COLUMNS) -> pd.DataFrame:
+    """The manifest's newest index per archive as pandas, with only ``columns`` read."""
+    import pyarrow.dataset as pads
+
+    if not _has_parquet(uri):
+        raise StorageError("manifest_not_found", "no Parquet manifest here (run `make demo` or set MANIFEST)", uri=uri)
+    ds = _dataset(uri)
+    names = set(ds.schema.names)
+    cols = list(dict.fromkeys(["archive_uri", "index_run", "kind", *columns]))
+    missing = [c for c in cols if c not in names]
+    if missing:
+        raise ConfigError("manifest_bad_schema", f"manifest lacks columns {', '.join(missing)}", uri=uri)
+    archives = ds.to_table(columns=["archive_uri", "index_run"], filter=pads.field("kind") == "archive")
+    runs = sorted({r for r in archives.column("index_run").to_pylist() if r is not None})
+    # Pushing the run filter down skips older index runs at read time; newest_index then decides per archive.
+    table = ds.to_table(columns=cols, filter=pads.field("index_run").isin(runs))
+    return newest_index(table.to_pandas())
+
+
+def ledger_runs(uri: str) -> list[str]:
+    """The run ids present in a ledger (from its ``run_id=`` partitions), oldest first; [] when there is none."""
+    import pyarrow.dataset as pads
+
+    if not _has_parquet(uri):
+        return []
+    runs: set[str] = set()
+    for fragment in _dataset(uri, "hive").get_fragments():
+        run = pads.get_partition_keys(fragment.partition_expression).get("run_id")
+        if run is not None:
+            runs.add(str(run))
+    return sorted(runs)
+
+
+def read_ledger_frame(uri: str, run_id: str | None = None,
+                      columns: Iterable[str] = LEDGER_COLUMNS) -> tuple[pd.DataFrame, str | None]:
+    """One run of the ledger (the newest unless ``run_id``) and its id; an empty frame when there is no ledger."""
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    cols = list(dict.fromkeys(["run_id", *columns]))
+    runs = ledger_runs(uri)
+    if run_id is None:
+        if not runs:
+            log.info("no ledger run under %s", uri)
+            return pd.DataFrame({c: pd.Series(dtype="object") for c in cols}), None
+        run_id = runs[-1]
+    elif run_id not in runs:
+        raise ConfigError("ledger_run_not_found", f"no run {run_id!r} (runs: {', '.join(runs) or 'none'})", uri=uri)
+    ds = _dataset(uri, "hive")
+    table = ds.to_table(columns=[c for c in cols if c in ds.schema.names], filter=pads.field("run_id") == run_id)
+    return table.to_pandas(), run_id
+
+
+def _common_prefix(uris: Iterable[str]) -> str:
+    """The longest common prefix ending with '/', so names stay whole."""
+    values = [u for u in uris if isinstance(u, str)]
+    if not values:
+        return ""
+    prefix = os.path.commonprefix(values)
+    return prefix[: prefix.rfind("/") + 1]
+
+
+def _strip_prefix(series: pd.Series, prefix: str) -> pd.Series:
+    if not prefix:
+        return series
+    return series.map(lambda u: u[len(prefix):] if isinstance(u, str) and u.startswith(prefix) else u)
+
+
+@dataclass
+class Inputs:
+    """The loaded manifest and ledger run; archive URIs are shown relative to ``prefix``."""
+
+    manifest_uri: str
+    ledger_uri: str
+    manifest: pd.DataFrame
+    ledger: pd.DataFrame
+    run_id: str | None
+    runs: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+
+def read_inputs(manifest_uri: str, ledger_uri: str, run_id: str | None = None, shorten: bool = True) -> Inputs:
+    """Read the manifest (newest index) and one ledger run; optionally shorten archive URIs for display."""
+    manifest = read_manifest_frame(manifest_uri)
+    ledger, run = read_ledger_frame(ledger_uri, run_id)
+    prefix = _common_prefix(manifest["archive_uri"].dropna().unique()) if shorten else ""
+    if prefix:
+        manifest["archive_uri"] = _strip_prefix(manifest["archive_uri"], prefix)
+        for col in ("header_archive", "pixel_archive"):
+            if col in ledger:
+                ledger[col] = _strip_prefix(ledger[col], prefix)
+    log.info("manifest %s: %d rows; ledger run %s: %d rows", manifest_uri, len(manifest), run, len(ledger))
+    return Inputs(manifest_uri, ledger_uri, manifest, ledger, run, ledger_runs(ledger_uri), prefix)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _frame(rows: Mapping[str, Any] | list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
+def overview(inputs: Inputs) -> pd.DataFrame:
+    """The key numbers: archives, members, instances, and the ledger run's outcome."""
+    import pandas as pd
+
+    m = inputs.manifest
+    arch = m[m["kind"] == "archive"]
+    members = m[m["kind"] != "archive"]
+    headers = members[members["kind"] == "header"]
+    led = inputs.ledger
+    rows: dict[str, Any] = {
+        "manifest": inputs.manifest_uri,
+        "archives": int(arch["archive_uri"].nunique()),
+        "text archives": int(arch.loc[arch["archive_role"] == "text", "archive_uri"].nunique()),
+        "image archives": int(arch.loc[arch["archive_role"] == "images", "archive_uri"].nunique()),
+        "damaged archives": int(arch.loc[arch["error"].notna(), "archive_uri"].nunique()),
+        "archive bytes": int(arch.drop_duplicates("archive_uri")["archive_size"].fillna(0).sum()),
+        "members": len(members),
+        "header members": int((members["kind"] == "header").sum()),
+        "pixel members": int((members["kind"] == "pixels").sum()),
+        "other members": int((members["kind"] == "other").sum()),
+        "members with an error": int(members["error"].notna().sum()),
+        "instances (distinct header UIDs)": int(headers["sop_instance_uid"].nunique()),
+        "index runs": int(arch["index_run"].nunique()),
+        "ledger": inputs.ledger_uri,
+        "ledger runs": len(inputs.runs),
+        "ledger run shown": inputs.run_id or "none",
+        "ledger rows": len(led),
+        "written": int(led["status"].isin(("written", "skipped_existing")).sum()) if len(led) else 0,
+    }
+    return pd.DataFrame({"value": pd.Series(rows, dtype="object")}).rename_axis("metric")
+
+
+def archives_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per archive: role, size, its archive-level error, and its members by kind."""
+    import pandas as pd
+
+    arch = (manifest[manifest["kind"] == "archive"]
+            .drop_duplicates("archive_uri")
+            .set_index("archive_uri")[["archive_role", "archive_size", "index_run", "error"]])
+    members = manifest[manifest["kind"] != "archive"]
+    counts = pd.crosstab(members["archive_uri"], members["kind"]) if len(members) else pd.DataFrame()
+    counts = counts.reindex(columns=list(MEMBER_KINDS), fill_value=0)
+    out = arch.join(counts, how="left").fillna({k: 0 for k in MEMBER_KINDS})
+    out[list(MEMBER_KINDS)] = out[list(MEMBER_KINDS)].astype("int64")
+    out["members"] = out[list(MEMBER_KINDS)].sum(axis=1)
+    out = out.rename(columns={"archive_role": "role", "archive_size": "bytes"})
+    return out.sort_values(["role", "archive_uri"]).rename_axis("archive")
+
+
+def members_by_role(archives: pd.DataFrame) -> pd.DataFrame:
+    """Per role: archives, bytes, and members per archive (total, mean, min, max)."""
+    grouped = archives.groupby("role")
+    out = grouped.agg(archives=("members", "size"), bytes=("bytes", "sum"), members=("members", "sum"),
+                      headers=("header", "sum"), pixels=("pixels", "sum"), other=("other", "sum"),
+                      members_mean=("members", "mean"), members_min=("members", "min"),
+                      members_max=("members", "max"))
+    return out.round({"members_mean": 1})
+
+
+def size_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Size statistics (bytes) of archives by role and of members by kind; header sizes are the JSON members."""
+    import pandas as pd
+
+    arch = manifest[manifest["kind"] == "archive"].drop_duplicates("archive_uri")
+    groups: dict[str, pd.Series] = {}
+    for role in ROLES:
+        groups[f"{role} archives"] = arch.loc[arch["archive_role"] == role, "archive_size"]
+    for kind in MEMBER_KINDS:
+        groups[f"{kind} members"] = manifest.loc[manifest["kind"] == kind, "size"]
+    rows = []
+    for name, values in groups.items():
+        v = values.dropna().astype("float64")
+        rows.append({"what": name, "count": len(v), "total": v.sum() if len(v) else 0.0,
+                     "min": v.min() if len(v) else None, "median": v.median() if len(v) else None,
+                     "mean": v.mean() if len(v) else None, "p95": v.quantile(0.95) if len(v) else None,
+                     "max": v.max() if len(v) else None})
+    return _frame(rows).set_index("what").round(0)
+
+
+def damaged_archives(manifest: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
+    """Archives the index could not read (archive-level errors), with the ledger rows that name them."""
+    import pandas as pd
+
+    arch = manifest[(manifest["kind"] == "archive") & manifest["error"].notna()].drop_duplicates("archive_uri")
+    out = arch.set_index("archive_uri")[["archive_role", "archive_size", "error", "error_detail"]]
+    out = out.rename(columns={"archive_role": "role", "archive_size": "bytes"})
+    if len(ledger):
+        hit = ledger[ledger["status"].isin(ARCHIVE_STATUSES)]
+        names = pd.concat([hit["header_archive"], hit["pixel_archive"]]).dropna()
+        per_archive = pd.concat([hit.assign(archive=hit["header_archive"]), hit.assign(archive=hit["pixel_archive"])])
+        statuses = per_archive.dropna(subset=["archive"]).groupby("archive")["status"].agg(
+            lambda s: ", ".join(sorted(set(s))))
+        out["ledger_rows"] = names.value_counts().reindex(out.index, fill_value=0).astype("int64")
+        out["ledger_status"] = statuses.reindex(out.index)
+    return out.sort_index().rename_axis("archive")
+
+
+def orphans(ledger: pd.DataFrame) -> pd.DataFrame:
+    """Ledger rows for a header without pixels, or pixels without a header."""
+    rows = ledger[ledger["status"].isin(ORPHAN_STATUSES)].copy()
+    rows["archive"] = rows["header_archive"].where(rows["status"] == "orphan_header", rows["pixel_archive"])
+    rows["member"] = rows["header_member"].where(rows["status"] == "orphan_header", rows["pixel_member"])
+    return rows[["status", "sop_instance_uid", "archive", "member", "reason"]].sort_values(
+        ["status", "sop_instance_uid"]).reset_index(drop=True)
+
+
+def duplicates(ledger: pd.DataFrame) -> pd.DataFrame:
+    """Ledger rows for extra copies of an instance: identical (duplicate) or differing (conflict)."""
+    cols = ["status", "sop_instance_uid", "header_archive", "header_member", "pixel_archive", "pixel_member", "reason"]
+    rows = ledger[ledger["status"].isin(DUPLICATE_STATUSES)]
+    return rows[cols].sort_values(["status", "sop_instance_uid"]).reset_index(drop=True)
+
+
+def member_pairing(manifest: pd.DataFrame) -> pd.DataFrame:
+    """From the manifest alone (before any run): how each UID's header and pixel members pair up."""
+    import pandas as pd
+
+    members = manifest[manifest["kind"].isin(("header", "pixels")) & manifest["sop_instance_uid"].notna()]
+    if not len(members):
+        return pd.DataFrame({"uids": pd.Series(dtype="int64")}).rename_axis("pairing")
+    counts = pd.crosstab(members["sop_instance_uid"], members["kind"]).reindex(columns=["header", "pixels"],
+                                                                              fill_value=0)
+    h, p = counts["header"], counts["pixels"]
+    rows = {
+        "header and pixels, one each": int(((h == 1) & (p == 1)).sum()),
+        "header only (orphan)": int(((h >= 1) & (p == 0)).sum()),
+        "pixels only (orphan)": int(((h == 0) & (p >= 1)).sum()),
+        "several headers": int((h > 1).sum()),
+        "several pixel members": int((p > 1).sum()),
+    }
+    return pd.DataFrame({"uids": pd.Series(rows, dtype="int64")}).rename_axis("pairing")
+
+
+def status_counts(ledger: pd.DataFrame) -> pd.DataFrame:
+    """Rows per ledger status, in the ledger's status order, with their share."""
+    import pandas as pd
+
+    counts = ledger["status"].value_counts() if len(ledger) else pd.Series(dtype="int64")
+    order = [s for s in STATUSES if s in counts.index] + sorted(s for s in counts.index if s not in STATUSES)
+    out = pd.DataFrame({"rows": counts.reindex(order).astype("int64")})
+    total = int(out["rows"].sum())
+    out["share"] = (out["rows"] / total).round(4) if total else 0.0
+    return out.rename_axis("status")
+
+
+def reason_code(reason: Any) -> str | None:
+    """The machine-readable code at the start of a ledger reason (``code: detail``), if it has one."""
+    if not isinstance(reason, str):
+        return None
+    match = _REASON_CODE.match(reason)
+    return match.group(1) if match else None
+
+
+def reason_counts(ledger: pd.DataFrame) -> pd.DataFrame:
+    """Rows per (status, reason code) for everything that was not written."""
+    import pandas as pd
+
+    bad = ledger[~ledger["status"].isin(("written", "skipped_existing"))]
+    if not len(bad):
+        return pd.DataFrame({"rows": pd.Series(dtype="int64")},
+                            index=pd.MultiIndex.from_arrays([[], []], names=["status", "reason"]))
+    codes = bad["reason"].map(reason_code).fillna("")
+    out = bad.assign(reason=codes).groupby(["status", "reason"]).size().rename("rows").to_frame()
+    return out.sort_values("rows", ascending=False)
+
+
+def parse_age(value: Any) -> float:
+    """A DICOM AS value (``nnnD|W|M|Y``) in years; NaN when missing or not an AS value."""
+    if not isinstance(value, str):
+        return math.nan
+    match = _AS.match(value)
+    if not match:
+        return math.nan
+    return int(match.group(1)) * _AS_YEARS[match.group(2).upper()]
+
+
+def instances(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One header row per SOP Instance UID (the first copy), for the demographic distributions."""
+    headers = manifest[manifest["kind"] == "header"]
+    return headers.drop_duplicates("sop_instance_uid").reset_index(drop=True)
+
+
+def modality_counts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Instances per modality; headers without one count as ``(missing)``."""
+    inst = instances(manifest)
+    values = inst["modality"].astype("object").where(inst["modality"].notna() & (inst["modality"] != ""), MISSING)
+    return values.value_counts().rename("instances").rename_axis("modality").to_frame()
+
+
+def study_date_counts(manifest: pd.DataFrame, freq: str = "year") -> pd.DataFrame:
+    """Instances per study year or month (``freq``: year|month); unparsable or missing dates count apart."""
+    import pandas as pd
+
+    if freq not in ("year", "month"):
+        raise ConfigError("bad_freq", f"freq must be year or month, got {freq!r}")
+    inst = instances(manifest)
+    raw = inst["study_date"].astype("object").map(lambda v: v.strip().replace(".", "") if isinstance(v, str) else v)
+    dates = pd.to_datetime(raw, format="%Y%m%d", errors="coerce")
+    fmt = "%Y" if freq == "year" else "%Y-%m"
+    labels = dates.dt.strftime(fmt)
+    counts = labels.value_counts().sort_index()
+    missing = int(dates.isna().sum())
+    if missing:
+        counts = pd.concat([counts, pd.Series({MISSING: missing})])
+    return counts.astype("int64").rename("instances").rename_axis(freq).to_frame()
+
+
+def age_distribution(manifest: pd.DataFrame, bin_years: int = 10) -> pd.DataFrame:
+    """Instances per patient-age band (AS parsed to years); missing or invalid ages count apart."""
+    import pandas as pd
+
+    if bin_years < 1:
+        raise ConfigError("bad_bin", "bin_years must be >= 1")
+    years = instances(manifest)["patient_age"].map(parse_age).astype("float64")
+    valid = years.dropna()
+    top = int(valid.max() // bin_years + 1) * bin_years if len(valid) else bin_years
+    edges = list(range(0, top + bin_years, bin_years))
+    labels = [f"{lo}-{lo + bin_years - 1}" for lo in edges[:-1]]
+    bands = pd.cut(valid, bins=edges, right=False, labels=labels)
+    counts = bands.value_counts().reindex(labels, fill_value=0)
+    missing = int(years.isna().sum())
+    if missing:
+        counts = pd.concat([counts, pd.Series({MISSING: missing})])
+    return counts.astype("int64").rename("instances").rename_axis("age (years)").to_frame()
+
+
+def age_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Patient age in years: count, min, median, mean, max of the parsable values."""
+    years = instances(manifest)["patient_age"].map(parse_age).astype("float64").dropna()
+    return years.describe()[["count", "min", "50%", "mean", "max"]].rename({"50%": "median"}).round(2).to_frame(
+        "years")
+
+
+# -------------------------------------------------------------------------------------------------- cost
+
+
+@dataclass
+class CostTables:
+    """The cost model's estimate as tables: one-time lines, monthly storage per class, totals."""
+
+    lines: pd.DataFrame
+    storage: pd.DataFrame
+    totals: pd.DataFrame
+    estimate: Any  # cost.Estimate
+
+
+def _listed(prefix: str) -> tuple[int, int]:
+    n = total = 0
+    for o in storage.list_objects(prefix):
+        n += 1
+        total += o.size
+    return n, total
+
+
+def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str | None = None,
+                  bench_report: str | None = None, text: str | None = None, images: str | None = None,
+                  **assumptions: Any) -> CostTables:
+    """The cost model (``dicom_reassembly.cost``) applied to the manifest, as tables.
+
+    ``text``/``images`` prefixes, when given, are listed for archive counts and bytes (pixel archives not yet
+    indexed); ``assumptions`` are ``cost.Assumptions`` fields.
+    """
+    import pandas as pd
+
+    from . import cost
+
+    workload = cost.read_manifest_workload(manifest_uri)
+    if text and images:
+        workload = cost.merge_listing(workload, *_listed(text), *_listed(images))
+    est = cost.estimate_cost(workload, cost.read_prices(prices, region), cost.Assumptions(**assumptions),
+                             bench_report)
+    lines = pd.DataFrame([{"group": ln.group, "item": ln.item, "quantity": ln.quantity, "unit": ln.unit,
+                           "unit price": ln.unit_price, f"cost ({est.currency})": ln.cost, "as of": ln.as_of}
+                          for ln in est.lines])
+    store = pd.DataFrame(est.storage)[["storage_class", "gb", "monthly_total", "put_cost_one_time", "price", "as_of"]]
+    store = store.rename(columns={"monthly_total": f"per month ({est.currency})",
+                                  "put_cost_one_time": f"PUTs one-time ({est.currency})"}).set_index("storage_class")
+    d = est.derived
+    totals = pd.DataFrame({"value": pd.Series({
+        "workload": workload.source,
+        "instances": workload.instances,
+        "archives": workload.archives,
+        "archive GB": round(workload.archive_bytes / cost.GB, 3),
+        f"one-time total ({est.currency})": round(est.one_time_total, 2),
+        f"storage per month ({est.currency}, {est.assumptions['destination_class']})": round(est.monthly_total, 2),
+        "worker node-hours": round(d["node_hours"], 3),
+        "wall-clock hours": round(d["wall_clock_hours"], 3),
+        "throughput per core (MB/s)": f"{d['per_core_mb_s']:g} ({d['per_core_mb_s_source']})",
+        "prices": f"{est.prices_file} ({est.region})",
+    }, dtype="object")}).rename_axis("estimate")
+    return CostTables(lines, store, totals, est)
+
+
+# ------------------------------------------------------------------------------------------------ charts
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 3.6) -> tuple[Figure, list[Any]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _no_data(ax: Any, title: str, what: str = "no data") -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _hist(ax: Any, series: Mapping[str, Any], title: str, xlabel: str) -> None:
+    """Overlaid histograms of positive values, log-spaced when they span more than two decades."""
+    import numpy as np
+
+    data = {k: np.asarray([x for x in v if x is not None and x == x and x > 0], dtype="float64")
+            for k, v in series.items()}
+    data = {k: v for k, v in data.items() if len(v)}
+    if not data:
+        _no_data(ax, title)
+        return
+    lo = min(v.min() for v in data.values())
+    hi = max(v.max() for v in data.values())
+    if hi / lo > 100:
+        bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 30)
+        ax.set_xscale("log")
+    else:
+        bins = np.linspace(lo, hi + (1 if hi == lo else 0), 30)
+    for label, values in data.items():
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)})")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.legend(fontsize="small")
+
+
+def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: str,
+          colors: list[str] | None = None) -> None:
+    if not labels:
+        _no_data(ax, title)
+        return
+    pos = list(range(len(labels)))
+    ax.barh(pos, values, color=colors)
+    ax.set_yticks(pos, labels)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    for p, v in zip(pos, values, strict=True):
+        ax.annotate(f"{v:,.4g}", (v, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
+
+
+def plot_members_per_archive(archives: pd.DataFrame) -> Figure:
+    """Members per archive: stacked bars by kind for a few archives, a histogram by role for many."""
+    fig, (ax,) = _figure(width=8, height=max(3.0, min(10.0, 0.3 * len(archives) + 1)))
+    if not len(archives):
+        _no_data(ax, "Members per archive")
+        return fig
+    if len(archives) <= 40:
+        names = [str(a) for a in archives.index]
+        left = [0] * len(archives)
+        for kind in MEMBER_KINDS:
+            values = archives[kind].tolist()
+            ax.barh(names, values, left=left, label=kind)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.invert_yaxis()
+        ax.set_xlabel("members")
+        ax.legend(fontsize="small")
+        ax.set_title("Members per archive, by kind")
+    else:
+        _hist(ax, {role: archives.loc[archives["role"] == role, "members"].tolist() for role in ROLES},
+              "Members per archive, by role", "members")
+    return fig
+
+
+def plot_size_distributions(manifest: pd.DataFrame) -> Figure:
+    """Histograms: archive sizes by role, member sizes by kind, header (JSON) sizes."""
+    fig, axes = _figure(3, width=4.6)
+    arch = manifest[manifest["kind"] == "archive"].drop_duplicates("archive_uri")
+    _hist(axes[0], {r: arch.loc[arch["archive_role"] == r, "archive_size"].tolist() for r in ROLES},
+          "Archive sizes", "bytes")
+    _hist(axes[1], {k: manifest.loc[manifest["kind"] == k, "size"].tolist() for k in ("pixels", "other")},
+          "Pixel and other member sizes", "bytes")
+    _hist(axes[2], {"header": manifest.loc[manifest["kind"] == "header", "size"].tolist()},
+          "Header (JSON) sizes", "bytes")
+    return fig
+
+
+_STATUS_COLORS = {"written": "tab:green", "skipped_existing": "tab:olive", "filtered_out": "tab:gray"}
+
+
+def plot_status_counts(counts: pd.DataFrame, run_id: str | None = None) -> Figure:
+    """Ledger rows per status (written in green, problems in red)."""
+    fig, (ax,) = _figure(width=7, height=max(2.5, 0.35 * len(counts) + 1.2))
+    title = f"Outcomes per status (run {run_id})" if run_id else "Outcomes per status"
+    if not len(counts):
+        _no_data(ax, title, "no ledger run")
+        return fig
+    labels = [str(s) for s in counts.index]
+    _bars(ax, labels, counts["rows"].tolist(), title, "ledger rows",
+          [_STATUS_COLORS.get(s, "tab:red") for s in labels])
+    return fig
+
+
+def plot_demographics(modalities: pd.DataFrame, dates: pd.DataFrame, ages: pd.DataFrame) -> Figure:
+    """Three bar charts: instances per modality, per study year/month, per patient-age band."""
+    fig, axes = _figure(3, width=4.6, height=3.8)
+    for ax, frame, title in ((axes[0], modalities, "Modality"), (axes[1], dates, f"Study {dates.index.name}"),
+                             (axes[2], ages, "Patient age (years)")):
+        if not len(frame) or not frame["instances"].sum():
+            _no_data(ax, title)
+            continue
+        labels = [str(x) for x in frame.index]
+        ax.bar(range(len(labels)), frame["instances"].tolist(),
+               color=["tab:gray" if x == MISSING else "tab:blue" for x in labels])
+        ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 6 else 0, ha="right"
+                      if len(labels) > 6 else "center", fontsize="small")
+        ax.set_title(title)
+        ax.set_ylabel("instances")
+    return fig
+
+
+def plot_cost(tables: CostTables) -> Figure:
+    """One-time cost per line (largest first) and monthly destination storage per class."""
+    fig, axes = _figure(2, width=6.5, height=4.5)
+    cost_col = [c for c in tables.lines.columns if c.startswith("cost (")][0]
+    lines = tables.lines[tables.lines[cost_col] > 0].sort_values(cost_col, ascending=False)
+    _bars(axes[0], [f"{g}: {i}"[:48] for g, i in zip(lines["group"], lines["item"], strict=True)],
+          lines[cost_col].tolist(), "One-time cost by line", cost_col)
+    month_col = [c for c in tables.storage.columns if c.startswith("per month")][0]
+    _bars(axes[1], [str(c) for c in tables.storage.index], tables.storage[month_col].tolist(),
+          "Destination storage per month", month_col)
+    return fig
