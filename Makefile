@@ -4,6 +4,7 @@ PY_BOOT ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV35 := .venv-spark35
+SPARK4 := pyspark==4.0.1
 SPARK35 := pyspark==3.5.7
 APT_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql libpostgresql-jdbc-java
 export PYSPARK_PYTHON := $(abspath $(PY))
@@ -11,13 +12,15 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 DATA := data
 OUT := out
+SPARK_SUBMIT = $(VENV)/bin/spark-submit --master 'local[2]' \
+  --driver-java-options "-Dlog4j2.configurationFile=file:$(abspath conf/log4j2.properties)"
 
-.PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist notebook clean
+.PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist wheelhouse notebook clean
 
 $(VENV)/.installed: setup.py requirements-test.txt
 	$(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e . -r requirements-test.txt
+	$(PY) -m pip install -q -e . "$(SPARK4)" -r requirements-test.txt
 	touch $@
 
 ## setup: .venv with the package and spark-submit
@@ -33,15 +36,14 @@ system-deps:
 	fi
 
 $(DATA)/sample/expected.json: $(VENV)/.installed lib/dicom_reassembly/sample_data.py
-	rm -rf $(DATA)/sample
-	$(PY) -m dicom_reassembly.sample_data $(DATA)/sample
+	$(PY) -m dicom_reassembly.sample_data $(DATA)/sample --overwrite
 
 ## demo: generate the sample delivery, build the manifest, reassemble it, print the summary
 demo: setup $(DATA)/sample/expected.json
 	rm -rf $(OUT)/demo
-	$(VENV)/bin/spark-submit --master 'local[2]' jobs/build_manifest.py \
+	$(SPARK_SUBMIT) jobs/build_manifest.py \
 	  --text $(DATA)/sample/text --images $(DATA)/sample/images --manifest $(OUT)/demo/manifest
-	$(VENV)/bin/spark-submit --master 'local[2]' jobs/reassemble.py \
+	$(SPARK_SUBMIT) jobs/reassemble.py \
 	  --manifest $(OUT)/demo/manifest --out $(OUT)/demo/dcm --ledger $(OUT)/demo/ledger --config conf/local.json
 	@echo "DICOM objects: $(abspath $(OUT)/demo/dcm)"
 	@echo "manifest:      $(abspath $(OUT)/demo/manifest)"
@@ -58,13 +60,37 @@ test-fast: setup
 $(VENV35)/.installed: setup.py
 	$(PY_BOOT) -m venv $(VENV35)
 	$(VENV35)/bin/python -m pip install -q --upgrade pip
-	$(VENV35)/bin/python -m pip install -q -e . "$(SPARK35)" "numpy<2.4" pytest==9.2.0 chispa==0.12.0 "moto[server,s3]==5.2.5" hypothesis==6.170.15
+	$(VENV35)/bin/python -m pip install -q -e . "$(SPARK35)" -r requirements-test.txt
 	touch $@
 
 ## test-spark35: the Spark tests again under pyspark 3.5 (EMR 7's line)
 test-spark35: $(VENV35)/.installed
 	PYSPARK_PYTHON=$(abspath $(VENV35)/bin/python) PYSPARK_DRIVER_PYTHON=$(abspath $(VENV35)/bin/python) \
 	  $(VENV35)/bin/python -m pytest tests -q -m spark
+
+## dist: the wheel, the --py-files zip and the job scripts, for EMR
+dist: setup
+	rm -rf dist build
+	$(PY) -m pip wheel -q --no-deps -w dist .
+	cd lib && $(abspath $(PY)) -m zipfile -c ../dist/dicom_reassembly.zip dicom_reassembly/
+	mkdir -p dist/jobs && cp jobs/*.py dist/jobs/ && cp emr/bootstrap.sh dist/
+	@ls -l dist
+
+## wheelhouse: runtime dependencies as Linux x86_64 CPython 3.11 wheels, for EMR nodes without internet
+wheelhouse: dist
+	rm -rf dist/wheelhouse
+	$(PY) -m pip download -q --dest dist/wheelhouse --only-binary=:all: \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  --python-version 3.11 --implementation cp --abi cp311 dist/dicom_reassembly-*-py3-none-any.whl
+
+## notebook: run the manifest-analysis notebook headless on the demo's outputs and write HTML
+notebook: setup
+	@test -d $(OUT)/demo/ledger || $(MAKE) demo
+	$(PY) notebooks/run_notebook.py notebooks/manifest_analysis.ipynb --html $(OUT)/notebook/manifest_analysis.html
+
+## bench: the benchmark (tar -x, naive baseline, pipeline, lookups, S3 request counts); results in bench/results/
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check lib jobs tests emr bench

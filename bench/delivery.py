@@ -192,8 +192,10 @@ def date_threshold(index: dict[str, Any], fraction: float) -> tuple[str, float]:
 
     Returns the date and the exact fraction it selects.
     """
-    dates = sorted((i["study_date"] for i in index["instances"]), reverse=True)
-    k = max(0, min(len(dates) - 1, round(fraction * len(dates))))
-    cut = dates[k]
-    selected = sum(1 for d in dates if d > cut) / len(dates)
+    dates = [i["study_date"] for i in index["instances"]]
+    n = len(dates)
+    # Whole studies share a date, so the exact fraction is rarely reachable: take the closest that selects something.
+    options = [(sum(1 for d in dates if d > cut) / n, cut) for cut in sorted(set(dates))]
+    options = [o for o in options if o[0] > 0] or [(0.0, min(dates))]
+    selected, cut = min(options, key=lambda o: (abs(o[0] - fraction), o[1]))
     return f"{cut[:4]}-{cut[4:6]}-{cut[6:]}", selected

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,18 +49,21 @@ def measure_tar_x(paths: list[str], scratch: str, repeats: int = 2) -> dict[str,
     if tar is None:
         raise BenchError("tar is not installed")
     total = sum(os.path.getsize(p) for p in paths)
-    runs = []
+    runs, cpus = [], []
     for _ in range(repeats):
         shutil.rmtree(scratch, ignore_errors=True)
         os.makedirs(scratch)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         for p in paths:
             subprocess.run([tar, "-xf", p, "-C", scratch], check=True)
         runs.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     shutil.rmtree(scratch, ignore_errors=True)
-    seconds = runs[-1]
-    return {"archives": len(paths), "bytes": total, "runs_s": runs, "seconds": seconds,
-            "bytes_per_s": total / seconds, "mb_s": total / seconds / MB,
+    seconds, cpu = runs[-1], cpus[-1]
+    return {"archives": len(paths), "bytes": total, "runs_s": runs, "seconds": seconds, "cpu_s": cpu,
+            "bytes_per_s": total / seconds, "mb_s": total / seconds / MB, "mb_per_cpu_s": total / cpu / MB if cpu else None,
             "note": "one tar process per archive, single core; the last of the runs is reported"}
 
 
@@ -115,17 +119,20 @@ def measure_naive(root: str, index: dict[str, Any], sample: int, out_dir: str, s
     chosen = random.Random(f"naive:{seed}").sample(uids, min(sample, len(uids)))
     os.makedirs(out_dir, exist_ok=True)
     times, written = [], 0
+    c0 = time.process_time()
     for uid in chosen:
         t0 = time.perf_counter()
         written += naive_reassemble(uid, text, images, out_dir)
         times.append(time.perf_counter() - t0)
+    cpu = (time.process_time() - c0) / len(chosen)
     shutil.rmtree(out_dir, ignore_errors=True)
     per = statistics.mean(times)
     n = len(uids)
     archive_bytes = index["totals"]["archive_bytes"]
-    return {"sampled": len(chosen), "per_instance_s": per, "median_s": statistics.median(times),
+    return {"sampled": len(chosen), "per_instance_s": per, "cpu_per_instance_s": cpu, "median_s": statistics.median(times),
             "min_s": min(times), "max_s": max(times), "extrapolated_total_s": per * n,
             "instances_per_s": 1 / per, "bytes_per_s": archive_bytes / n / per, "mb_s": archive_bytes / n / per / MB,
+            "mb_per_cpu_s": archive_bytes / n / cpu / MB if cpu else None,
             "written_bytes_sampled": written,
             "note": f"tarfile scan of {len(text)}+{len(images)} archives per UID, pydicom from_json + dcmwrite; "
                     f"mean over {len(chosen)} random UIDs extrapolated to {n} instances (single core)"}
@@ -145,23 +152,25 @@ def _role(cmdline: list[str]) -> str:
     return "other"
 
 
-class MemorySampler(threading.Thread):
-    """Samples the RSS of a spark-submit process tree every ``interval`` seconds.
+class ProcessSampler(threading.Thread):
+    """Samples a spark-submit process tree every ``interval`` seconds: RSS and CPU time, by role.
 
     Roles: the JVM (driver and, in local mode, the executor), the Python driver, and the Python workers (the
     ``pyspark.daemon`` and the workers it forks, one per running task). RSS counts pages shared with the daemon
-    in every fork, so the sum over workers overstates their footprint a little.
+    in every fork, so the sum over workers overstates their footprint a little. CPU time is the last value seen
+    for each process (user + system), so a process that ends between two samples loses at most one interval;
+    on a shared machine it is the steadier measure of work done.
     """
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
+        super().__init__(name="process-sampler", daemon=True)
         self.pid = pid
         self.interval = interval
         self.halt = threading.Event()
         self.peak_by_pid: dict[int, tuple[str, int]] = {}
+        self.cpu_by_pid: dict[int, tuple[str, float]] = {}
         self.peak_sum: dict[str, int] = {}
         self.samples = 0
-        self._roles: dict[int, str] = {}
 
     def run(self) -> None:
         import psutil
@@ -178,14 +187,17 @@ class MemorySampler(threading.Thread):
             sums: dict[str, int] = {}
             for p in procs:
                 try:
-                    role = self._roles.get(p.pid) or self._roles.setdefault(p.pid, _role(p.cmdline()))
-                    rss = p.memory_info().rss
+                    # Not cached: spark-submit is a shell script that execs the JVM under the same pid.
+                    role = _role(p.cmdline())
+                    with p.oneshot():
+                        rss = p.memory_info().rss
+                        cpu = p.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
                 sums[role] = sums.get(role, 0) + rss
-                prev = self.peak_by_pid.get(p.pid, (role, 0))[1]
-                if rss > prev:
+                if rss > self.peak_by_pid.get(p.pid, (role, 0))[1]:
                     self.peak_by_pid[p.pid] = (role, rss)
+                self.cpu_by_pid[p.pid] = (role, cpu.user + cpu.system)
             for role, total in sums.items():
                 self.peak_sum[role] = max(self.peak_sum.get(role, 0), total)
             self.samples += 1
@@ -197,6 +209,9 @@ class MemorySampler(threading.Thread):
         by_role: dict[str, list[int]] = {}
         for role, rss in self.peak_by_pid.values():
             by_role.setdefault(role, []).append(rss)
+        cpu: dict[str, float] = {}
+        for role, seconds in self.cpu_by_pid.values():
+            cpu[role] = cpu.get(role, 0.0) + seconds
         workers = by_role.get("python_worker", [])
         jvm = max(by_role.get("jvm", [0]))
         return {
@@ -208,6 +223,7 @@ class MemorySampler(threading.Thread):
             "python_workers_peak_sum_mb": self.peak_sum.get("python_worker", 0) / MB,
             # Local mode: the executor is the JVM plus its Python workers.
             "executor_peak_mb": (jvm + self.peak_sum.get("python_worker", 0)) / MB,
+            "cpu_s": sum(cpu.values()), "cpu_s_by_role": cpu,
         }
 
 
@@ -225,18 +241,20 @@ def run_spark_job(job: str, args: list[str], *, cores: int, env: dict[str, str],
     with open(out_path, "w") as out, open(err_path, "w") as err:
         t0 = time.perf_counter()
         proc = psutil.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
-        sampler = MemorySampler(proc.pid)
+        sampler = ProcessSampler(proc.pid)
         sampler.start()
         rc = proc.wait()
         wall = time.perf_counter() - t0
-        memory = sampler.stop()
+        sampled = sampler.stop()
     with open(out_path) as f:
         stdout = f.read()
     if rc != 0:
         with open(err_path) as f:
             tail = f.read()[-2000:]
         raise BenchError(f"{name}: {job} exited {rc}; see {err_path}\n{tail}")
-    return {"job": job, "wall_s": wall, "memory": memory, "stdout": stdout[-4000:], "log": err_path}
+    cpu = sampled.pop("cpu_s")
+    return {"job": job, "wall_s": wall, "cpu_s": cpu, "cpu_s_by_role": sampled.pop("cpu_s_by_role"), "memory": sampled,
+            "stdout": stdout[-4000:], "log": err_path}
 
 
 def parse_reassemble_stdout(stdout: str) -> dict[str, Any]:
@@ -249,9 +267,25 @@ def parse_reassemble_stdout(stdout: str) -> dict[str, Any]:
             "conservation_ok": "every manifest member is accounted for" in stdout}
 
 
+def bench_config(work: str, computations: bool = False) -> str:
+    """conf/local.json, with the per-series computations switched off unless asked for; returns its path.
+
+    The computations re-read every written object and decode its pixels: a separate cost, measured on its own.
+    """
+    with open(os.path.join(ROOT, "conf", "local.json")) as f:
+        cfg = json.load(f)
+    job = cfg.setdefault("job", {})
+    if not computations:
+        job["computations"] = []
+    path = os.path.join(work, f"bench-conf{'-computations' if computations else ''}.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=1)
+    return path
+
+
 def run_pipeline(text: str, images: str, work: str, out: str, *, cores: int, env: dict[str, str], tag: str,
-                 criteria: str | None = None, manifest: str | None = None) -> dict[str, Any]:
-    """build_manifest (unless ``manifest`` is given) then reassemble; one dict per stage."""
+                 config: str, criteria: str | None = None, manifest: str | None = None) -> dict[str, Any]:
+    """build_manifest (unless ``manifest`` is given) then reassemble with ``config``; one dict per stage."""
     logs = os.path.join(work, "logs")
     stages: dict[str, Any] = {}
     if manifest is None:
@@ -264,7 +298,7 @@ def run_pipeline(text: str, images: str, work: str, out: str, *, cores: int, env
     shutil.rmtree(ledger, ignore_errors=True)
     for extra in (ledger + "_runs", ledger + "_computations"):
         shutil.rmtree(extra, ignore_errors=True)
-    args = ["--manifest", manifest, "--out", out, "--ledger", ledger, "--config", os.path.join(ROOT, "conf", "local.json")]
+    args = ["--manifest", manifest, "--out", out, "--ledger", ledger, "--config", config]
     if criteria:
         args += ["--criteria", criteria]
     r = run_spark_job("reassemble.py", args, cores=cores, env=env, log_dir=logs, name=f"reassemble-{tag}")
@@ -405,9 +439,9 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
     fresh()
     reassemble_sequentially(items[:20], out_dir)  # warm imports and the page cache
     fresh()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n, read, split = reassemble_sequentially(items, out_dir)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     fresh()
     prof = cProfile.Profile()
     prof.enable()
@@ -447,7 +481,8 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
         f.write(f"# hot path: read_archive_members + part10.assemble + storage.write_parts, one thread, {n} instances\n")
         f.write(text)
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {"instances": n, "archive_bytes_read": read, "wall_s": wall, "ms_per_instance": 1000 * wall / n,
+    return {"instances": n, "archive_bytes_read": read, "wall_s": wall, "cpu_s": cpu, "ms_per_instance": 1000 * wall / n,
+            "cpu_ms_per_instance": 1000 * cpu / n, "mb_per_cpu_s_in_process": read / cpu / MB if cpu else None,
             "split_ms_per_instance": {k: 1000 * v / n for k, v in split.items()},
             "per_core_mb_s_in_process": read / wall / MB, "instances_per_s": n / wall,
             "breakdown": breakdown, "top_functions": top_functions, "profile_txt": profile_txt}

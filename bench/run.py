@@ -130,6 +130,7 @@ def archive_paths(root: str, index: dict[str, Any], role: str) -> list[str]:
 
 def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, log: Progress) -> dict[str, Any]:
     env = ms.base_env()
+    config = ms.bench_config(work)
     sizes = []
     for root, index in deliveries:
         n = index["totals"]["instances"]
@@ -137,7 +138,7 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
         out = os.path.join(work, f"out-local-{n}")
         shutil.rmtree(out, ignore_errors=True)
         stages = ms.run_pipeline(os.path.join(root, "text"), os.path.join(root, "images"), work, out,
-                                 cores=cores, env=env, tag=f"local-{n}")
+                                 cores=cores, env=env, tag=f"local-{n}", config=config)
         written = stages["reassemble"]["status_counts"].get("written", 0)
         if written != n or not stages["reassemble"]["conservation_ok"]:
             raise ms.BenchError(f"local run of {n} instances wrote {written}; "
@@ -147,7 +148,18 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
             stages[s].pop("stdout", None)
         sizes.append({"instances": n, "archive_bytes": index["totals"]["archive_bytes"], **stages})
         log(f"  manifest {stages['build_manifest']['wall_s']:.1f}s, reassemble {stages['reassemble']['wall_s']:.1f}s")
-    return {"cores": cores, "sizes": sizes}
+    # The job's default config also runs the per-series computations: measured once, on the largest delivery.
+    root, index = deliveries[-1]
+    n = index["totals"]["instances"]
+    log(f"pipeline, local files, {n} instances: reassemble again with the default per-series computations")
+    out = os.path.join(work, f"out-local-{n}-computations")
+    shutil.rmtree(out, ignore_errors=True)
+    with_comp = ms.run_pipeline("", "", work, out, cores=cores, env=env, tag=f"local-{n}-computations",
+                                config=ms.bench_config(work, computations=True), manifest=sizes[-1]["manifest_uri"])
+    shutil.rmtree(out, ignore_errors=True)
+    with_comp["reassemble"].pop("stdout", None)
+    log(f"  reassemble with computations {with_comp['reassemble']['wall_s']:.1f}s")
+    return {"cores": cores, "sizes": sizes, "with_computations": {"instances": n, **with_comp}}
 
 
 # ---------------------------------------------------------------- S3: requests, amplification, selection
@@ -161,14 +173,14 @@ def upload(srv: Any, root: str, index: dict[str, Any], bucket: str, prefix: str)
         list(pool.map(lambda j: client.upload_file(j[0], bucket, j[1]), jobs))
 
 
-def stage_figures(c: Any, wall: float, memory: dict[str, Any], instances: int) -> dict[str, Any]:
+def stage_figures(c: Any, job: dict[str, Any], instances: int) -> dict[str, Any]:
     """Requests and bytes of one stage on the archive bucket and the output bucket."""
     gets = c.total(ARCHIVE_BUCKET, "GET", "GET_RANGE")
     puts = c.total(OUT_BUCKET, "PUT")
     multipart = c.total(OUT_BUCKET, "CREATE_MULTIPART")
     heads = c.total(ARCHIVE_BUCKET, "HEAD") + c.total(OUT_BUCKET, "HEAD")
     n = max(1, instances)
-    return {"wall_s": wall, "memory": memory, "archive_gets": gets, "ranged_gets": c.total(ARCHIVE_BUCKET, "GET_RANGE"),
+    return {"wall_s": job["wall_s"], "cpu_s": job["cpu_s"], "memory": job["memory"], "archive_gets": gets, "ranged_gets": c.total(ARCHIVE_BUCKET, "GET_RANGE"),
             "heads": heads, "lists": c.total(ARCHIVE_BUCKET, "LIST") + c.total(OUT_BUCKET, "LIST"),
             "puts": puts, "multipart": multipart, "upload_parts": c.total(OUT_BUCKET, "UPLOAD_PART"),
             "archive_bytes_read": c.total(ARCHIVE_BUCKET, "GET", "GET_RANGE", what="bytes_out"),
@@ -208,7 +220,7 @@ def measure_s3(srv: Any, root: str, index: dict[str, Any], work: str, cores: int
     before = srv.snapshot()
     m = ms.run_spark_job("build_manifest.py", ["--text", text, "--images", images, "--manifest", manifest],
                          cores=cores, env=env, log_dir=logs, name="build_manifest-s3")
-    manifest_stage = stage_figures(srv.snapshot().minus(before), m["wall_s"], m["memory"], n)
+    manifest_stage = stage_figures(srv.snapshot().minus(before), m, n)
     date, fraction = dl.date_threshold(index, SELECTION_FRACTION)
     criteria = os.path.join(work, "criteria-10pct.json")
     with open(criteria, "w") as f:
@@ -223,14 +235,14 @@ def measure_s3(srv: Any, root: str, index: dict[str, Any], work: str, cores: int
         for d in (ledger, ledger + "_runs", ledger + "_computations"):
             shutil.rmtree(d, ignore_errors=True)
         args = ["--manifest", manifest, "--out", f"s3://{OUT_BUCKET}/{key}", "--ledger", ledger,
-                "--config", os.path.join(ROOT, "conf", "local.json")]
+                "--config", ms.bench_config(work)]
         if crit:
             args += ["--criteria", crit]
         before = srv.snapshot()
         r = ms.run_spark_job("reassemble.py", args, cores=cores, env=env, log_dir=logs, name=f"reassemble-s3-{key}")
         parsed = ms.parse_reassemble_stdout(r["stdout"])
         written = parsed["status_counts"].get("written", 0)
-        stage = stage_figures(srv.snapshot().minus(before), r["wall_s"], r["memory"], written)
+        stage = stage_figures(srv.snapshot().minus(before), r, written)
         stage["puts_per_written"] = (stage["puts"] + stage["multipart"]) / written if written else None
         stage.update(parsed)
         wanted_bytes = sum(i["header_size"] + i["pixel_size"] for i in index["instances"] if i["uid"] in wanted)

@@ -127,3 +127,36 @@ def test_bad_criteria_exit_nonzero_with_one_line_and_write_nothing(sample_delive
     assert len(errors) == 1 and "BETWEEN" in errors[0] and "criteria[0]" in errors[0], output
     assert "Traceback" not in output
     assert not (tmp_path / "out").exists() and not (tmp_path / "ledger").exists()
+
+
+def test_input_credentials_never_reach_logs_ledger_runs_or_event_log(s3, sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    root, expected = sample_delivery
+    _upload_tree(s3, "secret-archives", root, "d")
+    secret = "s3cr3t-Value-That-Must-Not-Leak-0123456789"
+    crit = tmp_path / "params.json"
+    crit.write_text(json.dumps({
+        "input_s3_parameters": {"endpoint": os.environ["AWS_ENDPOINT_URL"], "bucket": "secret-archives",
+                                "credentials": f"AKIAORCHESTRATOR:{secret}", "region": "us-east-1"},
+        "criteria": [{"dicom_tag": ["0008", "0020"], "operation": "GREATER", "reference": "1900-01-01"}]}))
+    manifest, ledger, events = tmp_path / "manifest", tmp_path / "ledger", tmp_path / "events"
+    events.mkdir()
+    r = submit("build_manifest.py", "--text", "s3://secret-archives/d/text", "--images", "s3://secret-archives/d/images",
+               "--manifest", str(manifest))
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-java-options", LOG4J,
+           "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir=file://{events}",
+           os.path.join(ROOT, "jobs", "reassemble.py"), "--manifest", str(manifest), "--out", str(tmp_path / "dcm"),
+           "--ledger", str(ledger), "--criteria", str(crit)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env({"DICOM_REASSEMBLY_LOG": "DEBUG"}), timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    counts = json.loads(r.stdout.strip().splitlines()[-1])["status_counts"]
+    assert counts == {"written": len(expected["instances"])}
+    assert secret not in r.stdout + r.stderr
+    blobs = []
+    for folder in (events, ledger, tmp_path / "ledger_runs", tmp_path / "ledger_computations"):
+        for dirpath, _, files in os.walk(folder):
+            blobs.extend(os.path.join(dirpath, f) for f in files)
+    assert any("ledger_runs" in b for b in blobs) and any(b.startswith(str(events)) for b in blobs)
+    for path in blobs:
+        with open(path, "rb") as f:
+            assert secret.encode() not in f.read(), path

@@ -111,7 +111,9 @@ def test_series_summaries_are_computed_for_selected_series_and_recorded(spark, i
         assert doc["instances"] == n
         folder = os.path.dirname(r["output_uri"])
         pngs = [f for f in os.listdir(folder) if f.endswith(".png")]
-        assert pngs and open(os.path.join(folder, pngs[0]), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert pngs
+        with open(os.path.join(folder, pngs[0]), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def _qido_instances(root: str) -> set[str]:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -466,24 +467,35 @@ def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str |
                              bench_report)
     lines = pd.DataFrame([{"group": ln.group, "item": ln.item, "quantity": ln.quantity, "unit": ln.unit,
                            "unit price": ln.unit_price, f"cost ({est.currency})": ln.cost, "as of": ln.as_of}
-                          for ln in est.lines])
+                          for ln in est.lines]).round({"quantity": 3, f"cost ({est.currency})": 4})
     store = pd.DataFrame(est.storage)[["storage_class", "gb", "monthly_total", "put_cost_one_time", "price", "as_of"]]
     store = store.rename(columns={"monthly_total": f"per month ({est.currency})",
                                   "put_cost_one_time": f"PUTs one-time ({est.currency})"}).set_index("storage_class")
     d = est.derived
+    cur = est.currency
+    per_million = 1e6 / workload.instances if workload.instances else math.nan
     totals = pd.DataFrame({"value": pd.Series({
         "workload": workload.source,
         "instances": workload.instances,
         "archives": workload.archives,
-        "archive GB": round(workload.archive_bytes / cost.GB, 3),
-        f"one-time total ({est.currency})": round(est.one_time_total, 2),
-        f"storage per month ({est.currency}, {est.assumptions['destination_class']})": round(est.monthly_total, 2),
-        "worker node-hours": round(d["node_hours"], 3),
-        "wall-clock hours": round(d["wall_clock_hours"], 3),
+        "archive GB": _num(workload.archive_bytes / cost.GB),
+        f"one-time total ({cur})": _num(est.one_time_total),
+        f"storage per month ({cur}, {est.assumptions['destination_class']})": _num(est.monthly_total),
+        f"one-time per million instances ({cur})": _num(est.one_time_total * per_million),
+        f"storage per month per million instances ({cur})": _num(est.monthly_total * per_million),
+        "worker node-hours": _num(d["node_hours"]),
+        "wall-clock hours": _num(d["wall_clock_hours"]),
         "throughput per core (MB/s)": f"{d['per_core_mb_s']:g} ({d['per_core_mb_s_source']})",
         "prices": f"{est.prices_file} ({est.region})",
     }, dtype="object")}).rename_axis("estimate")
     return CostTables(lines, store, totals, est)
+
+
+def _num(value: float) -> str:
+    """Two decimals for everyday amounts, significant digits for the tiny ones a sample gives."""
+    if value != value:
+        return "n/a"
+    return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
 
 
 # ------------------------------------------------------------------------------------------------ charts
@@ -508,8 +520,9 @@ def _hist(ax: Any, series: Mapping[str, Any], title: str, xlabel: str) -> None:
     """Overlaid histograms of positive values, log-spaced when they span more than two decades."""
     import numpy as np
 
-    data = {k: np.asarray([x for x in v if x is not None and x == x and x > 0], dtype="float64")
-            for k, v in series.items()}
+    present = {k: [x for x in v if x is not None and x == x] for k, v in series.items()}
+    data = {k: np.asarray([x for x in v if x > 0], dtype="float64") for k, v in present.items()}
+    empty = {k: len(present[k]) - len(v) for k, v in data.items()}
     data = {k: v for k, v in data.items() if len(v)}
     if not data:
         _no_data(ax, title)
@@ -522,7 +535,8 @@ def _hist(ax: Any, series: Mapping[str, Any], title: str, xlabel: str) -> None:
     else:
         bins = np.linspace(lo, hi + (1 if hi == lo else 0), 30)
     for label, values in data.items():
-        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)})")
+        note = f"; {empty[label]} empty, not shown" if empty[label] else ""
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)}{note})")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
@@ -534,8 +548,12 @@ def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: s
     if not labels:
         _no_data(ax, title)
         return
+    from matplotlib.ticker import MaxNLocator
+
     pos = list(range(len(labels)))
     ax.barh(pos, values, color=colors)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 6))
     ax.set_yticks(pos, labels)
     ax.invert_yaxis()
     ax.set_title(title)
@@ -619,7 +637,8 @@ def plot_cost(tables: CostTables) -> Figure:
     fig, axes = _figure(2, width=6.5, height=4.5)
     cost_col = [c for c in tables.lines.columns if c.startswith("cost (")][0]
     lines = tables.lines[tables.lines[cost_col] > 0].sort_values(cost_col, ascending=False)
-    _bars(axes[0], [f"{g}: {i}"[:48] for g, i in zip(lines["group"], lines["item"], strict=True)],
+    _bars(axes[0], [textwrap.shorten(f"{g}: {i}", 50, placeholder="...") for g, i in
+                    zip(lines["group"], lines["item"], strict=True)],
           lines[cost_col].tolist(), "One-time cost by line", cost_col)
     month_col = [c for c in tables.storage.columns if c.startswith("per month")][0]
     _bars(axes[1], [str(c) for c in tables.storage.index], tables.storage[month_col].tolist(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -167,8 +168,14 @@ def build_dataset(header: dict[str, Any], uid: str, pixel_member: str | None = N
         elif tag not in OFFSET_TABLE_TAGS:
             body[tag] = elem
     try:
-        ds = Dataset.from_json(body, _refuse_bulkdata)
-        meta = FileMetaDataset(Dataset.from_json(meta_json, _refuse_bulkdata)) if meta_json else FileMetaDataset()
+        with warnings.catch_warnings(record=True) as caught:
+            # pydicom warns about values the partner sent as they are (e.g. a nested UID with a
+            # leading zero); they are kept verbatim, so the warning is a debug note, not noise per instance.
+            warnings.simplefilter("always")
+            ds = Dataset.from_json(body, _refuse_bulkdata)
+            meta = FileMetaDataset(Dataset.from_json(meta_json, _refuse_bulkdata)) if meta_json else FileMetaDataset()
+        for w in caught:
+            log.debug("header %s: %s", uid, w.message)
     except HeaderError:
         raise
     except Exception as exc:  # pydicom raises assorted types for a bad JSON model

@@ -69,6 +69,7 @@ class ReassembleRun:
         from .criteria import first_failure_json
 
         run_id = new_run_id(self.started)
+        self.size_shuffle()
         manifest = mf.read_manifest(self.spark, self.manifest_uri)
         pending_restore = count_pending_restore(manifest)
         # Executors get the criteria alone: the spec itself holds the input credentials.
@@ -99,6 +100,19 @@ class ReassembleRun:
         }
         self.write_tables(run_ledger, summary)
         return summary
+
+    def size_shuffle(self) -> None:
+        """Size the UID join's shuffle from the manifest, unless the configuration pins it."""
+        from .emr import PartitionPolicy, read_manifest_bytes, shuffle_partitions_for
+
+        key = "spark.sql.shuffle.partitions"
+        if key in self.cfg.spark or self.spark.conf.get(key) != "200":  # 200: Spark's default, i.e. not pinned
+            return
+        cores = self.spark.sparkContext.defaultParallelism
+        policy = PartitionPolicy(minimum=2 * cores, default=2 * cores)
+        n = shuffle_partitions_for(manifest_bytes=read_manifest_bytes(self.manifest_uri), policy=policy)
+        self.spark.conf.set(key, str(n))
+        log.info("shuffle partitions derived from the manifest size: %d", n)
 
     def run_computations(self, run_ledger: Any, run_id: str) -> dict[str, int]:
         """Per-series computations over the selected, written instances; recorded in their table."""

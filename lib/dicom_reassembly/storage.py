@@ -8,6 +8,7 @@ of objects.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import logging
@@ -412,8 +413,13 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
         client = s3_client()
         if size < opts.multipart_threshold:
             body = parts[0] if len(parts) == 1 else b"".join(parts)
+            if opts.checksum_algorithm.upper() == "SHA256":
+                # We hashed the object already: hand S3 the digest to verify instead of hashing twice.
+                extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+            else:
+                extra["ChecksumAlgorithm"] = opts.checksum_algorithm
             _s3_call(uri, client.put_object, Bucket=bucket, Key=key, Body=bytes(body) if isinstance(body, memoryview) else body,
-                     ChecksumAlgorithm=opts.checksum_algorithm, **extra)
+                     **extra)
         else:
             _write_multipart(uri, client, bucket, key, parts, extra, opts)
         return

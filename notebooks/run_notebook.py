@@ -1,0 +1,232 @@
+"""Execute a notebook headless with nbclient and write an HTML copy.
+
+    python notebooks/run_notebook.py notebooks/manifest_analysis.ipynb --html out/notebook/manifest_analysis.html
+
+The kernel runs with the current interpreter, from the notebook's folder, with this process's environment
+(so MANIFEST, LEDGER, ... reach it). The HTML comes from nbconvert when it is installed; otherwise from the
+small exporter below, which renders what this project's notebooks produce: Markdown cells, code, text streams,
+errors, HTML tables and PNG images (inline, base64), so the page is one self-contained file.
+On a failing cell the HTML is still written (with the error) and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+pre { background: #f6f8fa; padding: .6em .8em; overflow-x: auto; font-size: 12.5px; border-radius: 4px; }
+pre.input { border-left: 3px solid #9ab; }
+pre.stderr { background: #fff6e5; }
+pre.error { background: #fdecea; color: #8a1c1c; }
+table.dataframe { border-collapse: collapse; font-size: 12.5px; margin: .5em 0; }
+table.dataframe th, table.dataframe td { border: 1px solid #ccd; padding: 2px 8px; text-align: right; }
+table.dataframe thead th { background: #eef1f5; }
+img { max-width: 100%; }
+code { background: #f1f1f1; padding: 0 3px; border-radius: 3px; }
+.output { margin: .3em 0 1.2em 0; }
+"""
+
+
+# ------------------------------------------------------------------------------------------------ execution
+
+
+def execute_notebook(path: str, env: Mapping[str, str] | None = None, timeout: int = 600,
+                     kernel_name: str | None = None) -> tuple[nbformat.NotebookNode, CellExecutionError | None]:
+    """Run every cell of ``path``; returns the executed notebook and the error that stopped it, if any."""
+    nb = nbformat.read(path, as_version=4)
+    name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    workdir = os.path.dirname(os.path.abspath(path))
+    kernel_env = {**os.environ, **(env or {})}
+    # The debugger's frozen-modules warning is noise in a headless run.
+    kernel_env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    client = NotebookClient(nb, timeout=timeout, kernel_name=name, resources={"metadata": {"path": workdir}})
+    try:
+        client.execute(env=kernel_env)
+    except CellExecutionError as exc:
+        return nb, exc
+    return nb, None
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+
+
+def _inline_md(text: str) -> str:
+    """Inline Markdown on already-escaped text: code spans, bold, italics, links."""
+    parts = re.split(r"(`[^`]+`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(f"<code>{part[1:-1]}</code>")
+            continue
+        part = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", part)
+        part = re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", part)
+        part = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', part)
+        out.append(part)
+    return "".join(out)
+
+
+def markdown_to_html(source: str) -> str:
+    """A small Markdown subset: ATX headings, paragraphs, bullet and numbered lists, fenced code."""
+    blocks: list[str] = []
+    para: list[str] = []
+    items: list[str] = []
+    list_tag = ""
+    fence: list[str] | None = None
+
+    def flush() -> None:
+        nonlocal list_tag
+        if para:
+            blocks.append(f"<p>{_inline_md(' '.join(para))}</p>")
+            para.clear()
+        if items:
+            blocks.append(f"<{list_tag}>" + "".join(f"<li>{_inline_md(i)}</li>" for i in items) + f"</{list_tag}>")
+            items.clear()
+            list_tag = ""
+
+    for raw in source.splitlines():
+        if fence is not None:
+            if raw.strip().startswith("```"):
+                blocks.append(f"<pre>{html.escape(chr(10).join(fence))}</pre>")
+                fence = None
+            else:
+                fence.append(raw)
+            continue
+        line = html.escape(raw.rstrip())
+        if raw.strip().startswith("```"):
+            flush()
+            fence = []
+        elif m := re.match(r"^(#{1,6})\s+(.*)$", line):
+            flush()
+            level = len(m.group(1))
+            blocks.append(f"<h{level}>{_inline_md(m.group(2).strip())}</h{level}>")
+        elif m := re.match(r"^\s*(?:[-*+]|(\d+)[.)])\s+(.*)$", line):
+            tag = "ol" if m.group(1) else "ul"
+            if para or (items and tag != list_tag):
+                flush()
+            list_tag = tag
+            items.append(m.group(2))
+        elif not line.strip():
+            flush()
+        elif items and raw.startswith((" ", "\t")):
+            items[-1] += " " + line.strip()
+        else:
+            if items:
+                flush()
+            para.append(line.strip())
+    if fence is not None:
+        blocks.append(f"<pre>{html.escape(chr(10).join(fence))}</pre>")
+    flush()
+    return "\n".join(blocks)
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def _output_html(output: Mapping[str, Any]) -> str:
+    kind = output.get("output_type")
+    if kind == "stream":
+        cls = "stderr" if output.get("name") == "stderr" else "stdout"
+        return f'<pre class="{cls}">{html.escape(_ANSI.sub("", _text(output.get("text", ""))))}</pre>'
+    if kind == "error":
+        trace = _ANSI.sub("", "\n".join(output.get("traceback", [])))
+        head = f"{output.get('ename', '')}: {output.get('evalue', '')}"
+        return f'<pre class="error">{html.escape(trace or head)}</pre>'
+    data = output.get("data", {})
+    if "image/png" in data:
+        png = _text(data["image/png"]).replace("\n", "")
+        base64.b64decode(png, validate=True)  # a broken image should fail here, not in the reader's browser
+        return f'<img src="data:image/png;base64,{png}" alt="figure">'
+    if "text/html" in data:
+        return _text(data["text/html"])
+    if "text/markdown" in data:
+        return markdown_to_html(_text(data["text/markdown"]))
+    if "text/plain" in data:
+        return f"<pre>{html.escape(_text(data['text/plain']))}</pre>"
+    return ""
+
+
+def builtin_html(nb: nbformat.NotebookNode, title: str, show_input: bool = True) -> str:
+    """The executed notebook as one self-contained HTML page (no nbconvert needed)."""
+    body: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            body.append(markdown_to_html(_text(cell.source)))
+        elif cell.cell_type == "code":
+            if show_input and _text(cell.source).strip():
+                body.append(f'<pre class="input">{html.escape(_text(cell.source))}</pre>')
+            outs = [_output_html(o) for o in cell.get("outputs", [])]
+            body.append('<div class="output">' + "\n".join(o for o in outs if o) + "</div>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def notebook_html(nb: nbformat.NotebookNode, title: str, exporter: str = "auto") -> str:
+    """HTML for an executed notebook: nbconvert's when available (``auto``), else the built-in exporter."""
+    if exporter not in ("auto", "nbconvert", "builtin"):
+        raise ValueError(f"exporter must be auto, nbconvert or builtin, got {exporter!r}")
+    if exporter != "builtin":
+        try:
+            from nbconvert import HTMLExporter
+        except ImportError:
+            if exporter == "nbconvert":
+                raise
+        else:
+            body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb, resources={"metadata": {"name": title}})
+            return body
+    return builtin_html(nb, title)
+
+
+def run_notebook(path: str, html_path: str | None = None, executed_path: str | None = None,
+                 env: Mapping[str, str] | None = None, timeout: int = 600,
+                 exporter: str = "auto") -> tuple[nbformat.NotebookNode, CellExecutionError | None]:
+    """Execute ``path``, then write the HTML copy and (optionally) the executed notebook, even after an error."""
+    nb, error = execute_notebook(path, env=env, timeout=timeout)
+    title = os.path.splitext(os.path.basename(path))[0]
+    if html_path:
+        os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
+        with open(html_path, "w", encoding="utf-8") as f:
+            f.write(notebook_html(nb, title, exporter))
+    if executed_path:
+        os.makedirs(os.path.dirname(os.path.abspath(executed_path)), exist_ok=True)
+        nbformat.write(nb, executed_path)
+    return nb, error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: run the notebook, write its HTML; exit 1 when a cell fails."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("notebook")
+    p.add_argument("--html", help="write the HTML copy here")
+    p.add_argument("--executed", help="write the executed notebook (.ipynb) here")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    p.add_argument("--exporter", choices=("auto", "nbconvert", "builtin"), default="auto")
+    args = p.parse_args(argv)
+    _, error = run_notebook(args.notebook, args.html, args.executed, timeout=args.timeout, exporter=args.exporter)
+    if error is not None:
+        print(f"run_notebook: a cell failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error}",
+              file=sys.stderr)
+        if args.html:
+            print(f"run_notebook: the HTML with the error is at {args.html}", file=sys.stderr)
+        return 1
+    if args.html:
+        print(f"notebook: {os.path.abspath(args.html)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
