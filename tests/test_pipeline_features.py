@@ -184,3 +184,38 @@ def test_tables_also_go_to_postgresql(spark, indexed, postgres, tmp_path, monkey
     done = postgres.query(f"select count(*) from computations where run_id = '{run_id}' and status = 'done'")
     assert done == [(str(len(series)),)]
     assert all(postgres.password not in v for _, v in spark.sparkContext.getConf().getAll())
+
+
+def test_glacier_archives_are_not_restored_then_picked_up_after_restore(spark, s3, sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    root, expected = sample_delivery
+    s3.create_bucket(Bucket="glacier-delivery")
+    for sub in ("text", "images"):
+        for name in sorted(os.listdir(os.path.join(root, sub))):
+            with open(os.path.join(root, sub, name), "rb") as f:
+                s3.put_object(Bucket="glacier-delivery", Key=f"{sub}/{name}", Body=f.read(),
+                              StorageClass="GLACIER" if sub == "images" else "STANDARD")
+    base = str(tmp_path)
+    text, images = "s3://glacier-delivery/text", "s3://glacier-delivery/images"
+
+    def build() -> None:
+        from dicom_reassembly import manifest as mf
+        from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
+
+        manifest_uri = os.path.join(base, "manifest")
+        todo = mf.archives_to_index(mf.list_archives(text, images), indexed_archives(spark, manifest_uri))
+        run, at = mf.new_index_run()
+        build_manifest_df(spark, todo, run, at, 4, 256 * 1024).write.mode("append").parquet(manifest_uri)
+
+    build()
+    out = str(tmp_path / "dcm")
+    first = _run(spark, base, out, cfg=Config(upload_threads=2, computations=()))
+    assert set(first["status_counts"]) == {"not_restored"}
+    assert first["unaccounted_members"] == 0
+    rows = _ledger(spark, base, first["run_id"])
+    assert {r["sop_instance_uid"] for r in rows if r["header_member"]} == set(expected["instances"])
+    assert len([r for r in rows if r["pixel_archive"] and not r["pixel_member"]]) == len(os.listdir(os.path.join(root, "images")))
+    for name in os.listdir(os.path.join(root, "images")):
+        s3.restore_object(Bucket="glacier-delivery", Key=f"images/{name}", RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}})
+    build()  # the not_restored archives are indexed again; the text archives are not
+    second = _run(spark, base, out, cfg=Config(upload_threads=2, computations=()))
+    assert second["status_counts"] == {"written": len(expected["instances"])}

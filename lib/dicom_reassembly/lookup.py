@@ -29,7 +29,7 @@ def _scan(prefix: str, uid: str, want_header: bool) -> Located | None:
         # Header archives are small and streamed; pixel archives are walked by their headers only.
         for item in tar_access.iter_members(obj.uri, obj.size, with_data=False):
             if isinstance(item, tar_access.Damage):
-                log.warning("archive %s damaged at %d: %s", obj.uri, item.offset, item.reason)
+                log.info("archive %s damaged at %d: %s", obj.uri, item.offset, item.reason)
                 continue
             if not item.regular or member_uid(item.name) != uid:
                 continue
