@@ -125,5 +125,6 @@ def test_inspect_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001
     assert _one_error_line(run("inspect", str(junk))).startswith("error: not_dicom")
     assert _one_error_line(run("inspect", str(tmp_path / "absent.dcm"))).startswith("error: not_found")
     good = tmp_path / "g.dcm"
-    good.write_bytes(open(get_testdata_file("CT_small.dcm", download=False), "rb").read())
+    with open(get_testdata_file("CT_small.dcm", download=False), "rb") as f:
+        good.write_bytes(f.read())
     assert _one_error_line(run("inspect", str(good), "NoSuchKeyword")).startswith("error: unknown_tag")

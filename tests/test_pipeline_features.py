@@ -151,22 +151,53 @@ def test_stow_forwards_every_instance_to_orthanc(spark, indexed, orthanc_running
     assert served.PixelData == dcmread(os.path.join(local, f"{uid}.dcm")).PixelData
 
 
-def test_orthanc_down_then_stow_only_failed_completes(spark, indexed, orthanc_running, tmp_path) -> None:  # noqa: ANN001
+def test_orthanc_stopped_mid_run_then_stow_only_failed_completes(spark, indexed, orthanc_running, tmp_path) -> None:  # noqa: ANN001
+    import threading
+    import time
+
     from dicom_reassembly.cli import main
 
     root, base, expected = indexed
     orthanc = orthanc_running
-    orthanc.stop()
+    stopped = threading.Event()
+
+    def stop_after_first_batch() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if len(_qido_instances(orthanc.dicomweb_root) - before) >= 2:
+                orthanc.stop()
+                stopped.set()
+                return
+            time.sleep(0.05)
+
+    for uid in expected["instances"]:  # earlier tests stored these: start without them
+        oid = _orthanc_id(orthanc, uid)
+        if oid:
+            requests.delete(f"{orthanc.base_url}/instances/{oid}", timeout=10).raise_for_status()
+    before = _qido_instances(orthanc.dicomweb_root)
+    watcher = threading.Thread(target=stop_after_first_batch, daemon=True)
+    watcher.start()
     out = str(tmp_path / "dcm")
-    stow = StowSettings(orthanc.dicomweb_root, batch_count=4, max_retries=1, backoff_base=0.05, timeout=(2, 5))
-    summary = _run(spark, base, out, stow=stow, cfg=Config(upload_threads=2, computations=()))
+    # Throttled writes and small batches, so the stop lands between batches.
+    stow = StowSettings(orthanc.dicomweb_root, batch_count=2, max_retries=1, backoff_base=0.05, timeout=(2, 5))
+    summary = _run(spark, base, out, stow=stow, cfg=Config(upload_threads=1, put_rate=4, computations=(),
+                                                            reassemble_partitions=1))
+    watcher.join(timeout=5)
+    assert stopped.is_set(), "Orthanc should have been stopped mid-run"
     rows = [r for r in _ledger(spark, base, summary["run_id"]) if r["status"] == "written"]
-    assert rows and {r["stow_status"] for r in rows} == {"failed"}
-    assert all(r["stow_reason"] for r in rows)
+    by_status = {s: {r["sop_instance_uid"] for r in rows if r["stow_status"] == s} for s in ("sent", "failed")}
+    assert by_status["sent"] and by_status["failed"], by_status
+    assert all(r["stow_reason"] for r in rows if r["stow_status"] == "failed")
     orthanc.start()
     ledger = os.path.join(base, "ledger", f"run_id={summary['run_id']}")
     assert main(["stow", "--url", orthanc.dicomweb_root, "--only-failed", ledger]) == 0
     assert set(expected["instances"]) <= _qido_instances(orthanc.dicomweb_root)
+
+
+def _orthanc_id(orthanc, uid: str) -> str | None:  # noqa: ANN001
+    r = requests.post(f"{orthanc.base_url}/tools/lookup", data=uid, timeout=10)
+    hits = [h["ID"] for h in r.json() if h.get("Type") == "Instance"] if r.ok else []
+    return hits[0] if hits else None
 
 
 def test_tables_also_go_to_postgresql(spark, indexed, postgres, tmp_path, monkeypatch) -> None:  # noqa: ANN001

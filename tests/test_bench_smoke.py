@@ -1,0 +1,91 @@
+"""Smoke test of the benchmark harness (bench/): its delivery generator and its report writer, without Spark.
+
+The benchmark itself runs with ``make bench``, outside the test suite; nothing here looks at a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+from conftest import ROOT, require_tool
+from pydicom.dataset import Dataset
+
+sys.path.insert(0, ROOT)  # bench/ is a package at the repository root, not an installed one
+
+from bench.delivery import DeliveryParams, write_delivery  # noqa: E402
+from bench.measure import measure_naive, measure_tar_x  # noqa: E402
+from bench.report import write_report  # noqa: E402
+
+SOC_SIZ = b"\xff\x4f\xff\x51"
+
+
+def _members(root: str, role: str) -> dict[str, dict[str, bytes]]:
+    """{archive: {member name: bytes}} read back with Python's tarfile, an independent reader."""
+    out = {}
+    for name in sorted(os.listdir(os.path.join(root, role))):
+        with tarfile.open(os.path.join(root, role, name), "r:") as tf:
+            members = {}
+            for m in tf.getmembers():
+                assert m.isfile(), f"{name}: {m.name} is not a regular file"
+                f = tf.extractfile(m)
+                assert f is not None
+                members[m.name] = f.read()
+            out[f"{role}/{name}"] = members
+    return out
+
+
+def test_bench_delivery_is_split_and_shuffled_and_its_report_is_written(tmp_path) -> None:  # noqa: ANN001
+    root = str(tmp_path / "delivery")
+    index = write_delivery(root, DeliveryParams(instances=6, per_archive=3, pool=1, seed=7))
+    text, images = _members(root, "text"), _members(root, "images")
+    assert len(text) == len(images) == 2
+    # Headers and pixels live in different archives: header archives hold only .json, pixel archives only .j2c.
+    assert all(n.endswith(".json") for m in text.values() for n in m)
+    assert all(n.endswith(".j2c") for m in images.values() for n in m)
+    header_sets = {frozenset(n[:-5] for n in m) for m in text.values()}
+    pixel_sets = {frozenset(n[:-4] for n in m) for m in images.values()}
+    uids = {i["uid"] for i in index["instances"]}
+    assert set().union(*header_sets) == set().union(*pixel_sets) == uids and len(uids) == 6
+    assert header_sets != pixel_sets, "instances must be dealt to header and pixel archives by separate shuffles"
+    kinds = set()
+    for inst in index["instances"]:
+        header = text[inst["header_archive"]][inst["header_member"]]
+        pixels = images[inst["pixel_archive"]][inst["pixel_member"]]
+        assert 5000 <= len(header) <= 20 * 1024
+        ds = Dataset.from_json(header.decode("utf-8"))
+        assert ds.SOPInstanceUID == inst["uid"] and ds.Modality == inst["modality"]
+        assert (ds.Rows, ds.Columns, ds.BitsAllocated) == (512, 512, 16)
+        if inst["pixel_kind"] == "native":
+            assert len(pixels) == 512 * 512 * 2
+        else:
+            assert pixels.startswith(SOC_SIZ)
+        kinds.add(inst["pixel_kind"])
+        # The index's offsets are where the member's bytes really are.
+        with open(os.path.join(root, inst["pixel_archive"]), "rb") as f:
+            f.seek(inst["pixel_offset"])
+            assert f.read(inst["pixel_size"]) == pixels
+    assert kinds == {"native", "j2k"}
+
+    require_tool("tar")
+    archives = [os.path.join(root, a) for a in sorted(text) + sorted(images)]
+    results = {
+        "parameters": {"mode": "smoke", "cores": 2, "instances": 6},
+        "delivery": {"totals": index["totals"]},
+        "tar_x": measure_tar_x(archives, str(tmp_path / "tar-x")),
+        "naive": measure_naive(root, index, 2, str(tmp_path / "naive"), seed=7),
+    }
+    out = str(tmp_path / "results")
+    paths = write_report(results, out)
+    report = json.loads(Path(paths["json"]).read_text())
+    assert report["tar_x"]["bytes"] == sum(os.path.getsize(a) for a in archives)
+    # Two whole instances were written: each at least a J2K codestream of a 512x512 slice (about 200 KB).
+    assert report["naive"]["sampled"] == 2 and report["naive"]["written_bytes_sampled"] > 2 * 100_000
+    assert report["derived"]["reassembly"] == {"per_core_mb_s": None, "basis": "not measured"}
+    md = Path(paths["md"]).read_text()
+    assert "| tar -x |" in md and "| read amplification, full selection | not measured |" in md
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
