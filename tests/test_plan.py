@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dicom_reassembly.reassembly import PENDING, PLAN_NAMES, plan_instance, plan_reads
 
 
@@ -105,3 +107,58 @@ def test_reads_coalesce_small_gaps_and_split_large_ones() -> None:
     items = _items((512, 100), (1536, 100), (900_000, 100))
     ranges = plan_reads(items, 10_000_000, 0.5, 2048)
     assert [(r.start, r.end) for r in ranges] == [(512, 1636), (900_000, 900_100)]
+
+
+def _tar(tmp_path, sizes: list[int]) -> tuple[str, list[dict]]:  # noqa: ANN001
+    import io
+    import tarfile
+
+    path = str(tmp_path / "a.tar")
+    items = []
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for i, size in enumerate(sizes):
+            data = bytes((i * 7 + j) % 251 for j in range(size))
+            info = tarfile.TarInfo(f"1.2.{i}.j2c")
+            info.size = size
+            tf.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            items.append({"pixel_offset": m.offset_data, "pixel_size": m.size, "data": tf.extractfile(m).read()})
+    return path, items
+
+
+# stream_fraction 0: always one streaming read; 2: never (the wanted bytes never reach twice the archive).
+@pytest.mark.parametrize("fraction,large", [(0.0, 1 << 30), (2.0, 1 << 30), (0.0, 100), (2.0, 100)])
+def test_archive_pass_yields_each_member_once_in_one_forward_read(tmp_path, fraction, large) -> None:  # noqa: ANN001
+    import os
+
+    from dicom_reassembly import storage
+    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+
+    path, items = _tar(tmp_path, [300, 5000, 40, 70000])
+    wanted = [items[0], items[1], items[3]]
+    ctx = WriteContext(run_id="r", out=None, stream_fraction=fraction, coalesce_gap=0, large_member_bytes=large)
+    storage.io_counter.reset()
+    got = []
+    for it, payload, err in read_archive_members(path, wanted, os.path.getsize(path), ctx):
+        assert err is None
+        got.append((it["pixel_offset"], bytes(payload.data)))
+        payload.close()
+    assert got == [(w["pixel_offset"], w["data"]) for w in wanted]
+    # Streaming opens the archive once; ranged reads open it once per range (3 here, gaps > 0).
+    assert storage.io_counter.gets == (1 if fraction == 0.0 else 3)
+    assert storage.io_counter.bytes_read <= os.path.getsize(path)
+
+
+def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> None:  # noqa: ANN001
+    import os
+
+    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+
+    path, items = _tar(tmp_path, [300, 5000, 7000])
+    with open(path, "r+b") as f:
+        f.truncate(items[1]["pixel_offset"] + 100)
+    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0)
+    out = list(read_archive_members(path, items, os.path.getsize(path), ctx))
+    assert out[0][2] is None and out[0][1].data == items[0]["data"]
+    assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
