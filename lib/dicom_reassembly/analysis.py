@@ -61,7 +61,7 @@ def resolve_input(value: str | None, default: str, root: str) -> str:
     return os.path.normpath(os.path.join(root, path))
 
 
-def _dataset(uri: str, partitioning: str | None = None) -> Any:
+def _dataset(uri: str, partitioning: Any = None) -> Any:
     """A Parquet dataset, local or on S3 (honouring AWS_ENDPOINT_URL like the rest of the package)."""
     import pyarrow.dataset as pads
 
@@ -103,10 +103,21 @@ def read_manifest_frame(uri: str, columns: Iterable[str] = MANIFEST_COLUMNS) -> 
     if missing:
         raise ConfigError("manifest_bad_schema", f"manifest lacks columns {', '.join(missing)}", uri=uri)
     archives = ds.to_table(columns=["archive_uri", "index_run"], filter=pads.field("kind") == "archive")
-    runs = sorted({r for r in archives.column("index_run").to_pylist() if r is not None})
-    # Pushing the run filter down skips older index runs at read time; newest_index then decides per archive.
-    table = ds.to_table(columns=cols, filter=pads.field("index_run").isin(runs))
+    newest: dict[str, str] = {}
+    for a, run in zip(archives.column("archive_uri").to_pylist(), archives.column("index_run").to_pylist()):
+        if run is not None and (a not in newest or run > newest[a]):
+            newest[a] = run
+    # Runs that are no archive's newest are skipped at read time; newest_index then decides per archive.
+    table = ds.to_table(columns=cols, filter=pads.field("index_run").isin(sorted(set(newest.values()))))
     return newest_index(table.to_pandas())
+
+
+def _ledger_partitioning() -> Any:
+    """``run_id=...`` folders, always read as strings (inferred types would turn an all-digit id into a number)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    return pads.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
 
 
 def ledger_runs(uri: str) -> list[str]:
@@ -116,7 +127,7 @@ def ledger_runs(uri: str) -> list[str]:
     if not _has_parquet(uri):
         return []
     runs: set[str] = set()
-    for fragment in _dataset(uri, "hive").get_fragments():
+    for fragment in _dataset(uri, _ledger_partitioning()).get_fragments():
         run = pads.get_partition_keys(fragment.partition_expression).get("run_id")
         if run is not None:
             runs.add(str(run))
@@ -138,7 +149,7 @@ def read_ledger_frame(uri: str, run_id: str | None = None,
         run_id = runs[-1]
     elif run_id not in runs:
         raise ConfigError("ledger_run_not_found", f"no run {run_id!r} (runs: {', '.join(runs) or 'none'})", uri=uri)
-    ds = _dataset(uri, "hive")
+    ds = _dataset(uri, _ledger_partitioning())
     table = ds.to_table(columns=[c for c in cols if c in ds.schema.names], filter=pads.field("run_id") == run_id)
     return table.to_pandas(), run_id
 
@@ -188,12 +199,6 @@ def read_inputs(manifest_uri: str, ledger_uri: str, run_id: str | None = None, s
 # ------------------------------------------------------------------------------------------------ tables
 
 
-def _frame(rows: Mapping[str, Any] | list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=columns)
-
-
 def overview(inputs: Inputs) -> pd.DataFrame:
     """The key numbers: archives, members, instances, and the ledger run's outcome."""
     import pandas as pd
@@ -221,7 +226,7 @@ def overview(inputs: Inputs) -> pd.DataFrame:
         "ledger runs": len(inputs.runs),
         "ledger run shown": inputs.run_id or "none",
         "ledger rows": len(led),
-        "written": int(led["status"].isin(("written", "skipped_existing")).sum()) if len(led) else 0,
+        "written": int((led["status"] == "written").sum()) if len(led) else 0,
     }
     return pd.DataFrame({"value": pd.Series(rows, dtype="object")}).rename_axis("metric")
 
@@ -270,7 +275,7 @@ def size_summary(manifest: pd.DataFrame) -> pd.DataFrame:
                      "min": v.min() if len(v) else None, "median": v.median() if len(v) else None,
                      "mean": v.mean() if len(v) else None, "p95": v.quantile(0.95) if len(v) else None,
                      "max": v.max() if len(v) else None})
-    return _frame(rows).set_index("what").round(0)
+    return pd.DataFrame(rows).set_index("what").round(0)
 
 
 def damaged_archives(manifest: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
@@ -467,7 +472,7 @@ def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str |
                              bench_report)
     lines = pd.DataFrame([{"group": ln.group, "item": ln.item, "quantity": ln.quantity, "unit": ln.unit,
                            "unit price": ln.unit_price, f"cost ({est.currency})": ln.cost, "as of": ln.as_of}
-                          for ln in est.lines]).round({"quantity": 3, f"cost ({est.currency})": 4})
+                          for ln in est.lines])
     store = pd.DataFrame(est.storage)[["storage_class", "gb", "monthly_total", "put_cost_one_time", "price", "as_of"]]
     store = store.rename(columns={"monthly_total": f"per month ({est.currency})",
                                   "put_cost_one_time": f"PUTs one-time ({est.currency})"}).set_index("storage_class")
@@ -564,11 +569,12 @@ def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: s
 
 def plot_members_per_archive(archives: pd.DataFrame) -> Figure:
     """Members per archive: stacked bars by kind for a few archives, a histogram by role for many."""
-    fig, (ax,) = _figure(width=8, height=max(3.0, min(10.0, 0.3 * len(archives) + 1)))
+    few = len(archives) <= 40
+    fig, (ax,) = _figure(width=8, height=max(3.0, 0.3 * len(archives) + 1) if few else 4.0)
     if not len(archives):
         _no_data(ax, "Members per archive")
         return fig
-    if len(archives) <= 40:
+    if few:
         names = [str(a) for a in archives.index]
         left = [0] * len(archives)
         for kind in MEMBER_KINDS:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, CriteriaError, NotFoundError, ReassemblyError, StorageError
+from .errors import ConfigError, CriteriaError, EmrError, NotFoundError, StorageError
 from .storage import is_s3, join_uri, split_s3, translate_client_error
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,6 @@ JOB_RUN_FAILURE_STATES = {"FAILED": "job_failed", "CANCELLED": "job_cancelled"}
 
 # Spark conf keys that would carry a secret; such keys must never reach spark-submit (it is logged by YARN).
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|access[._-]?key", re.IGNORECASE)
-
-
-class EmrError(ReassemblyError):
-    """An EMR request was refused, or a step/job run ended without success.
-
-    ``reason`` is one of: aws_error, aws_unreachable, step_failed, step_cancelled,
-    step_interrupted, job_failed, job_cancelled, wait_timeout, step_not_found.
-    """
 
 
 # --------------------------------------------------------------------------- configuration

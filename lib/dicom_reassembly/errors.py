@@ -70,3 +70,11 @@ class ConfigError(ReassemblyError):
 
 class StowError(ReassemblyError):
     """A DICOMweb STOW-RS request failed."""
+
+
+class EmrError(ReassemblyError):
+    """An EMR request was refused, or a step or job run ended without success.
+
+    ``reason`` is one of: aws_error, aws_unreachable, step_failed, step_cancelled,
+    step_interrupted, job_failed, job_cancelled, wait_timeout, step_not_found.
+    """

@@ -1,8 +1,10 @@
 """Assemble a conformant Part 10 object from a header and a pixel payload.
 
-pydicom encodes the header (it knows every VR and character set); the Pixel
-Data element is framed here around views of the payload, so the pixel bytes are
-written straight from the archive buffer without a Python copy.
+The header is encoded by :mod:`fast_encoder` when it can reproduce pydicom's
+bytes exactly, otherwise by pydicom (it knows every VR and character set),
+which stays the reference. The Pixel Data element is framed here around views
+of the payload, so the pixel bytes are written straight from the archive
+buffer without a Python copy.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
-from . import pixels
+from . import fast_encoder, pixels
 from .dicom_json import build_dataset, key_tags, parse_header
 from .errors import HeaderError, PixelError
 from .uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -89,15 +91,32 @@ def encode_dataset(ds: Dataset, meta: FileMetaDataset) -> tuple[bytes, bytes]:
     return head, tail
 
 
+def encode_header_pydicom(ds: Dataset, meta: FileMetaDataset, sop_class_uid: str, uid: str, transfer_syntax: str,
+                          extended: dict[str, bytes] | None = None) -> tuple[bytes, bytes]:
+    """The pydicom path (and the fast encoder's reference): (head, tail) of a dataset from build_dataset."""
+    if extended:
+        ds.ExtendedOffsetTable = extended["offsets"]
+        ds.ExtendedOffsetTableLengths = extended["lengths"]
+    meta = build_file_meta(meta, sop_class_uid, uid, transfer_syntax)
+    try:
+        return encode_dataset(ds, meta)
+    except Exception as exc:  # pydicom's encoder rejects values it cannot write
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise HeaderError("unencodable_header", f"{type(exc).__name__}: {first_line}") from exc
+
+
 def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel_member: str | None = None,
-             max_bot_offset: int = pixels.MAX_BOT_OFFSET) -> Part10:
+             max_bot_offset: int = pixels.MAX_BOT_OFFSET, fast: bool = True) -> Part10:
     """Assemble one instance; raise HeaderError or PixelError when it cannot be made valid.
 
     ``header`` is the member's JSON (raw or already parsed); ``payload`` the
     pixel member's bytes (any buffer); ``uid`` the UID both members are named for.
+    ``fast=False`` forces the pydicom path for the header (the reference).
     """
     parsed = header if isinstance(header, dict) else parse_header(header)
-    ds, meta = build_dataset(parsed, uid, pixel_member)
+    body = fast_encoder.encode_body(parsed, uid, pixel_member) if fast else None
+    if body is None:
+        ds, meta = build_dataset(parsed, uid, pixel_member)
     tags = key_tags(parsed)
     expected, bits = _geometry(tags)
     payload_kind = pixels.classify(payload, expected)
@@ -108,19 +127,16 @@ def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel
         if n_frames != declared:
             raise PixelError("frame_count_mismatch", f"{n_frames} codestreams but NumberOfFrames is {declared}")
         pixel_parts, extended = pixels.encapsulate_frames(payload, payload_kind.frames, max_bot_offset)
-        if extended:
-            ds.ExtendedOffsetTable = extended["offsets"]
-            ds.ExtendedOffsetTableLengths = extended["lengths"]
     else:
         if expected is None:
             raise HeaderError("missing_geometry", "native pixels need Rows, Columns and BitsAllocated")
         pixel_parts = pixels.native_element(payload, expected, bits)
         n_frames = tags.get("number_of_frames") or 1
-    meta = build_file_meta(meta, tags["sop_class_uid"], uid, ts)
-    try:
-        head, tail = encode_dataset(ds, meta)
-    except Exception as exc:  # pydicom's encoder rejects values it cannot write
-        raise HeaderError("unencodable_header", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+        extended = None
+    if body is not None:
+        head, tail = body.part10_header(ts, extended)
+    else:
+        head, tail = encode_header_pydicom(ds, meta, tags["sop_class_uid"], uid, ts, extended)
     parts = [head, *pixel_parts]
     if tail:
         parts.append(tail)
