@@ -93,7 +93,7 @@ bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check lib jobs tests emr bench
+	$(VENV)/bin/ruff check lib jobs tests emr bench notebooks
 
 clean:
 	rm -rf $(OUT) $(DATA) build dist *.egg-info .pytest_cache

@@ -198,9 +198,10 @@ def run_notebook(path: str, html_path: str | None = None, executed_path: str | N
     nb, error = execute_notebook(path, env=env, timeout=timeout)
     title = os.path.splitext(os.path.basename(path))[0]
     if html_path:
+        page = notebook_html(nb, title, exporter)
         os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
         with open(html_path, "w", encoding="utf-8") as f:
-            f.write(notebook_html(nb, title, exporter))
+            f.write(page)
     if executed_path:
         os.makedirs(os.path.dirname(os.path.abspath(executed_path)), exist_ok=True)
         nbformat.write(nb, executed_path)
@@ -218,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     _, error = run_notebook(args.notebook, args.html, args.executed, timeout=args.timeout, exporter=args.exporter)
     if error is not None:
-        print(f"run_notebook: a cell failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error}",
-              file=sys.stderr)
+        lines = _ANSI.sub("", str(error)).strip().splitlines()
+        print(f"run_notebook: a cell failed: {lines[-1] if lines else type(error).__name__}", file=sys.stderr)
         if args.html:
             print(f"run_notebook: the HTML with the error is at {args.html}", file=sys.stderr)
         return 1
