@@ -445,14 +445,6 @@ class CostTables:
     estimate: Any  # cost.Estimate
 
 
-def _listed(prefix: str) -> tuple[int, int]:
-    n = total = 0
-    for o in storage.list_objects(prefix):
-        n += 1
-        total += o.size
-    return n, total
-
-
 def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str | None = None,
                   bench_report: str | None = None, text: str | None = None, images: str | None = None,
                   **assumptions: Any) -> CostTables:
@@ -467,7 +459,7 @@ def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str |
 
     workload = cost.read_manifest_workload(manifest_uri)
     if text and images:
-        workload = cost.merge_listing(workload, *_listed(text), *_listed(images))
+        workload = cost.merge_listing(workload, *storage.count_objects(text), *storage.count_objects(images))
     est = cost.estimate_cost(workload, cost.read_prices(prices, region), cost.Assumptions(**assumptions),
                              bench_report)
     lines = pd.DataFrame([{"group": ln.group, "item": ln.item, "quantity": ln.quantity, "unit": ln.unit,

@@ -630,14 +630,6 @@ def handle_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listed(prefix: str) -> tuple[int, int]:
-    n = total = 0
-    for o in storage.list_objects(prefix):
-        n += 1
-        total += o.size
-    return n, total
-
-
 def _run(args: argparse.Namespace) -> Estimate:
     prices = read_prices(args.prices, args.region)
     if args.listing or (args.manifest is None and args.archives is not None):
@@ -648,8 +640,8 @@ def _run(args: argparse.Namespace) -> Estimate:
     elif args.manifest:
         workload = read_manifest_workload(args.manifest)
         if args.text and args.images:
-            ha, hb = _listed(args.text)
-            pa_, pb = _listed(args.images)
+            ha, hb = storage.count_objects(args.text)
+            pa_, pb = storage.count_objects(args.images)
             workload = merge_listing(workload, ha, hb, pa_, pb)
         if workload.instances == 0:
             raise ConfigError("bad_workload", "the manifest has no header rows: nothing to estimate", uri=args.manifest)

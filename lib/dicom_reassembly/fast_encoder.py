@@ -49,9 +49,11 @@ _INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
 # pydicom writes the first value of these 'SS' descriptors as unsigned (filewriter.write_numbers).
 _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 
-# Specific Character Set values handled, and the codec pydicom uses for text VRs under each.
-# None: the default repertoire, where only ASCII is accepted (anything else falls back).
-_CHARSETS: dict[str, str | None] = {"ISO_IR 6": None, "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+# pydicom encodes the default repertoire as ISO 8859-1 (charset.default_encoding "iso8859"), strictly: text that
+# does not fit makes it warn and replace characters, which is left to it. String VRs (AE, CS, UI, ...) always use
+# that default, whatever the Specific Character Set; text VRs (LO, PN, ...) use the codec of these values.
+DEFAULT_CODEC = "latin_1"
+_CHARSETS = {"ISO_IR 6": DEFAULT_CODEC, "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
 SPECIFIC_CHARACTER_SET = "00080005"
 SOP_CLASS_UID = "00080016"
 SOP_INSTANCE_UID = "00080018"
@@ -109,14 +111,6 @@ def _numbers(fmt: str, count: int) -> Any:
     return packer
 
 
-def _encode_text(text: str, codec: str | None, custom: bool) -> bytes:
-    if text.isascii():
-        return text.encode("ascii")
-    if custom and codec is not None:
-        return text.encode(codec)  # UnicodeEncodeError: pydicom would replace characters; fall back
-    raise _Fallback
-
-
 def _strings(values: list[Any]) -> str:
     """Backslash-joined text of string values; None is an empty value, as in pydicom."""
     if len(values) == 1:
@@ -172,12 +166,16 @@ def _is_text(v: Any) -> str:
     return str(int(v))
 
 
-def _value_bytes(kind: int, vr: str, tag: int, values: list[Any], codec: str | None) -> bytes:
+def _value_bytes(kind: int, vr: str, tag: int, values: list[Any], codec: str) -> bytes:
     """Encoded value of a "Value" list (not SQ), padded as pydicom pads it."""
     if not values or (len(values) == 1 and values[0] is None):
         return b""  # pydicom's empty value for the VR, whatever the VR
-    if kind in (_STRING, _TEXT):
-        raw = _encode_text(_strings(values), codec, kind == _TEXT)
+    # str.encode raises UnicodeEncodeError where pydicom would replace characters: the caller falls back.
+    if kind == _TEXT:
+        raw = _strings(values).encode(codec)
+        return raw + b" " if len(raw) & 1 else raw
+    if kind == _STRING:
+        raw = _strings(values).encode(DEFAULT_CODEC)
         return raw + b" " if len(raw) & 1 else raw
     if kind == _UI:
         text = _strings(values)
@@ -185,11 +183,10 @@ def _value_bytes(kind: int, vr: str, tag: int, values: list[Any], codec: str | N
             raise _Fallback  # pydicom splits it, then strips each value
         # UID() strips whitespace from each value.
         text = text.strip() if len(values) == 1 else "\\".join([(v or "").strip() for v in values])
-        raw = _encode_text(text, None, False)
+        raw = text.encode(DEFAULT_CODEC)
         return raw + b"\x00" if len(raw) & 1 else raw
     if kind == _PN:
-        text = "\\".join([_person_name(v) for v in values])
-        raw = _encode_text(text, codec, True)
+        raw = "\\".join([_person_name(v) for v in values]).encode(codec)
         return raw + b" " if len(raw) & 1 else raw
     if kind in (_DS, _IS):
         if None in values:
@@ -218,7 +215,7 @@ def _value_bytes(kind: int, vr: str, tag: int, values: list[Any], codec: str | N
     raise _Fallback  # "Value" on a binary VR
 
 
-def _encode_element(key: Any, elem: Any, out: bytearray, codec: str | None) -> int:
+def _encode_element(key: Any, elem: Any, out: bytearray, codec: str) -> int:
     """Append one element to ``out``; return its tag."""
     if type(elem) is not dict:
         raise _Fallback
@@ -285,16 +282,16 @@ def _pydicom_defaults() -> bool:
             and config.settings.writing_validation_mode != config.RAISE)
 
 
-def _codec(header: dict[str, Any]) -> str | None:
+def _codec(header: dict[str, Any]) -> str:
     """The codec for text VRs from the top-level Specific Character Set."""
     elem = header.get(SPECIFIC_CHARACTER_SET)
     if elem is None:
-        return None
+        return DEFAULT_CODEC
     if type(elem) is not dict or elem.get("vr") != "CS" or "InlineBinary" in elem or "BulkDataURI" in elem:
         raise _Fallback
     values = elem.get("Value")
     if not values or values == [None] or values == [""]:
-        return None
+        return DEFAULT_CODEC
     if type(values) is not list or len(values) != 1 or values[0] not in _CHARSETS:
         raise _Fallback
     return _CHARSETS[values[0]]
@@ -406,7 +403,7 @@ def _encode_body(header: dict[str, Any], uid: str, pixel_member: str | None, sop
             if owned_vr is not None and (type(elem) is not dict or elem.get("vr") != owned_vr):
                 raise _Fallback
             buf = bytearray()
-            tag = _encode_element(key, elem, buf, None)  # validates the value even when ours replaces it
+            tag = _encode_element(key, elem, buf, DEFAULT_CODEC)  # validates the value even when ours replaces it
             if owned_vr is None:
                 meta_extra.append((tag, bytes(buf)))
             continue

@@ -221,6 +221,15 @@ def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[Object
         )
 
 
+def count_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> tuple[int, int]:
+    """How many objects are under ``prefix``, and their bytes."""
+    n = total = 0
+    for obj in list_objects(prefix, suffixes):
+        n += 1
+        total += obj.size
+    return n, total
+
+
 def head(uri: str) -> ObjectInfo | None:
     """Size and fingerprint of one object, or None when it does not exist."""
     if is_s3(uri):
