@@ -84,12 +84,17 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         slopes = {}
         for stage in ("build_manifest", "reassemble"):
             fit = _marginal([(s["instances"], s[stage][clock]) for s in sizes if _get(s, stage, clock)])
-            if fit and fit[0] > 0 and bpi:
-                slope, fixed = fit
-                slopes[stage] = slope
-                # Per core: wall seconds on ``cores`` cores; CPU seconds are already core-seconds.
-                per_core = bpi / slope / MB / (cores if clock == "wall_s" else 1)
-                out[key][stage] = {"ms_per_instance": 1000 * slope, "fixed_s": fixed, "mb_s_per_core": per_core}
+            if fit is None or not bpi:
+                continue
+            slope, fixed = fit
+            if slope <= 0:  # the larger run was faster: noise from other work on the machine swamped the difference
+                out[key][stage] = {"ms_per_instance": 1000 * slope, "fixed_s": fixed, "mb_s_per_core": None,
+                                   "inconclusive": True}
+                continue
+            slopes[stage] = slope
+            # Per core: wall seconds on ``cores`` cores; CPU seconds are already core-seconds.
+            per_core = bpi / slope / MB / (cores if clock == "wall_s" else 1)
+            out[key][stage] = {"ms_per_instance": 1000 * slope, "fixed_s": fixed, "mb_s_per_core": per_core}
         if len(slopes) == 2 and bpi:
             both = slopes["build_manifest"] + slopes["reassemble"]
             out[key]["end_to_end"] = {"ms_per_instance": 1000 * both,
@@ -222,7 +227,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     rows = []
     for clock, key in (("wall", "marginal"), ("CPU", "marginal_cpu")):
         for stage, v in d[key].items():
-            rows.append([stage, clock, v.get("ms_per_instance"), v.get("fixed_s"), v.get("mb_s_per_core")])
+            rows.append([stage + (" (inconclusive: negative slope)" if v.get("inconclusive") else ""), clock,
+                         v.get("ms_per_instance"), v.get("fixed_s"), v.get("mb_s_per_core")])
     lines += _table(["stage", "clock", "ms per instance", "fixed s (start-up)", "MB/s per core"], rows)
     lines.append(f"`per_core_mb_s` for the cost model: {_f(_get(d, 'reassembly', 'per_core_mb_s'))} "
                  f"({_get(d, 'reassembly', 'basis')}).")
@@ -323,32 +329,31 @@ def render_chart(results: dict[str, Any], path: str) -> None:
     ax.set_xlabel("instances")
     ax.set_ylabel("MB/s per core (archive bytes)")
     ax.set_title("Throughput against size")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="center right")
     ax = axes[1]
-    labels, fixed, marginal = [], [], []
-    for r in rows:
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for r in _get(results, "pipeline", "sizes") or []:
         for stage in ("build_manifest", "reassemble"):
-            if stage not in r:
-                continue
-            wall = r[stage]["wall_s"]
-            f = min(wall, max(0.0, _get(d, "marginal", stage, "fixed_s") or 0.0))
-            labels.append(f"{stage.split('_')[-1]}\n{r['instances']}")
-            fixed.append(f)
-            marginal.append(wall - f)
+            if _get(r, stage, "cpu_s_by_role"):
+                runs.append((f"{'manifest' if stage == 'build_manifest' else 'reassemble'}\n{r['instances']} local", r[stage]))
     for key in ("full", "selection"):
-        for stage in ("build_manifest", "reassemble"):
-            wall = _get(results, "s3", key, stage, "wall_s")
-            if wall:
-                labels.append(f"S3 {stage.split('_')[-1]}\n{key}")
-                fixed.append(0.0)
-                marginal.append(wall)
-    if labels:
-        ax.bar(labels, fixed, label="fixed (start-up, from the fit)", color="0.7")
-        ax.bar(labels, marginal, bottom=fixed, label="per-instance work", color="C0")
-        ax.tick_params(axis="x", labelsize=7)
+        job = _get(results, "s3", key, "reassemble")
+        if job and job.get("cpu_s_by_role"):
+            if key == "full":
+                runs.append(("manifest\nS3", _get(results, "s3", key, "build_manifest")))
+            runs.append((f"reassemble\nS3 {key}", job))
+    if runs:
+        xs = range(len(runs))
+        bottom = [0.0] * len(runs)
+        for role, color in (("jvm", "0.6"), ("python_driver", "C2"), ("python_worker", "C0"), ("other", "0.85")):
+            vals = [float((job.get("cpu_s_by_role") or {}).get(role, 0.0)) for _, job in runs]
+            ax.bar(xs, vals, bottom=bottom, color=color, label=f"CPU: {role.replace('_', ' ')}")
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.plot(xs, [job["wall_s"] for _, job in runs], "k_", markersize=18, mew=2, label="wall")
+        ax.set_xticks(list(xs), [label for label, _ in runs], fontsize=7)
         ax.legend(fontsize=7)
-    ax.set_ylabel("wall seconds")
-    ax.set_title("Stage breakdown")
+    ax.set_ylabel("seconds")
+    ax.set_title("Stage breakdown: CPU by process, and wall")
     ax = axes[2]
     lk = _get(results, "lookup", "by_archives") or []
     if lk:
@@ -356,8 +361,9 @@ def render_chart(results: dict[str, Any], path: str) -> None:
         ax.plot(xs, [x["manifest"]["wall_s"] for x in lk], "o-", label="with manifest")
         ax.plot(xs, [x["scan"]["wall_s"] for x in lk], "s-", label="scanning the archives")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
         ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("archives per role")
     ax.set_ylabel("CLI wall seconds")
     ax.set_title("Single-UID lookup")

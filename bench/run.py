@@ -37,9 +37,10 @@ OUT_BUCKET = "bench-out"
 LOOKUP_BUCKET = "bench-lookup"
 SELECTION_FRACTION = 0.10
 
-QUICK = {"instances": 240, "per_archive": 20, "naive_sample": 15, "lookup_archives": (10, 100), "profile": 100, "pool": 4}
+QUICK = {"instances": 240, "per_archive": 20, "naive_sample": 15, "lookup_archives": (10, 50), "profile": 100, "pool": 4,
+         "computations": False}
 FULL = {"instances": 2000, "per_archive": 50, "naive_sample": 50, "lookup_archives": (10, 100, 1000), "profile": 200,
-        "pool": 8}
+        "pool": 8, "computations": True}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -128,7 +129,8 @@ def archive_paths(root: str, index: dict[str, Any], role: str) -> list[str]:
 # ---------------------------------------------------------------- local pipeline at two sizes
 
 
-def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, log: Progress) -> dict[str, Any]:
+def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, log: Progress,
+                  computations: bool) -> dict[str, Any]:
     env = ms.base_env()
     config = ms.bench_config(work)
     sizes = []
@@ -148,6 +150,8 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
             stages[s].pop("stdout", None)
         sizes.append({"instances": n, "archive_bytes": index["totals"]["archive_bytes"], **stages})
         log(f"  manifest {stages['build_manifest']['wall_s']:.1f}s, reassemble {stages['reassemble']['wall_s']:.1f}s")
+    if not computations:
+        return {"cores": cores, "sizes": sizes}
     # The job's default config also runs the per-series computations: measured once, on the largest delivery.
     root, index = deliveries[-1]
     n = index["totals"]["instances"]
@@ -180,7 +184,8 @@ def stage_figures(c: Any, job: dict[str, Any], instances: int) -> dict[str, Any]
     multipart = c.total(OUT_BUCKET, "CREATE_MULTIPART")
     heads = c.total(ARCHIVE_BUCKET, "HEAD") + c.total(OUT_BUCKET, "HEAD")
     n = max(1, instances)
-    return {"wall_s": job["wall_s"], "cpu_s": job["cpu_s"], "memory": job["memory"], "archive_gets": gets, "ranged_gets": c.total(ARCHIVE_BUCKET, "GET_RANGE"),
+    return {"wall_s": job["wall_s"], "cpu_s": job["cpu_s"], "cpu_s_by_role": job["cpu_s_by_role"], "memory": job["memory"],
+            "archive_gets": gets, "ranged_gets": c.total(ARCHIVE_BUCKET, "GET_RANGE"),
             "heads": heads, "lists": c.total(ARCHIVE_BUCKET, "LIST") + c.total(OUT_BUCKET, "LIST"),
             "puts": puts, "multipart": multipart, "upload_parts": c.total(OUT_BUCKET, "UPLOAD_PART"),
             "archive_bytes_read": c.total(ARCHIVE_BUCKET, "GET", "GET_RANGE", what="bytes_out"),
@@ -331,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"profiling the hot path on {sizes['profile']} instances")
         results["profile"] = ms.profile_hot_path(main_root, index, sizes["profile"], work, os.path.join(out, "profile.txt"))
         log(f"  {results['profile']['ms_per_instance']:.1f} ms per instance in process")
-        results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log)
+        results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log,
+                                            sizes["computations"])
         shutil.rmtree(half_root, ignore_errors=True)
         if not args.skip_s3:
             from bench.s3count import CountingS3Server

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail  # noqa: E402
+from dicom_reassembly.cli import configure_logging, fail, fail_unexpected  # noqa: E402
 from dicom_reassembly.config import load_config  # noqa: E402
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ReassemblyError as exc:
         return fail(exc)
+    except Exception as exc:  # Spark or the JVM gave up: one line, not a Java stack
+        return fail_unexpected(exc)
     finally:
         spark.stop()
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail  # noqa: E402
+from dicom_reassembly.cli import configure_logging, fail, fail_unexpected  # noqa: E402
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
 
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not mf.manifest_exists(args.manifest):
             raise storage.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
+        if args.out:
+            storage.check_writable(args.out)
     except ReassemblyError as exc:
         return fail(exc)
     if spec is not None and spec.s3 is not None:
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ReassemblyError as exc:
         return fail(exc)
+    except Exception as exc:  # Spark or the JVM gave up: one line, not a Java stack
+        return fail_unexpected(exc)
     finally:
         spark.stop()
 

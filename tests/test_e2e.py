@@ -160,3 +160,17 @@ def test_input_credentials_never_reach_logs_ledger_runs_or_event_log(s3, sample_
     for path in blobs:
         with open(path, "rb") as f:
             assert secret.encode() not in f.read(), path
+
+
+def test_unreachable_output_bucket_exits_nonzero_before_any_work(s3, sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    root, _ = sample_delivery
+    manifest = tmp_path / "manifest"
+    manifest.mkdir()
+    (manifest / "part-0.parquet").write_bytes(b"PAR1")  # presence is enough: the output check comes first
+    r = submit("reassemble.py", "--manifest", str(manifest), "--out", "s3://no-such-bucket-here/x",
+               "--ledger", str(tmp_path / "ledger"), timeout=120)
+    output = r.stdout + r.stderr
+    assert r.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no_such_bucket" in errors[0], output
+    assert "Traceback" not in output and not (tmp_path / "ledger").exists()

@@ -34,6 +34,14 @@ def fail(exc: ReassemblyError, code: int = EXIT_INPUT) -> int:
     return code
 
 
+def fail_unexpected(exc: BaseException, code: int = 1) -> int:
+    """An error that is not ours (Spark, the JVM): one line for the user, the traceback only at DEBUG."""
+    log.debug("unexpected failure", exc_info=exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    print(f"error: {type(exc).__name__}: {first} (run with DICOM_REASSEMBLY_LOG=DEBUG for details)", file=sys.stderr)
+    return code
+
+
 def cmd_uid(args: argparse.Namespace) -> int:
     """Reassemble one instance by SOP Instance UID."""
     from . import storage
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # not bad input but a fault: still one line; DEBUG logging shows the traceback
+        return fail_unexpected(exc)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,23 @@ def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[Object
         )
 
 
+def check_writable(uri: str) -> None:
+    """Fail early, with one clear error, when an output location cannot be reached."""
+    if is_s3(uri):
+        bucket, _ = split_s3(uri)
+        try:
+            _s3_call(uri, s3_client().head_bucket, Bucket=bucket)
+        except NotFoundError as exc:  # HEAD has no body: a bare 404 here means the bucket
+            raise StorageError("no_such_bucket", f"bucket {bucket!r} does not exist", uri=uri) from exc
+        return
+    try:
+        os.makedirs(uri, exist_ok=True)
+    except OSError as exc:
+        raise StorageError("not_writable", exc.strerror or type(exc).__name__, uri=uri) from exc
+    if not os.access(uri, os.W_OK):
+        raise StorageError("not_writable", "permission denied", uri=uri)
+
+
 def count_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> tuple[int, int]:
     """How many objects are under ``prefix``, and their bytes."""
     n = total = 0
