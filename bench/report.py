@@ -304,6 +304,7 @@ def render_chart(results: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     d = results["derived"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -362,6 +363,7 @@ def render_chart(results: dict[str, Any], path: str) -> None:
         ax.plot(xs, [x["scan"]["wall_s"] for x in lk], "s-", label="scanning the archives")
         ax.set_xscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
         ax.set_ylim(bottom=0)
     ax.set_xlabel("archives per role")

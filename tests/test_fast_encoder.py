@@ -265,7 +265,7 @@ def test_shapes_it_does_not_reproduce_fall_back_to_pydicom(case: str) -> None:
 
 
 def test_long_vrs_match_pydicom() -> None:
-    assert fast_encoder.LONG_VRS == {str(vr.value) for vr in EXPLICIT_VR_LENGTH_32}
+    assert {str(vr.value) for vr in EXPLICIT_VR_LENGTH_32} == fast_encoder.LONG_VRS
 
 
 # ---------------------------------------------------------------- generated headers

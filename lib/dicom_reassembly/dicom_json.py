@@ -137,7 +137,7 @@ def check_identity(header: dict[str, Any], uid: str) -> tuple[str, str]:
     return sop_class, sop_instance
 
 
-def _points_at(uri: str, uid: str, pixel_member: str | None) -> bool:
+def points_at_pixel_member(uri: str, uid: str, pixel_member: str | None) -> bool:
     path = unquote(urlsplit(uri).path or uri).rstrip("/")
     last = path.rsplit("/", 1)[-1]
     if pixel_member and last == pixel_member.rsplit("/", 1)[-1]:
@@ -163,7 +163,7 @@ def build_dataset(header: dict[str, Any], uid: str, pixel_member: str | None = N
         if tag.startswith("0002"):
             meta_json[tag] = elem
         elif tag in PIXEL_DATA_TAGS:
-            if isinstance(elem, dict) and "BulkDataURI" in elem and not _points_at(str(elem["BulkDataURI"]), uid, pixel_member):
+            if isinstance(elem, dict) and "BulkDataURI" in elem and not points_at_pixel_member(str(elem["BulkDataURI"]), uid, pixel_member):
                 _refuse_bulkdata(tag, str(elem.get("vr")), str(elem["BulkDataURI"]))
         elif tag not in OFFSET_TABLE_TAGS:
             body[tag] = elem
