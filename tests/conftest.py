@@ -130,3 +130,10 @@ def dcmftest_ok(path: str) -> bool:
     tool = require_tool("dcmftest")
     out = subprocess.run([tool, path], capture_output=True, text=True, timeout=60)
     return out.returncode == 0 and out.stdout.startswith("yes:")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the SparkSession is a Spark test: `make test` runs them again on Spark 3.5."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
