@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
+from . import storage, tar_access
 from .errors import ConfigError
 
 
@@ -26,7 +26,7 @@ class Config:
     put_rate: float = 0.0  # PUTs per second per task (0 = unlimited): stays under S3's per-prefix limit
     multipart_threshold: int = 64 * 1024 * 1024
     # Reading archives
-    coalesce_gap: int = 256 * 1024
+    coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP
     stream_fraction: float = 0.5
     large_member_bytes: int = 256 * 1024 * 1024
     # Parallelism (0 = derive from the data and the cluster)

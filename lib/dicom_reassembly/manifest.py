@@ -65,7 +65,7 @@ def _row(**values: Any) -> tuple:
 
 
 def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
-                  coalesce_gap: int = 256 * 1024) -> Iterator[tuple]:
+                  coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP) -> Iterator[tuple]:
     """Manifest rows of one archive: one per member, then one archive-level row.
 
     ``archive`` has uri, role ('text' streams the data, 'images' reads headers

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from . import storage
+from . import storage, tar_access
 from .errors import ArchiveError, NotRestoredError, ReassemblyError
 from .ledger import ledger_row
 from .part10 import Part10, assemble
@@ -175,7 +175,7 @@ class WriteContext:
     skip_existing: bool = True
     upload_threads: int = 8
     stream_fraction: float = 0.5
-    coalesce_gap: int = 256 * 1024
+    coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP
     large_member_bytes: int = 256 * 1024 * 1024
     put_rate: float = 0.0  # writes per second per task; 0 = unlimited
     s3: storage.S3Settings | None = None
