@@ -119,19 +119,19 @@ class _RangedSource:
         self.spans: list[int] = []
 
     def read_at(self, offset: int, n: int) -> bytes:
+        if n == BLOCK and offset > self.last_offset:
+            # Header blocks come one per member: their spacing is the member span.
+            self.spans.append(offset - self.last_offset)
+            self.spans = self.spans[-16:]
+            self.last_offset = offset
         end = min(offset + n, self.size)
         if offset >= self.buf_start and end <= self.buf_start + len(self.buf):
             rel = offset - self.buf_start
             return self.buf[rel: rel + n]
-        if self.spans:
-            self.spans = self.spans[-16:]
         typical = sorted(self.spans)[len(self.spans) // 2] if self.spans else self.coalesce_gap + 1
         window = max(n, 3 * BLOCK)
         if typical <= self.coalesce_gap:
             window = max(window, self.coalesce_gap)
-        if offset > self.last_offset:
-            self.spans.append(offset - self.last_offset)
-        self.last_offset = offset
         window = min(window, self.size - offset)
         if window <= 0:
             return b""
