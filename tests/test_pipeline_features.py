@@ -97,7 +97,7 @@ def test_runs_table_records_the_run_without_secrets(spark, indexed, tmp_path) ->
 def test_series_summaries_are_computed_for_selected_series_and_recorded(spark, indexed, tmp_path) -> None:  # noqa: ANN001
     root, base, expected = indexed
     out = str(tmp_path / "dcm")
-    summary = _run(spark, base, out)
+    summary = _run(spark, base, out, cfg=Config(upload_threads=2, computations=("series_summary",)))
     series = {i["series_instance_uid"] for i in expected["instances"].values()}
     assert summary["computations"] == {"done": len(series)}
     table = [r.asDict() for r in spark.read.parquet(os.path.join(base, "computations")).collect()
@@ -206,7 +206,8 @@ def test_tables_also_go_to_postgresql(spark, indexed, postgres, tmp_path, monkey
     root, base, expected = indexed
     monkeypatch.setenv("DICOM_REASSEMBLY_JDBC_USER", postgres.user)
     monkeypatch.setenv("DICOM_REASSEMBLY_JDBC_PASSWORD", postgres.password)
-    summary = _run(spark, base, str(tmp_path / "dcm"), jdbc=JdbcTarget.from_env(postgres.jdbc_url))
+    summary = _run(spark, base, str(tmp_path / "dcm"), jdbc=JdbcTarget.from_env(postgres.jdbc_url),
+                   cfg=Config(upload_threads=2, computations=("series_summary",)))
     run_id = summary["run_id"]
     counts = dict(postgres.query(f"select status, count(*) from ledger where run_id = '{run_id}' group by status"))
     assert {k: int(v) for k, v in counts.items()} == summary["status_counts"]

@@ -196,3 +196,30 @@ def test_s3_settings_repr_hides_the_secret() -> None:
         assert "AKIAEXAMPLEKEYID" not in text
         assert "eu-west-1" in text
     assert settings.secret_access_key == secret  # still usable, only hidden
+
+
+def test_conditional_write_refuses_to_replace_and_sends_our_checksum(s3: Any, bucket: str) -> None:
+    import base64
+    import hashlib
+
+    from dicom_reassembly.errors import AlreadyExistsError
+
+    sent: list[dict] = []
+    client = storage.s3_client()
+
+    def capture(params: dict, **_: Any) -> None:
+        sent.append(dict(params))
+
+    client.meta.events.register("provide-client-params.s3.PutObject", capture)
+    try:
+        uri = f"s3://{bucket}/cond/a.dcm"
+        data = b"DICM-ish bytes"
+        digest = hashlib.sha256(data).hexdigest()
+        storage.write_parts(uri, [data], len(data), digest, if_absent=True)
+        with pytest.raises(AlreadyExistsError):
+            storage.write_parts(uri, [b"other"], 5, hashlib.sha256(b"other").hexdigest(), if_absent=True)
+        assert s3.get_object(Bucket=bucket, Key="cond/a.dcm")["Body"].read() == data
+        assert sent[0]["IfNoneMatch"] == "*"
+        assert sent[0]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    finally:
+        client.meta.events.unregister("provide-client-params.s3.PutObject", capture)

@@ -18,6 +18,7 @@ class Config:
     # Output
     key_template: str = "{sop_instance_uid}.dcm"
     skip_existing: bool = True
+    existing_check: str = "conditional"  # S3: "conditional" PUT (If-None-Match) or "head" before each PUT
     checksum_algorithm: str = "SHA256"
     sse: str | None = None
     sse_kms_key_id: str | None = None
@@ -38,9 +39,15 @@ class Config:
     stow_batch_bytes: int = 50 * 1024 * 1024
     stow_timeout: float = 60.0
     # Downstream computations per selected series
-    computations: tuple[str, ...] = ("series_summary",)
+    computations: tuple[str, ...] = ()  # opt-in: they re-read every written object
     # Extra Spark settings applied when the job builds its session
     spark: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.existing_check not in ("conditional", "head"):
+            raise ConfigError("bad_config", f"existing_check must be conditional or head, not {self.existing_check!r}")
+        if not self.stream_fraction >= 0:
+            raise ConfigError("bad_config", "stream_fraction must not be negative")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; None values are ignored (unset flags)."""

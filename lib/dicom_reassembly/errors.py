@@ -54,6 +54,10 @@ class StorageError(ReassemblyError):
     status = "failed"
 
 
+class AlreadyExistsError(StorageError):
+    """A conditional write found an object already in place."""
+
+
 class NotFoundError(ReassemblyError):
     """A requested UID, member or object does not exist."""
 

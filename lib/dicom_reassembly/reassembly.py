@@ -27,7 +27,7 @@ from itertools import groupby
 from typing import Any
 
 from . import storage, tar_access
-from .errors import ArchiveError, NotRestoredError, ReassemblyError
+from .errors import AlreadyExistsError, ArchiveError, NotRestoredError, ReassemblyError
 from .ledger import ledger_row
 from .part10 import Part10, assemble
 
@@ -178,6 +178,7 @@ class WriteContext:
     coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP
     large_member_bytes: int = 256 * 1024 * 1024
     put_rate: float = 0.0  # writes per second per task; 0 = unlimited
+    existing_check: str = "conditional"  # S3: conditional PUT, HEAD only when refused; or "head" first
     s3: storage.S3Settings | None = None
     stow: Any = None  # stow.StowSettings when forwarding to DICOMweb
 
@@ -385,12 +386,7 @@ def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext
     try:
         if ctx.out:
             uri = storage.join_uri(ctx.out, output_key(ctx.key_template, item))
-            if ctx.skip_existing and _exists_same(uri, obj):
-                status = "skipped_existing"
-            else:
-                rate.wait()
-                storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options)
-                status = "written"
+            status = _write_once(uri, obj, ctx, rate)
             common.update(output_uri=uri, output_bytes=obj.size, output_checksum=f"sha256:{obj.sha256}")
         else:
             status = "written"
@@ -406,6 +402,32 @@ def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext
         return [ledger_row(ctx.run_id, "failed", exc.one_line(), **common)]
     finally:
         payload.close()
+
+
+def _write_once(uri: str, obj: Part10, ctx: WriteContext, rate: _RateLimit) -> str:
+    """Write unless the same object is already there; return written or skipped_existing.
+
+    On S3 the default is a conditional PUT (If-None-Match), so a first run costs
+    one request per instance; only a refused PUT is followed by a HEAD. With
+    ``existing_check="head"`` the HEAD comes first, cheaper for re-runs over
+    mostly written outputs.
+    """
+    if not ctx.skip_existing:
+        rate.wait()
+        storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options)
+        return "written"
+    if storage.is_s3(uri) and ctx.existing_check == "conditional":
+        rate.wait()
+        try:
+            storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options, if_absent=True)
+            return "written"
+        except AlreadyExistsError:
+            pass
+    if _exists_same(uri, obj):
+        return "skipped_existing"
+    rate.wait()
+    storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options)
+    return "written"
 
 
 def _ledger_values(item: dict[str, Any]) -> dict[str, Any]:

@@ -13,20 +13,17 @@ import dataclasses
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, BinaryIO
 
-from .errors import NotFoundError, NotRestoredError, StorageError
+from .errors import AlreadyExistsError, NotFoundError, NotRestoredError, StorageError
 
 log = logging.getLogger(__name__)
 
 S3_PREFIX = "s3://"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -149,6 +146,8 @@ def translate_client_error(exc: Exception, uri: str) -> Exception:
         return NotRestoredError("not_restored", "object is in Glacier and not restored", uri=uri)
     if code in ("NoSuchKey", "404", "NotFound"):
         return NotFoundError("not_found", "no such object", uri=uri)
+    if code in ("PreconditionFailed", "412"):
+        return AlreadyExistsError("exists", "an object is already there", uri=uri)
     if code == "NoSuchBucket":
         return StorageError("no_such_bucket", "bucket does not exist", uri=uri)
     if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -427,16 +426,21 @@ def _s3_extra_args(opts: WriteOptions, sha256: str) -> dict[str, Any]:
     return extra
 
 
-def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteOptions = WriteOptions()) -> None:
+def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteOptions = WriteOptions(),
+                if_absent: bool = False) -> None:
     """Write an object made of byte strings (or memoryviews), atomically.
 
     S3: one PutObject with a checksum S3 verifies, or a multipart upload above
     ``opts.multipart_threshold``. Local: a temp file in the same folder, then a rename.
+    ``if_absent`` makes an S3 PutObject conditional (If-None-Match): it raises
+    AlreadyExistsError instead of replacing an object, with no HEAD beforehand.
     """
     if is_s3(uri):
         bucket, key = split_s3(uri)
         extra = _s3_extra_args(opts, sha256)
         client = s3_client()
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
         if size < opts.multipart_threshold:
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             if opts.checksum_algorithm.upper() == "SHA256":
@@ -447,16 +451,19 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
             _s3_call(uri, client.put_object, Bucket=bucket, Key=key, Body=bytes(body) if isinstance(body, memoryview) else body,
                      **extra)
         else:
+            if extra.pop("IfNoneMatch", None) and head_metadata(uri) is not None:
+                raise AlreadyExistsError("exists", "an object is already there", uri=uri)
             _write_multipart(uri, client, bucket, key, parts, extra, opts)
         return
     folder = os.path.dirname(uri) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    # Unique per process and thread, so no random name is needed (mkstemp costs ~1 ms here).
+    tmp = os.path.join(folder, f".tmp-{os.path.basename(uri)}.{os.getpid()}.{threading.get_ident()}.part")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         with os.fdopen(fd, "wb") as f:
             for p in parts:
                 f.write(p)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, uri)
     except BaseException:
         if os.path.exists(tmp):
