@@ -147,7 +147,7 @@ def _role(cmdline: list[str]) -> str:
         return "jvm"
     if "pyspark.daemon" in text or "pyspark/daemon" in text or "pyspark.worker" in text or "pyspark/worker" in text:
         return "python_worker"
-    if "/jobs/" in text and ".py" in text:
+    if cmdline and os.path.basename(cmdline[0]).startswith("python") and "/jobs/" in text:
         return "python_driver"
     return "other"
 
@@ -169,6 +169,7 @@ class ProcessSampler(threading.Thread):
         self.halt = threading.Event()
         self.peak_by_pid: dict[int, tuple[str, int]] = {}
         self.cpu_by_pid: dict[int, tuple[str, float]] = {}
+        self.cmd_by_pid: dict[int, str] = {}
         self.peak_sum: dict[str, int] = {}
         self.samples = 0
 
@@ -188,7 +189,12 @@ class ProcessSampler(threading.Thread):
             for p in procs:
                 try:
                     # Not cached: spark-submit is a shell script that execs the JVM under the same pid.
-                    role = _role(p.cmdline())
+                    cmdline = p.cmdline()
+                    role = _role(cmdline)
+                    if role == "other" and p.pid in self.cpu_by_pid:
+                        # An exiting process shows an empty command line; it keeps the role it had.
+                        role = self.cpu_by_pid[p.pid][0]
+                        cmdline = self.cmd_by_pid.get(p.pid, "").split(" ")
                     with p.oneshot():
                         rss = p.memory_info().rss
                         cpu = p.cpu_times()
@@ -198,6 +204,7 @@ class ProcessSampler(threading.Thread):
                 if rss > self.peak_by_pid.get(p.pid, (role, 0))[1]:
                     self.peak_by_pid[p.pid] = (role, rss)
                 self.cpu_by_pid[p.pid] = (role, cpu.user + cpu.system)
+                self.cmd_by_pid[p.pid] = " ".join(cmdline)[:160]
             for role, total in sums.items():
                 self.peak_sum[role] = max(self.peak_sum.get(role, 0), total)
             self.samples += 1
@@ -224,6 +231,8 @@ class ProcessSampler(threading.Thread):
             # Local mode: the executor is the JVM plus its Python workers.
             "executor_peak_mb": (jvm + self.peak_sum.get("python_worker", 0)) / MB,
             "cpu_s": sum(cpu.values()), "cpu_s_by_role": cpu,
+            "processes": [{"pid": pid, "role": role, "cpu_s": seconds, "peak_mb": self.peak_by_pid.get(pid, (role, 0))[1] / MB,
+                           "cmdline": self.cmd_by_pid.get(pid, "")} for pid, (role, seconds) in sorted(self.cpu_by_pid.items())],
         }
 
 
@@ -239,21 +248,30 @@ def run_spark_job(job: str, args: list[str], *, cores: int, env: dict[str, str],
            "--conf", "spark.ui.enabled=false", os.path.join(ROOT, "jobs", job), *args]
     out_path, err_path = os.path.join(log_dir, f"{name}.out"), os.path.join(log_dir, f"{name}.err")
     with open(out_path, "w") as out, open(err_path, "w") as err:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = psutil.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
         sampler = ProcessSampler(proc.pid)
         sampler.start()
         rc = proc.wait()
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         sampled = sampler.stop()
+    # Every process of the tree is reaped by its parent, so the children's rusage is the tree's exact CPU time;
+    # the sampler's split by role misses what a process spent after its last sample.
+    tree_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     with open(out_path) as f:
         stdout = f.read()
     if rc != 0:
         with open(err_path) as f:
             tail = f.read()[-2000:]
         raise BenchError(f"{name}: {job} exited {rc}; see {err_path}\n{tail}")
-    cpu = sampled.pop("cpu_s")
-    return {"job": job, "wall_s": wall, "cpu_s": cpu, "cpu_s_by_role": sampled.pop("cpu_s_by_role"), "memory": sampled,
+    sampled_cpu = sampled.pop("cpu_s")
+    # Both are lower bounds (the sampler misses each process's last interval, rusage misses unreaped processes).
+    return {"job": job, "wall_s": wall, "cpu_s": max(tree_cpu, sampled_cpu), "cpu_s_sampled": sampled_cpu,
+            "cpu_s_rusage": tree_cpu,
+            "cpu_s_by_role": sampled.pop("cpu_s_by_role"),
+            "processes": sampled.pop("processes"), "memory": sampled,
             "stdout": stdout[-4000:], "log": err_path}
 
 
@@ -483,3 +501,133 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
             "per_core_mb_s_in_process": read / wall / MB, "instances_per_s": n / wall,
             "breakdown": breakdown, "top_functions": top_functions, "pydicom_dataset_path_per_instance": pydicom_path / n,
             "profile_txt": profile_txt}
+
+
+# ---------------------------------------------------------------- profile of the S3 writes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _area(path: str, func: str) -> str:
+    """Which part of the client stack a profiled function belongs to."""
+    if "_hashlib" in func or path.endswith("hashlib.py"):
+        return "hashing (hashlib)"
+    if path.endswith(os.path.join("botocore", "auth.py")):
+        return "SigV4 signing (botocore/auth.py)"
+    if path.endswith(os.path.join("botocore", "httpchecksum.py")):
+        return "checksums (botocore/httpchecksum.py)"
+    if any(k in path for k in ("urllib3", os.path.join("http", "client.py"), "socket.py", "ssl.py")) or "_socket" in func:
+        return "HTTP (urllib3, http.client, sockets)"
+    if "botocore" in path:
+        return "botocore, other"
+    if "boto3" in path:
+        return "boto3"
+    if LIB_MARKER in path:
+        return "dicom_reassembly"
+    return "other"
+
+
+# Steps of one instance's S3 writes, by cumulative time: (label, file suffix, function).
+_S3_STEPS = [
+    ("HEAD (storage.head_metadata, skip_existing)", "storage.py", "head_metadata"),
+    ("PUT (storage.write_parts)", "storage.py", "write_parts"),
+    ("HTTP round trips (botocore endpoint _send)", os.path.join("botocore", "endpoint.py"), "_send"),
+    ("SigV4 signing (add_auth)", os.path.join("botocore", "auth.py"), "add_auth"),
+    ("request checksums (httpchecksum)", os.path.join("botocore", "httpchecksum.py"), "apply_request_checksum"),
+    ("user agent strings (useragent to_string)", os.path.join("botocore", "useragent.py"), "to_string"),
+    ("event hooks (hooks _emit)", os.path.join("botocore", "hooks.py"), "_emit"),
+    ("parameter validation", os.path.join("botocore", "validate.py"), "validate"),
+    ("request serialisation", os.path.join("botocore", "serialize.py"), "serialize_to_request"),
+    ("response parsing", os.path.join("botocore", "parsers.py"), "parse"),
+]
+
+
+def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: str) -> dict[str, Any]:
+    """CPU profile of what an executor does per instance on S3 (HEAD for skip-existing, then the PUT).
+
+    moto runs in a separate process here, so the profile (on ``time.process_time``) holds the client's CPU only.
+    """
+    import cProfile
+    import io
+    import pstats
+
+    from dicom_reassembly import storage
+    from dicom_reassembly.part10 import assemble
+
+    items = hot_path_items(root, index, want)
+    objs = []
+    for it in items:
+        with open(it["pixel_archive"], "rb") as f:
+            f.seek(it["pixel_offset"])
+            payload = f.read(it["pixel_size"])
+        objs.append(assemble(it["header_json"], payload, it["sop_instance_uid"], it["pixel_member"]))
+    port = _free_port()
+    server = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        storage.set_default_s3_settings(storage.S3Settings(endpoint_url=url, region="us-east-1",
+                                                           access_key_id="bench", secret_access_key="bench"))
+        client = storage.s3_client()
+        deadline = time.time() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket="bench-profile")
+                break
+            except Exception:  # the server is still starting
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        storage.write_parts(f"s3://bench-profile/warm-{objs[0].sop_instance_uid}.dcm", objs[0].parts, objs[0].size,
+                            objs[0].sha256)
+        def put_all(tag: str) -> None:
+            for obj in objs:
+                uri = f"s3://bench-profile/{tag}/{obj.sop_instance_uid}.dcm"
+                storage.head_metadata(uri)  # what skip_existing costs per instance
+                storage.write_parts(uri, obj.parts, obj.size, obj.sha256)
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        put_all("timed")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        prof = cProfile.Profile(time.process_time)  # ~10,000 calls per instance: the profiler inflates the total
+        prof.enable()
+        put_all("profiled")
+        prof.disable()
+    finally:
+        storage.set_default_s3_settings(None)
+        server.terminate()
+        server.wait(timeout=30)
+    n = len(objs)
+    raw = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    areas: dict[str, float] = {}
+    for (path, _, func), v in raw.items():
+        areas[_area(path, func)] = areas.get(_area(path, func), 0.0) + v[2]
+    total = sum(areas.values()) or 1.0
+    steps = {}
+    for label, suffix, func in _S3_STEPS:
+        ct = sum(v[3] for (path, _, fn), v in raw.items() if fn == func and path.endswith(suffix))
+        steps[label] = {"share": ct / total, "cpu_ms_per_instance_unprofiled": 1000 * cpu / n * ct / total}
+    hashing = areas.get("hashing (hashlib)", 0.0)
+    steps["hashlib (self time, all callers)"] = {"share": hashing / total,
+                                                 "cpu_ms_per_instance_unprofiled": 1000 * cpu / n * hashing / total}
+    connects = sum(v[1] for (_, _, fn), v in raw.items() if "connect' of '_socket.socket" in fn)
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+    with open(profile_txt, "a") as f:
+        f.write(f"\n\n# S3 writes: head_metadata + write_parts per instance, {n} instances, client CPU only "
+                f"(cProfile on process time; moto in another process)\n")
+        f.write(text.getvalue())
+    return {"instances": n, "wall_ms_per_instance": 1000 * wall / n, "cpu_ms_per_instance": 1000 * cpu / n,
+            "mean_object_bytes": sum(o.size for o in objs) / n, "tcp_connects_per_instance": connects / n,
+            "steps": steps,
+            "self_time_by_area": {k: {"share": v / total}
+                                  for k, v in sorted(areas.items(), key=lambda kv: kv[1], reverse=True)},
+            "note": "cumulative shares from cProfile (on process time), scaled to the unprofiled CPU per instance; "
+                    "moto's werkzeug server closes connections, so each request opens a TCP connection here, "
+                    "unlike S3"}

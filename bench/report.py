@@ -99,6 +99,16 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
             both = slopes["build_manifest"] + slopes["reassemble"]
             out[key]["end_to_end"] = {"ms_per_instance": 1000 * both,
                                       "mb_s_per_core": bpi / both / MB / (cores if clock == "wall_s" else 1)}
+    # The per-instance work runs in the Python workers; the JVM's share is mostly fixed (planning, Parquet, shuffles).
+    out["marginal_python_cpu"] = {}
+    for stage in ("build_manifest", "reassemble"):
+        fit = _marginal([(s["instances"], s[stage]["cpu_s_by_role"].get("python_worker", 0.0)) for s in sizes
+                         if _get(s, stage, "cpu_s_by_role")])
+        if fit and bpi:
+            slope, fixed = fit
+            out["marginal_python_cpu"][stage] = {"ms_per_instance": 1000 * slope, "fixed_s": fixed,
+                                                 "mb_s_per_core": bpi / slope / MB if slope > 0 else None,
+                                                 "inconclusive": slope <= 0}
     r = out["ratios"]
     if largest and "reassemble" in largest:
         r["reassembly_vs_tar_x_per_core_wall"] = _div(largest["reassemble"]["mb_s_per_core"], tar_mb_s)
@@ -225,8 +235,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Marginal cost per instance (fit over the sizes above)", ""]
     rows = []
-    for clock, key in (("wall", "marginal"), ("CPU", "marginal_cpu")):
-        for stage, v in d[key].items():
+    for clock, key in (("wall", "marginal"), ("CPU", "marginal_cpu"), ("CPU, Python workers only", "marginal_python_cpu")):
+        for stage, v in d.get(key, {}).items():
             rows.append([stage + (" (inconclusive: negative slope)" if v.get("inconclusive") else ""), clock,
                          v.get("ms_per_instance"), v.get("fixed_s"), v.get("mb_s_per_core")])
     lines += _table(["stage", "clock", "ms per instance", "fixed s (start-up)", "MB/s per core"], rows)
@@ -254,6 +264,15 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"(amplification {_f(run['amplification'], 3)}); reassembly planned {run['planned_reads']} "
                          f"archive reads and made {run['reassemble']['archive_gets']} GETs; written "
                          f"{run.get('written')} of {run.get('selected_instances')} selected.")
+    wp = results.get("s3_write_profile")
+    if wp:
+        lines += ["", "## S3 writes per instance (client CPU, HEAD + PUT, profiled in process)", ""]
+        lines.append(f"{wp['instances']} objects of {_f(wp['mean_object_bytes'] / MB, 2)} MB on average: "
+                     f"{_f(wp['cpu_ms_per_instance'])} ms CPU and {_f(wp['wall_ms_per_instance'])} ms wall per instance "
+                     f"in the client ({_f(wp['tcp_connects_per_instance'])} TCP connects per instance: moto closes them).")
+        lines.append("")
+        lines += _table(["step (cumulative, overlapping)", "share of client CPU", "ms CPU per instance"],
+                        [[k, v["share"], v["cpu_ms_per_instance_unprofiled"]] for k, v in wp["steps"].items()])
     lines += ["", "## Single-UID lookup (CLI, archives on S3)", ""]
     lines += _table(["archives per role", "with manifest s", "GETs", "without s", "GETs", "LISTs"],
                     [[x["archives"], x["manifest"]["wall_s"], x["manifest"]["archive_gets"], x["scan"]["wall_s"],
@@ -330,7 +349,7 @@ def render_chart(results: dict[str, Any], path: str) -> None:
     ax.set_xlabel("instances")
     ax.set_ylabel("MB/s per core (archive bytes)")
     ax.set_title("Throughput against size")
-    ax.legend(fontsize=6, loc="center right")
+    ax.legend(fontsize=6, loc="best")
     ax = axes[1]
     runs: list[tuple[str, dict[str, Any]]] = []
     for r in _get(results, "pipeline", "sizes") or []:

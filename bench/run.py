@@ -342,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_s3:
             from bench.s3count import CountingS3Server
 
+            log("profiling the S3 writes (HEAD + PUT per instance) against a separate moto process")
+            results["s3_write_profile"] = ms.profile_s3_writes(main_root, index, min(100, sizes["profile"]),
+                                                               os.path.join(out, "profile.txt"))
+            log(f"  {results['s3_write_profile']['cpu_ms_per_instance']:.1f} ms CPU per instance in the client")
             with CountingS3Server() as srv:
                 results["s3"] = measure_s3(srv, main_root, index, work, args.cores, log)
                 results["lookup"] = measure_lookups(srv, work, sizes["lookup_archives"], args.cores, args.seed, log)
