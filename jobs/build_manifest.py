@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
     from dicom_reassembly import manifest as mf
-    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
+    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives, manifest_tasks
     from dicom_reassembly.session import get_session
 
     try:
@@ -39,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         listing = mf.list_archives(args.text, args.images, cfg.archive_suffixes)
     except ReassemblyError as exc:
         return fail(exc)
-    spark = get_session("dicom-reassembly build_manifest", extra=cfg.spark)
+    try:
+        spark = get_session("dicom-reassembly build_manifest", extra=cfg.spark)
+    except Exception as exc:  # no JVM, no Java: one line, not a Py4J stack
+        return fail_unexpected(exc)
     try:
         todo = listing if args.full else mf.archives_to_index(listing, indexed_archives(spark, args.manifest))
         index_run, indexed_at = mf.new_index_run()
-        tasks = cfg.manifest_tasks or 4 * spark.sparkContext.defaultParallelism
+        tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap)
             df.write.mode("append").parquet(args.manifest)

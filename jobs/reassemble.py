@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_reassembly import storage
     from dicom_reassembly.config import load_config
     from dicom_reassembly.criteria import load_criteria
-    from dicom_reassembly.stow import StowSettings
+    from dicom_reassembly.stow import StowAuth, StowSettings
     from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
 
     started = datetime.now(timezone.utc)
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, key_template=args.key_template, reassemble_partitions=args.partitions)
         stow = (StowSettings(args.stow_url, batch_count=cfg.stow_batch_count, batch_bytes=cfg.stow_batch_bytes,
                              timeout=(min(10.0, cfg.stow_timeout), cfg.stow_timeout)) if args.stow_url else None)
+        # Read here: executors on a cluster do not inherit the driver's environment.
+        stow_auth = StowAuth.from_env() if args.stow_url else None
         jdbc = JdbcTarget.from_env(args.jdbc_url) if args.jdbc_url else None
         from dicom_reassembly import manifest as mf
 
@@ -64,21 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     except ReassemblyError as exc:
         return fail(exc)
     if spec is not None and spec.s3 is not None:
-        storage.set_archive_s3_settings(spec.s3)
+        storage.set_archive_s3_settings(spec.s3, spec.bucket)
 
     from dicom_reassembly.session import get_session
 
     extra = dict(cfg.spark)
     if jdbc is not None:
         extra.update(jdbc_session_settings())
-    spark = get_session("dicom-reassembly reassemble", extra=extra)
+    try:
+        spark = get_session("dicom-reassembly reassemble", extra=extra)
+    except Exception as exc:  # no JVM, no Java: one line, not a Py4J stack
+        return fail_unexpected(exc)
     try:
         from dicom_reassembly.run import ReassembleRun
 
         run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
                             runs_uri=args.runs or args.ledger.rstrip("/") + "_runs",
                             computations_uri=args.computations or args.ledger.rstrip("/") + "_computations",
-                            cfg=cfg, spec=spec, stow=stow, jdbc=jdbc, argv=argv, started=started)
+                            cfg=cfg, spec=spec, stow=stow, stow_auth=stow_auth, jdbc=jdbc, argv=argv, started=started)
         summary = run.execute()
         print(run.report(summary))
         print(json.dumps({"run_id": summary["run_id"], "status_counts": summary["status_counts"]}))

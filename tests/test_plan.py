@@ -162,3 +162,60 @@ def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> No
     out = list(read_archive_members(path, items, os.path.getsize(path), ctx))
     assert out[0][2] is None and out[0][1].data == items[0]["data"]
     assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
+
+
+def test_pixels_without_a_header_while_text_archives_await_restore_are_not_orphans() -> None:
+    assert [f["status"] for f in fates([], [pixels()], headers_pending_restore=True)] == ["not_restored"]
+
+
+def test_a_negative_member_size_is_damage_not_an_endless_walk(tmp_path) -> None:  # noqa: ANN001
+    import itertools
+    import tarfile
+
+    from dicom_reassembly.tar_access import Damage, iter_members
+
+    info = tarfile.TarInfo("1.2.3.j2c")
+    info.size = 0
+    block = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    block[124:136] = b"\xff" * 12  # base-256 size of -1
+    block[148:156] = b" " * 8
+    block[148:155] = f"{sum(block):06o}\0".encode()
+    path = tmp_path / "neg.tar"
+    path.write_bytes(bytes(block) + b"\0" * 1024)
+    items = list(itertools.islice(iter_members(str(path)), 10))
+    assert len(items) == 1 and isinstance(items[0], Damage) and items[0].reason == "corrupt_header"
+
+
+def test_output_keys_never_leave_the_output_prefix() -> None:
+    from dicom_reassembly.reassembly import output_key
+
+    item = {"sop_instance_uid": "1.2.3", "study_instance_uid": "../../etc", "series_instance_uid": "1.2.3.4",
+            "modality": "../x"}
+    assert output_key("{modality}/{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.dcm", item) == (
+        "OT/unknown-study/1.2.3.4/1.2.3.dcm")
+
+
+def test_members_above_the_memory_threshold_are_spooled_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    import os
+    import tarfile
+
+    from conftest import dcmftest_ok
+
+    from dicom_reassembly.ledger import row_dict
+    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+
+    root, expected = sample_delivery
+    uid, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native")
+    h_archive, h_member = inst["header"]
+    p_archive, p_member = inst["pixels"]
+    with tarfile.open(os.path.join(root, h_archive)) as tf:
+        header_json = tf.extractfile(h_member).read().decode()
+    with tarfile.open(os.path.join(root, p_archive)) as tf:
+        m = tf.getmember(p_member)
+    item = {"sop_instance_uid": uid, "header_archive": h_archive, "header_member": h_member, "header_json": header_json,
+            "pixel_archive": os.path.join(root, p_archive), "pixel_archive_size": os.path.getsize(os.path.join(root, p_archive)),
+            "pixel_member": p_member, "pixel_offset": m.offset_data, "pixel_size": m.size, "dup_pixels": None}
+    ctx = WriteContext(run_id="r", out=str(tmp_path), large_member_bytes=1, upload_threads=2)
+    rows = [row_dict(r) for r in reassemble_partition([item], ctx)]
+    assert [r["status"] for r in rows] == ["written"], rows
+    assert dcmftest_ok(rows[0]["output_uri"])

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import storage
-from .errors import ConfigError, StorageError
+from . import arrow_io, storage
+from .errors import ConfigError, NotFoundError
 from .ledger import STATUSES
 
 if TYPE_CHECKING:
@@ -61,55 +61,21 @@ def resolve_input(value: str | None, default: str, root: str) -> str:
     return os.path.normpath(os.path.join(root, path))
 
 
-def _dataset(uri: str, partitioning: Any = None) -> Any:
-    """A Parquet dataset, local or on S3 (honouring AWS_ENDPOINT_URL like the rest of the package)."""
-    import pyarrow.dataset as pads
-
-    if storage.is_s3(uri):
-        from pyarrow import fs
-
-        s3fs = fs.S3FileSystem(endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
-                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-                               or "us-east-1")
-        return pads.dataset(uri[len("s3://"):], filesystem=s3fs, format="parquet", partitioning=partitioning)
-    return pads.dataset(uri, format="parquet", partitioning=partitioning)
-
-
 def _has_parquet(uri: str) -> bool:
     if storage.is_s3(uri):
         return any(True for _ in storage.list_objects(uri, (".parquet",)))
     return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
 
 
-def newest_index(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per archive, only the rows of its newest index run (decided by its ``kind == 'archive'`` rows)."""
-    archive_rows = df[df["kind"] == "archive"]
-    newest = archive_rows.groupby("archive_uri", sort=False)["index_run"].max().rename("_newest")
-    out = df.join(newest, on="archive_uri", how="inner")
-    out = out[out["index_run"] == out["_newest"]].drop(columns="_newest")
-    return out.reset_index(drop=True)
-
-
 def read_manifest_frame(uri: str, columns: Iterable[str] = MANIFEST_COLUMNS) -> pd.DataFrame:
     """The manifest's newest index per archive as pandas, with only ``columns`` read."""
-    import pyarrow.dataset as pads
-
-    if not _has_parquet(uri):
-        raise StorageError("manifest_not_found", "no Parquet manifest here (run `make demo` or set MANIFEST)", uri=uri)
-    ds = _dataset(uri)
-    names = set(ds.schema.names)
     cols = list(dict.fromkeys(["archive_uri", "index_run", "kind", *columns]))
-    missing = [c for c in cols if c not in names]
-    if missing:
-        raise ConfigError("manifest_bad_schema", f"manifest lacks columns {', '.join(missing)}", uri=uri)
-    archives = ds.to_table(columns=["archive_uri", "index_run"], filter=pads.field("kind") == "archive")
-    newest: dict[str, str] = {}
-    for a, run in zip(archives.column("archive_uri").to_pylist(), archives.column("index_run").to_pylist()):
-        if run is not None and (a not in newest or run > newest[a]):
-            newest[a] = run
-    # Runs that are no archive's newest are skipped at read time; newest_index then decides per archive.
-    table = ds.to_table(columns=cols, filter=pads.field("index_run").isin(sorted(set(newest.values()))))
-    return newest_index(table.to_pandas())
+    try:
+        table = arrow_io.read_manifest_table(uri, cols)
+    except NotFoundError as exc:
+        raise NotFoundError("manifest_not_found", "no Parquet manifest here (run `make demo` or set MANIFEST)",
+                            uri=uri) from exc
+    return table.to_pandas()
 
 
 def _ledger_partitioning() -> Any:
@@ -127,7 +93,7 @@ def ledger_runs(uri: str) -> list[str]:
     if not _has_parquet(uri):
         return []
     runs: set[str] = set()
-    for fragment in _dataset(uri, _ledger_partitioning()).get_fragments():
+    for fragment in arrow_io.open_dataset(uri, _ledger_partitioning()).get_fragments():
         run = pads.get_partition_keys(fragment.partition_expression).get("run_id")
         if run is not None:
             runs.add(str(run))
@@ -149,7 +115,7 @@ def read_ledger_frame(uri: str, run_id: str | None = None,
         run_id = runs[-1]
     elif run_id not in runs:
         raise ConfigError("ledger_run_not_found", f"no run {run_id!r} (runs: {', '.join(runs) or 'none'})", uri=uri)
-    ds = _dataset(uri, _ledger_partitioning())
+    ds = arrow_io.open_dataset(uri, _ledger_partitioning())
     table = ds.to_table(columns=[c for c in cols if c in ds.schema.names], filter=pads.field("run_id") == run_id)
     return table.to_pandas(), run_id
 

@@ -18,14 +18,16 @@ EXIT_INPUT = 2
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Log to stderr; DICOM_REASSEMBLY_LOG sets the level. Called by jobs and the CLI only."""
-    logging.basicConfig(
-        level=(level or os.environ.get("DICOM_REASSEMBLY_LOG", "WARNING")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # py4j chatters at INFO about every gateway call.
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    """Log to stderr; DICOM_REASSEMBLY_LOG sets our level. Called by jobs and the CLI only.
+
+    Only this package's loggers follow that level: at DEBUG, botocore would log
+    request signatures (access key ids) and urllib3 every connection.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    ours = (level or os.environ.get("DICOM_REASSEMBLY_LOG", "WARNING")).upper()
+    numeric = logging.getLevelName(ours)  # an int for a known level name
+    logging.getLogger(__package__).setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
 
 
 def fail(exc: ReassemblyError, code: int = EXIT_INPUT) -> int:

@@ -33,6 +33,7 @@ class Config:
     # Parallelism (0 = derive from the data and the cluster)
     manifest_tasks: int = 0
     reassemble_partitions: int = 0
+    task_bytes: int = 1024 * 1024 * 1024  # pixel bytes per reassembly task when partitions are derived
     archive_suffixes: tuple[str, ...] = (".tar",)
     # STOW-RS
     stow_batch_count: int = 50

@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import storage
+from . import arrow_io, storage
 from .errors import ConfigError, CriteriaError, ReassemblyError
 
 log = logging.getLogger(__name__)
@@ -236,69 +236,34 @@ def workload_from_totals(archives: int, total_bytes: int, instances: int, avg_he
 
 def read_manifest_workload(uri: str) -> Workload:
     """Summarise a manifest (newest index per archive) with pyarrow, projecting only a few columns."""
-    import pyarrow as pa
-
-    from .manifest import read_manifest_arrow
-
-    try:
-        dataset = read_manifest_arrow(uri)
-    except FileNotFoundError as exc:
-        raise storage.NotFoundError("manifest_not_found", "no manifest dataset here", uri=uri) from exc
-    except (pa.ArrowException, OSError) as exc:
-        raise storage.StorageError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}",
-                                   uri=uri) from exc
-    names = set(dataset.schema.names)
-    need = ("archive_uri", "archive_role", "archive_size", "index_run", "kind", "size")
-    missing = [c for c in need if c not in names]
-    if missing:
-        raise ConfigError("manifest_bad_schema", f"manifest lacks columns {', '.join(missing)}", uri=uri)
-    try:
+    dataset = arrow_io.open_manifest(uri, ("archive_role", "archive_size", "size"))
+    with arrow_io.manifest_errors(uri):
         return _summarise_manifest(dataset, uri)
-    except (pa.ArrowException, OSError) as exc:
-        raise storage.StorageError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}",
-                                   uri=uri) from exc
 
 
 def _summarise_manifest(dataset: Any, uri: str) -> Workload:
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    newest: dict[str, tuple[str, str, int]] = {}
-    for batch in dataset.to_batches(columns=["archive_uri", "archive_role", "archive_size", "index_run"],
-                                    filter=pads.field("kind") == "archive"):
-        for a, role, size, run in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-            run = run or ""
-            if a not in newest or run > newest[a][1]:
-                newest[a] = (role or "", run, int(size or 0))
-    sums: dict[tuple[str, str, str], list[int]] = {}
-    member_filter = pads.field("kind").isin(["header", "pixels"])
-    for batch in dataset.to_batches(columns=["archive_uri", "index_run", "kind", "size"], filter=member_filter):
-        table = pa.Table.from_batches([batch])
-        grouped = table.group_by(["archive_uri", "index_run", "kind"]).aggregate([("size", "sum"), ("size", "count")])
-        for a, run, kind, total, count in zip(*(grouped.column(c).to_pylist() for c in
-                                                ("archive_uri", "index_run", "kind", "size_sum", "size_count")), strict=True):
-            acc = sums.setdefault((a, run or "", kind), [0, 0])
-            acc[0] += int(total or 0)
-            acc[1] += int(count or 0)
+    archives = arrow_io.newest_archive_rows(dataset, ["archive_role", "archive_size"])
+    runs = dict(zip(archives.column("archive_uri").to_pylist(), archives.column("index_run").to_pylist()))
     header_archives = pixel_archives = header_bytes = pixel_bytes = 0
-    for role, _, size in newest.values():
+    for role, size in zip(archives.column("archive_role").to_pylist(), archives.column("archive_size").to_pylist()):
         if role == "text":
             header_archives += 1
-            header_bytes += size
+            header_bytes += int(size or 0)
         else:
             pixel_archives += 1
-            pixel_bytes += size
-    header_members = pixel_members = instances = 0
-    for (a, run, kind), (total, count) in sums.items():
-        if a not in newest or newest[a][1] != run:
-            continue
-        if kind == "header":
-            header_members += total
-            instances += count
-        else:
-            pixel_members += total
-    return Workload(header_archives, pixel_archives, header_bytes, pixel_bytes, instances, header_members,
-                    pixel_members, source=f"manifest {uri}")
+            pixel_bytes += int(size or 0)
+    sums = {"header": [0, 0], "pixels": [0, 0]}
+    members = pads.field("kind").isin(["header", "pixels"])
+    for batch in arrow_io.iter_newest_batches(dataset, runs, ["kind", "size"], members):
+        grouped = pa.Table.from_batches([batch]).group_by("kind").aggregate([("size", "sum"), ("size", "count")])
+        for kind, total, count in zip(*(grouped.column(c).to_pylist() for c in ("kind", "size_sum", "size_count"))):
+            sums[kind][0] += int(total or 0)
+            sums[kind][1] += int(count or 0)
+    return Workload(header_archives, pixel_archives, header_bytes, pixel_bytes, sums["header"][1], sums["header"][0],
+                    sums["pixels"][0], source=f"manifest {uri}")
 
 
 def merge_listing(workload: Workload, header_archives: int, header_bytes: int, pixel_archives: int,

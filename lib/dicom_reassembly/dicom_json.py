@@ -89,10 +89,12 @@ def first_value(header: dict[str, Any], tag: str) -> Any:
 
 
 def _as_int(v: Any) -> int | None:
+    """An int that fits the manifest's 32-bit columns, or None."""
     try:
-        return int(float(v)) if isinstance(v, str) else int(v)
-    except (TypeError, ValueError):
+        n = int(float(v)) if isinstance(v, str) else int(v)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if -(2**31) <= n < 2**31 else None
 
 
 def key_tags(header: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import storage, tar_access
-from .errors import NotFoundError, ReassemblyError
+from . import arrow_io, storage, tar_access
+from .errors import NotFoundError
 from .uids import member_uid
 
 log = logging.getLogger(__name__)
@@ -51,27 +51,16 @@ def find_by_scan(uid: str, text: str, images: str) -> tuple[Located, Located]:
 
 
 def find_by_manifest(uid: str, manifest: str) -> tuple[Located, Located]:
-    """Both halves of ``uid`` from the manifest: one lookup, then two ranged reads."""
+    """Both halves of ``uid`` from the manifest: one lookup, then two ranged reads.
+
+    A missing, unreadable or foreign manifest raises as ``arrow_io.read_manifest_table`` does.
+    """
     import pyarrow.dataset as pads
 
-    from .manifest import read_manifest_arrow
-
-    try:
-        dataset = read_manifest_arrow(manifest)
-        table = dataset.to_table(
-            columns=["archive_uri", "member_name", "data_offset", "size", "kind", "index_run", "error"],
-            filter=(pads.field("sop_instance_uid") == uid),
-        )
-        archives = dataset.to_table(columns=["archive_uri", "index_run"], filter=(pads.field("kind") == "archive"))
-    except ReassemblyError:
-        raise
-    except Exception as exc:  # pyarrow raises many types for a missing or foreign dataset
-        raise NotFoundError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}", uri=manifest) from exc
     # A re-indexed archive appears once per index run: only its newest index counts.
-    newest: dict[str, str] = {}
-    for a, run in zip(archives["archive_uri"].to_pylist(), archives["index_run"].to_pylist()):
-        newest[a] = max(newest.get(a, run), run)
-    rows = [r for r in table.to_pylist() if newest.get(r["archive_uri"]) == r["index_run"]]
+    table = arrow_io.read_manifest_table(manifest, ["archive_uri", "member_name", "data_offset", "size", "kind",
+                                                    "error"], filter=pads.field("sop_instance_uid") == uid)
+    rows = table.to_pylist()
 
     def pick(kind: str, missing: str) -> Located:
         hits = [r for r in rows if r["kind"] == kind and not r["error"]]

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import storage, tar_access
 from .dicom_json import KEY_TAGS, canonical_sha256, check_identity, key_tags, parse_header
-from .errors import HeaderError, NotRestoredError
+from .errors import ConfigError, HeaderError, NotRestoredError
 from .uids import member_uid, uid_problem
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,14 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
                 error, detail = item.reason, f"at offset {item.offset}: {item.detail}"
                 break
             members += 1
-            yield _member_row(base, item)
+            try:
+                yield _member_row(base, item)
+            except Exception as exc:  # one odd member must not fail the job: it becomes a row with a reason
+                log.warning("could not index %s in %s: %s", item.name, archive["uri"], type(exc).__name__)
+                yield _row(**base, member_name=item.name, header_offset=item.header_offset, data_offset=item.data_offset,
+                           size=item.size, kind=member_kind(item.name), member_type=item.type_name,
+                           sop_instance_uid=member_uid(item.name), error="index_error",
+                           error_detail=f"{type(exc).__name__}: {str(exc)[:200]}")
     except NotRestoredError as exc:
         error, detail = "not_restored", exc.detail
     yield _row(**base, kind="archive", member_type="archive", size=archive["size"], error=error,
@@ -108,7 +115,9 @@ def _member_row(base: dict[str, Any], m: tar_access.Member) -> tuple:
     problem = uid_problem(uid)
     if problem:
         return _row(**row, error="invalid_uid", error_detail=f"member UID {uid!r} is {problem}")
-    if kind == "header" and m.data is not None:
+    if kind == "header":
+        if m.data is None:  # a header inside an image archive: indexed without data, so unusable
+            return _row(**row, error="header_in_image_archive", error_detail="a .json member in an image archive")
         row.update(_header_columns(m.data, uid))
     return _row(**row)
 
@@ -134,6 +143,8 @@ def _header_columns(data: bytes, uid: str) -> dict[str, Any]:
 def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",)) -> list[dict[str, Any]]:
     """List both prefixes (paginated on S3) into archive dicts tagged with their role."""
     out = []
+    if text.rstrip("/") == images.rstrip("/") or text.startswith(images.rstrip("/") + "/") or images.startswith(text.rstrip("/") + "/"):
+        raise ConfigError("overlapping_prefixes", f"--text {text} and --images {images} overlap: each archive needs one role")
     for role, prefix in (("text", text), ("images", images)):
         for obj in storage.list_objects(prefix, suffixes):
             out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime})

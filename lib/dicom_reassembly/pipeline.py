@@ -8,6 +8,7 @@ Nothing here reads member data on the driver.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -67,14 +68,19 @@ def with_members_by_uid(manifest: Any) -> Any:
     return headers.join(pixels, "sop_instance_uid", "full_outer")
 
 
-def with_instance_plan(select: Callable[[str], str | None] | None, pixels_pending_restore: bool) -> Callable[[Any], Any]:
-    """Transform: UIDs with their members -> plan rows (terminal outcomes and pending work)."""
+def with_instance_plan(select: Callable[[str], str | None] | None, pending_restore: dict[str, int]) -> Callable[[Any], Any]:
+    """Transform: UIDs with their members -> plan rows (terminal outcomes and pending work).
+
+    ``pending_restore`` counts the archives per role still in Glacier (see ``count_pending_restore``).
+    """
+    pixels_pending = pending_restore.get("images", 0) > 0
+    headers_pending = pending_restore.get("text", 0) > 0
 
     def transform(by_uid: Any) -> Any:
         def plan(row: Any) -> Any:
             headers = [h.asDict() for h in (row["headers"] or [])]
             pixels = [p.asDict() for p in (row["pixels"] or [])]
-            return plan_instance(row["sop_instance_uid"], headers, pixels, select, pixels_pending_restore)
+            return plan_instance(row["sop_instance_uid"], headers, pixels, select, pixels_pending, headers_pending)
 
         return by_uid.sparkSession.createDataFrame(by_uid.rdd.flatMap(plan), plan_schema())
 
@@ -137,12 +143,13 @@ def with_manifest_damage(manifest: Any) -> Any:
 # ---------------------------------------------------------------- reassemble: the run
 
 
-def count_pending_restore(manifest: Any) -> int:
-    """Image archives the manifest could not index because they are still in Glacier."""
+def count_pending_restore(manifest: Any) -> dict[str, int]:
+    """Archives per role (text, images) the manifest could not index because they are still in Glacier."""
     from pyspark.sql import functions as F
 
-    return (manifest.filter((F.col("kind") == "archive") & (F.col("archive_role") == "images")
-                            & (F.col("error") == "not_restored")).count())
+    rows = (manifest.filter((F.col("kind") == "archive") & (F.col("error") == "not_restored"))
+            .groupBy("archive_role").count().collect())
+    return {r["archive_role"]: int(r["count"]) for r in rows}
 
 
 def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: datetime, partitions: int) -> Any:
@@ -173,12 +180,27 @@ def skipped_archives(plan: Any, manifest: Any) -> dict[str, int]:
     return {"archives_total": int(total["n"] or 0), "archives_skipped": int(row["n"] or 0), "bytes_skipped": int(row["b"] or 0)}
 
 
-def reassemble_partitions(plan: Any, configured: int) -> int:
-    """How many tasks: configured, else one per pending archive up to 4 per core."""
+def reassemble_partitions(plan: Any, configured: int, task_bytes: int) -> int:
+    """How many reassembly tasks: configured, else sized by the pixel bytes to read.
+
+    Sized from the data, not from the executors registered when the driver
+    starts: under dynamic allocation that is one executor, and the job would
+    never give the cluster enough work to scale out. Never more tasks than
+    pixel archives, since an archive is never split.
+    """
     from pyspark.sql import functions as F
 
     if configured > 0:
         return configured
-    archives = plan.filter(F.col("status") == PENDING).select("pixel_archive").distinct().count()
+    row = (plan.filter(F.col("status") == PENDING).groupBy("pixel_archive")
+           .agg(F.sum("pixel_size").alias("b")).agg(F.count(F.lit(1)).alias("n"), F.sum("b").alias("b")).collect()[0])
+    archives, wanted = int(row["n"] or 0), int(row["b"] or 0)
     cores = plan.sparkSession.sparkContext.defaultParallelism
-    return max(1, min(archives, 4 * cores))
+    return max(1, min(archives, max(2 * cores, math.ceil(wanted / task_bytes))))
+
+
+def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 16) -> int:
+    """Indexing tasks: configured, else one per ``per_task`` archives, at least two per core."""
+    if configured > 0:
+        return configured
+    return max(1, min(archives, max(2 * cores, math.ceil(archives / per_task))))

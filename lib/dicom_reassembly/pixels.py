@@ -167,7 +167,8 @@ def classify(payload: Any, expected_native: int | None = None) -> PixelPayload:
     if n == 0:
         raise PixelError("empty_pixels", "pixel member is empty")
     head = bytes(payload[:12])
-    if head.startswith(SOC_SIZ) and n != expected_native:
+    if head.startswith(SOC_SIZ):
+        # Parsed even when the length happens to equal the native one: a codestream is never raw pixels.
         frames = split_codestreams(payload)
         if frames:
             return PixelPayload("htj2k" if any(f.htj2k for f in frames) else "j2k", frames)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import mmap
+import re
 import tempfile
 import threading
 import time
@@ -27,9 +28,10 @@ from itertools import groupby
 from typing import Any
 
 from . import storage, tar_access
-from .errors import AlreadyExistsError, ArchiveError, NotRestoredError, ReassemblyError
+from .errors import AlreadyExistsError, ArchiveError, ReassemblyError
 from .ledger import ledger_row
 from .part10 import Part10, assemble
+from .uids import uid_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ PLAN_FIELDS: list[tuple[str, str]] = [
 ]
 PLAN_NAMES = [n for n, _ in PLAN_FIELDS]
 PENDING = "pending"
+_MODALITY = re.compile(r"[A-Z0-9_]{1,16}")
 # Manifest member errors that say the archive, not the member, is damaged.
 ARCHIVE_DAMAGE = ("truncated_archive", "corrupt_header", "read_error")
 
@@ -83,7 +86,7 @@ def _why(m: dict) -> str:
 
 def plan_instance(uid: str, headers: list[dict], pixels: list[dict],
                   select: Callable[[str], str | None] | None = None,
-                  pixels_pending_restore: bool = False) -> Iterator[tuple]:
+                  pixels_pending_restore: bool = False, headers_pending_restore: bool = False) -> Iterator[tuple]:
     """Decide one UID's fate from all its header and pixel members.
 
     The instance's outcome names its primary header and pixel member; every
@@ -91,7 +94,8 @@ def plan_instance(uid: str, headers: list[dict], pixels: list[dict],
     ``select(header_json)`` returns None to keep the instance or the reason it
     was filtered out. ``pixels_pending_restore`` says some pixel archives are
     not indexed yet (still in Glacier), so a header without pixels is
-    ``not_restored`` rather than an orphan.
+    ``not_restored`` rather than an orphan; ``headers_pending_restore`` does the
+    same for pixels whose header archive may still be in Glacier.
     """
     headers, pixels = _first(headers), _first(pixels)
     good_h = [h for h in headers if not h.get("error")]
@@ -112,8 +116,10 @@ def plan_instance(uid: str, headers: list[dict], pixels: list[dict],
 
     if not good_h:
         if not headers:
+            status, reason = (("not_restored", "no header indexed yet; some text archives are not restored")
+                              if headers_pending_restore else ("orphan_pixels", "no header member for this UID"))
             for p in pixels:
-                yield bad_pixel(p) if p.get("error") else _plan(uid, "orphan_pixels", "no header member for this UID", None, p)
+                yield bad_pixel(p) if p.get("error") else _plan(uid, status, reason, None, p)
             return
         p0 = (good_p or bad_p or [None])[0]
         yield _plan(uid, "invalid_header", _why(bad_h[0]), bad_h[0], p0)
@@ -179,18 +185,26 @@ class WriteContext:
     large_member_bytes: int = 256 * 1024 * 1024
     put_rate: float = 0.0  # writes per second per task; 0 = unlimited
     existing_check: str = "conditional"  # S3: conditional PUT, HEAD only when refused; or "head" first
-    s3: storage.S3Settings | None = None
+    s3: storage.S3Settings | None = None  # input_s3_parameters: used for the input bucket only
+    s3_bucket: str | None = None
     stow: Any = None  # stow.StowSettings when forwarding to DICOMweb
+    stow_auth: Any = None  # stow.StowAuth read on the driver: executors on YARN don't inherit its environment
 
 
 def output_key(template: str, item: dict[str, Any]) -> str:
     """The object key for an instance from the configured template."""
-    uid = item["sop_instance_uid"]
+    uid = item["sop_instance_uid"]  # validated when the manifest was built
+
+    def safe_uid(value: str | None, missing: str) -> str:
+        return value if value and uid_problem(value) is None else missing
+
+    modality = item.get("modality") or ""
     fields = {
         "sop_instance_uid": uid,
-        "study_instance_uid": item.get("study_instance_uid") or "unknown-study",
-        "series_instance_uid": item.get("series_instance_uid") or "unknown-series",
-        "modality": item.get("modality") or "OT",
+        # Header values reach the key: only well-formed ones, so none can climb out of --out.
+        "study_instance_uid": safe_uid(item.get("study_instance_uid"), "unknown-study"),
+        "series_instance_uid": safe_uid(item.get("series_instance_uid"), "unknown-series"),
+        "modality": modality if _MODALITY.fullmatch(modality) else "OT",
         "uid_hash": hashlib.sha256(uid.encode()).hexdigest()[:4],
     }
     return template.format(**fields)
@@ -251,7 +265,10 @@ class _Payload:
 
     def close(self) -> None:
         if self.map is not None:
-            self.map.close()
+            try:
+                self.map.close()
+            except BufferError:  # views of it still alive (a caller kept parts): the GC closes it
+                log.debug("member map still referenced; left to the garbage collector")
         if self.file is not None:
             self.file.close()
 
@@ -311,10 +328,6 @@ class _ReadOnce:
         out = self.data[self.pos: self.pos + n]
         self.pos += len(out)
         return out
-
-
-def _error_status(exc: ReassemblyError) -> str:
-    return exc.status
 
 
 class _RateLimit:
@@ -400,7 +413,11 @@ def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext
     except ReassemblyError as exc:
         log.warning("write failed for %s: %s", item["sop_instance_uid"], exc.reason)
         return [ledger_row(ctx.run_id, "failed", exc.one_line(), **common)]
+    except Exception as exc:  # a disk error or an SDK fault costs this instance, not the task
+        log.warning("write failed for %s: %s", item["sop_instance_uid"], type(exc).__name__)
+        return [ledger_row(ctx.run_id, "failed", f"{type(exc).__name__}: {str(exc)[:200]}", **common)]
     finally:
+        obj.parts = []  # drop views of the member before its buffer is released (STOW keeps its own copy)
         payload.close()
 
 
@@ -436,7 +453,17 @@ def _ledger_values(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _copies(item: dict[str, Any]) -> list[dict[str, Any]]:
+    if not item.get("dup_pixels"):
+        return []
     return [dict(zip(("archive", "member", "offset", "size"), d)) for d in json.loads(item["dup_pixels"])]
+
+
+def _outcome_rows(ctx: WriteContext, item: dict[str, Any], status: str, reason: str) -> Iterator[tuple]:
+    """The instance's row, and one per extra pixel copy, so every member stays accounted for."""
+    yield ledger_row(ctx.run_id, status, reason, **_ledger_values(item))
+    for c in _copies(item):
+        yield ledger_row(ctx.run_id, status, f"copy of {item['pixel_archive']}:{item['pixel_member']}: {reason}",
+                         sop_instance_uid=item["sop_instance_uid"], pixel_archive=c["archive"], pixel_member=c["member"])
 
 
 def _identical_copies(copies: list[dict[str, Any]], payload: _Payload) -> bool:
@@ -456,10 +483,7 @@ def _process(item: dict[str, Any], payload: _Payload, ctx: WriteContext, writer:
             identical = _identical_copies(copies, payload)
         except ReassemblyError as exc:
             payload.close()
-            yield ledger_row(ctx.run_id, exc.status, f"reading a duplicate copy: {exc.one_line()}", **base)
-            for c in copies:
-                yield ledger_row(ctx.run_id, exc.status, f"copy of {primary} unreadable", sop_instance_uid=uid,
-                                 pixel_archive=c["archive"], pixel_member=c["member"])
+            yield from _outcome_rows(ctx, item, exc.status, f"reading a duplicate copy: {exc.one_line()}")
             return
         if not identical:
             where = ", ".join([primary, *(f"{c['archive']}:{c['member']}" for c in copies)])
@@ -478,18 +502,13 @@ def _process(item: dict[str, Any], payload: _Payload, ctx: WriteContext, writer:
         payload.close()
         yield ledger_row(ctx.run_id, exc.status, exc.one_line(), **base)
         return
-    except Exception as exc:  # an unforeseen input must cost one instance, not the run
-        payload.close()
-        log.exception("unexpected failure assembling %s", uid)
-        yield ledger_row(ctx.run_id, "failed", f"{type(exc).__name__}: {str(exc)[:200]}", **base)
-        return
     writer.submit(lambda: _put(item, obj, payload, ctx, stow_queue, writer.rate))
 
 
 def reassemble_partition(rows: Iterable[Any], ctx: WriteContext) -> Iterator[tuple]:
     """Executor side: work items sorted by (pixel_archive, pixel_offset) in, ledger rows out."""
     if ctx.s3 is not None:
-        storage.set_default_s3_settings(ctx.s3)
+        storage.set_archive_s3_settings(ctx.s3, ctx.s3_bucket)
     writer = _Writer(ctx)
     stow_queue = _StowQueue(ctx) if ctx.stow is not None else None
     try:
@@ -499,17 +518,18 @@ def reassemble_partition(rows: Iterable[Any], ctx: WriteContext) -> Iterator[tup
             try:
                 for item, payload, err in read_archive_members(archive, members, members[0].get("pixel_archive_size"), ctx):
                     if err is not None:
-                        status = "not_restored" if isinstance(err, NotRestoredError) else (
-                            "unreadable_archive" if isinstance(err, ArchiveError) else "failed")
-                        yield ledger_row(ctx.run_id, status, err.one_line(), **_ledger_values(item))
+                        yield from _outcome_rows(ctx, item, err.status, err.one_line())
                         continue
+                    emitted = 0
                     try:
-                        yield from _process(item, payload, ctx, writer, stow_queue)
+                        for row in _process(item, payload, ctx, writer, stow_queue):
+                            emitted += 1
+                            yield row
                     except Exception as exc:  # a bug or an unforeseen input costs one instance, never the run
                         log.exception("unexpected failure on %s", item["sop_instance_uid"])
                         payload.close()
-                        yield ledger_row(ctx.run_id, "failed", f"{type(exc).__name__}: {str(exc)[:200]}",
-                                         **_ledger_values(item))
+                        if not emitted:
+                            yield from _outcome_rows(ctx, item, "failed", f"{type(exc).__name__}: {str(exc)[:200]}")
                     yield from writer.done()
                     if stow_queue is not None:
                         yield from stow_queue.ready()
@@ -524,50 +544,57 @@ def reassemble_partition(rows: Iterable[Any], ctx: WriteContext) -> Iterator[tup
 
 
 class _StowQueue:
-    """Batches written instances for STOW-RS and completes their ledger rows with the result."""
+    """Batches written instances for STOW-RS and completes their ledger rows with the result.
+
+    Writer threads only queue; the task's own thread sends, so the HTTP session
+    is never shared between threads.
+    """
 
     def __init__(self, ctx: WriteContext) -> None:
         from .stow import StowClient
 
         self.ctx = ctx
-        self.client = StowClient(ctx.stow)
+        self.client = StowClient(ctx.stow, auth=ctx.stow_auth)
         self.lock = threading.Lock()
         self.batch: list[tuple[str, bytes, tuple]] = []
         self.batch_bytes = 0
-        self.out: list[tuple] = []
 
     def add(self, uid: str, obj: Part10, row: tuple) -> None:
         with self.lock:
             self.batch.append((uid, obj.tobytes(), row))
             self.batch_bytes += obj.size
-            full = len(self.batch) >= self.ctx.stow.batch_count or self.batch_bytes >= self.ctx.stow.batch_bytes
-        if full:
-            self._send()
 
-    def _send(self) -> None:
+    def _full(self) -> bool:
+        with self.lock:
+            return len(self.batch) >= self.ctx.stow.batch_count or self.batch_bytes >= self.ctx.stow.batch_bytes
+
+    def _send(self) -> Iterator[tuple]:
         from .ledger import LEDGER_NAMES
 
         with self.lock:
-            batch, self.batch, self.batch_bytes = self.batch, [], 0
+            take, size = 0, 0
+            while take < len(self.batch) and take < self.ctx.stow.batch_count and (
+                    take == 0 or size + len(self.batch[take][1]) <= self.ctx.stow.batch_bytes):
+                size += len(self.batch[take][1])
+                take += 1
+            batch, self.batch = self.batch[:take], self.batch[take:]
+            self.batch_bytes -= size
         if not batch:
             return
         results = {r.key: r for r in self.client.send([(uid, data) for uid, data, _ in batch])}
         i_status, i_reason = LEDGER_NAMES.index("stow_status"), LEDGER_NAMES.index("stow_reason")
-        done = []
         for uid, _data, row in batch:
             r = results.get(uid)
             values = list(row)
             values[i_status] = r.status if r else "failed"
             values[i_reason] = (r.reason if r else "no result") or None
-            done.append(tuple(values))
-        with self.lock:
-            self.out.extend(done)
+            yield tuple(values)
 
     def ready(self) -> Iterator[tuple]:
-        with self.lock:
-            out, self.out = self.out, []
-        yield from out
+        """Send when a batch is full; rows of sent batches come back completed."""
+        while self._full():
+            yield from self._send()
 
     def flush(self) -> Iterator[tuple]:
-        self._send()
-        yield from self.ready()
+        while self.batch:
+            yield from self._send()

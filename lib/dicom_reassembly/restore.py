@@ -17,7 +17,6 @@ idempotent (in progress and already restored are outcomes, not errors) and are r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
@@ -34,7 +33,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
-from . import storage
+from . import arrow_io, storage
 from .errors import ConfigError, CriteriaError, NotFoundError, ReassemblyError, StorageError
 
 log = logging.getLogger(__name__)
@@ -176,10 +175,8 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
                                   "no_manifest", o.storage_class) for o in images]
         return RestorePlan(objects, None, notes)
 
-    from .manifest import read_manifest_arrow
-
-    dataset = _open_manifest(manifest, read_manifest_arrow)
-    with _manifest_errors(manifest):
+    dataset = arrow_io.open_manifest(manifest, ("sop_instance_uid",))
+    with arrow_io.manifest_errors(manifest):
         indexed = read_indexed_archives(dataset, {o.uri: o for o in [*text, *images]})
     objects = []
     for o in text:
@@ -198,7 +195,7 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
         return RestorePlan(objects, None, notes)
 
     pixel_uris = [o.uri for o in images]
-    with _manifest_errors(manifest):
+    with arrow_io.manifest_errors(manifest):
         if (not always_evaluate and not any(u in indexed for u in pixel_uris)
                 and not read_any_archive_ref(dataset, indexed, pixel_uris, suffixes)):
             notes.append("criteria not evaluated: no pixel archive is indexed yet and no header names its pixel "
@@ -236,33 +233,6 @@ def _as_spec(criteria: Any) -> Any:
     return load_criteria(criteria)
 
 
-@contextlib.contextmanager
-def _manifest_errors(uri: str) -> Iterator[None]:
-    """Turn pyarrow failures while reading the manifest (a damaged file) into a typed error."""
-    import pyarrow as pa
-
-    try:
-        yield
-    except (pa.ArrowException, OSError) as exc:
-        raise StorageError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}", uri=uri) from exc
-
-
-def _open_manifest(uri: str, opener: Callable[[str], Any]) -> Any:
-    import pyarrow as pa
-
-    try:
-        dataset = opener(uri)
-    except FileNotFoundError as exc:
-        raise NotFoundError("manifest_not_found", "no manifest dataset here", uri=uri) from exc
-    except (pa.ArrowException, OSError) as exc:
-        raise StorageError("manifest_unreadable", f"{type(exc).__name__}: {str(exc)[:200]}", uri=uri) from exc
-    names = set(dataset.schema.names)
-    missing = [c for c in ("archive_uri", "kind", "index_run", "sop_instance_uid") if c not in names]
-    if missing:
-        raise ConfigError("manifest_bad_schema", f"manifest lacks columns {', '.join(missing)}", uri=uri)
-    return dataset
-
-
 def _columns(dataset: Any, wanted: Sequence[str]) -> list[str]:
     names = set(dataset.schema.names)
     return [c for c in wanted if c in names]
@@ -274,18 +244,10 @@ def read_indexed_archives(dataset: Any, listing: dict[str, storage.ObjectInfo]) 
     Only archive-level rows are read (one per archive and run). An index is not usable when the archive changed
     since (size or ETag differ from the listing) or when it failed for a retryable reason (e.g. not restored).
     """
-    import pyarrow.dataset as pads
-
     from .manifest import RETRYABLE_ARCHIVE_ERRORS
 
-    cols = _columns(dataset, ("archive_uri", "index_run", "archive_size", "archive_etag", "error"))
-    newest: dict[str, dict[str, Any]] = {}
-    for batch in dataset.to_batches(columns=cols, filter=pads.field("kind") == "archive"):
-        for row in batch.to_pylist():
-            uri, run = row["archive_uri"], row.get("index_run") or ""
-            cur = newest.get(uri)
-            if cur is None or run > (cur.get("index_run") or ""):
-                newest[uri] = row
+    cols = _columns(dataset, ("archive_size", "archive_etag", "error"))
+    newest = {row["archive_uri"]: row for row in arrow_io.newest_archive_rows(dataset, cols).to_pylist()}
     out = {}
     for uri, row in newest.items():
         listed = listing.get(uri)
@@ -295,7 +257,7 @@ def read_indexed_archives(dataset: Any, listing: dict[str, storage.ObjectInfo]) 
             continue
         if row.get("archive_etag") and listed.etag and row["archive_etag"] != listed.etag:
             continue
-        out[uri] = row.get("index_run") or ""
+        out[uri] = row["index_run"]
     return out
 
 

@@ -47,6 +47,7 @@ class ReassembleRun:
     cfg: Config
     spec: Any = None  # criteria.CriteriaSpec
     stow: Any = None  # stow.StowSettings
+    stow_auth: Any = None  # stow.StowAuth, read from the driver's environment
     jdbc: Any = None  # tables.JdbcTarget
     argv: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -59,7 +60,8 @@ class ReassembleRun:
             upload_threads=self.cfg.upload_threads, stream_fraction=self.cfg.stream_fraction,
             coalesce_gap=self.cfg.coalesce_gap, large_member_bytes=self.cfg.large_member_bytes,
             put_rate=self.cfg.put_rate, existing_check=self.cfg.existing_check,
-            s3=self.spec.s3 if self.spec is not None else None, stow=self.stow,
+            s3=self.spec.s3 if self.spec is not None else None, s3_bucket=self.spec.bucket if self.spec is not None else None,
+            stow=self.stow, stow_auth=self.stow_auth,
         )
 
     def execute(self) -> dict[str, Any]:
@@ -75,13 +77,13 @@ class ReassembleRun:
         # Executors get the criteria alone: the spec itself holds the input credentials.
         select = partial(first_failure_json, self.spec.criteria) if self.spec is not None and self.spec.criteria else None
         plan = (manifest.transform(with_members_by_uid)
-                .transform(with_instance_plan(select, pending_restore > 0))
+                .transform(with_instance_plan(select, pending_restore))
                 .persist(StorageLevel.MEMORY_AND_DISK))
         try:
             skipped = skipped_archives(plan, manifest)
             log.info("run %s: %d of %d image archives need no read (%d bytes)", run_id,
                      skipped["archives_skipped"], skipped["archives_total"], skipped["bytes_skipped"])
-            partitions = reassemble_partitions(plan, self.cfg.reassemble_partitions)
+            partitions = reassemble_partitions(plan, self.cfg.reassemble_partitions, self.cfg.task_bytes)
             ledger = reassemble_ledger(plan, manifest, self.context(run_id), datetime.now(timezone.utc), partitions)
             ledger.write.mode("append").partitionBy("run_id").parquet(self.ledger_uri)
         finally:
@@ -95,7 +97,7 @@ class ReassembleRun:
         finished = datetime.now(timezone.utc)
         summary = {
             "run_id": run_id, "status_counts": counts, "unaccounted_members": missing, "unaccounted_examples": examples,
-            "pending_restore_archives": pending_restore, "computations": computations, **skipped,
+            "pending_restore_archives": sum(pending_restore.values()), "computations": computations, **skipped,
             "started_at": self.started, "finished_at": finished,
         }
         self.write_tables(run_ledger, summary)
@@ -169,7 +171,7 @@ class ReassembleRun:
         lines.append(f"image archives not read: {summary['archives_skipped']} of {summary['archives_total']} "
                      f"({summary['bytes_skipped']} bytes)")
         if summary["pending_restore_archives"]:
-            lines.append(f"image archives still in Glacier: {summary['pending_restore_archives']} (re-run after restore)")
+            lines.append(f"archives still in Glacier: {summary['pending_restore_archives']} (re-run build_manifest after restore)")
         if summary["computations"]:
             lines.append("computations: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["computations"].items())))
         return "\n".join(lines)

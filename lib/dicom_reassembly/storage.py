@@ -91,6 +91,7 @@ _default_settings = S3Settings()
 
 
 _read_settings: S3Settings | None = None
+_read_buckets: frozenset[str] = frozenset()
 
 
 def set_default_s3_settings(settings: S3Settings | None) -> None:
@@ -99,17 +100,21 @@ def set_default_s3_settings(settings: S3Settings | None) -> None:
     _default_settings = settings or S3Settings()
 
 
-def set_archive_s3_settings(settings: S3Settings | None) -> None:
-    """Settings for reading archives only (the orchestrator's input_s3_parameters).
+def set_archive_s3_settings(settings: S3Settings | None, bucket: str | None) -> None:
+    """Settings for the partner's input bucket only (the orchestrator's input_s3_parameters).
 
-    Outputs keep the default chain, so input credentials never write anywhere.
+    Every other bucket (outputs, manifest, ledger, code) keeps the default chain,
+    so input credentials never write anywhere else.
     """
-    global _read_settings
+    global _read_settings, _read_buckets
     _read_settings = settings
+    _read_buckets = frozenset({bucket}) if settings is not None and bucket else frozenset()
 
 
-def _reader() -> Any:
-    return s3_client(_read_settings) if _read_settings is not None else s3_client()
+def _client_for(uri: str) -> Any:
+    if _read_settings is not None and split_s3(uri)[0] in _read_buckets:
+        return s3_client(_read_settings)
+    return s3_client()
 
 
 def s3_client(settings: S3Settings | None = None) -> Any:
@@ -177,7 +182,7 @@ def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[Object
         bucket, key = split_s3(prefix)
         if key and not key.endswith("/"):
             key += "/"
-        paginator = _reader().get_paginator("list_objects_v2")
+        paginator = _client_for(prefix).get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=bucket, Prefix=key)
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -225,7 +230,7 @@ def check_writable(uri: str) -> None:
     if is_s3(uri):
         bucket, _ = split_s3(uri)
         try:
-            _s3_call(uri, s3_client().head_bucket, Bucket=bucket)
+            _s3_call(uri, _client_for(uri).head_bucket, Bucket=bucket)
         except NotFoundError as exc:  # HEAD has no body: a bare 404 here means the bucket
             raise StorageError("no_such_bucket", f"bucket {bucket!r} does not exist", uri=uri) from exc
         return
@@ -251,7 +256,7 @@ def head(uri: str) -> ObjectInfo | None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
         try:
-            r = _s3_call(uri, _reader().head_object, Bucket=bucket, Key=key)
+            r = _s3_call(uri, _client_for(uri).head_object, Bucket=bucket, Key=key)
         except NotFoundError:
             return None
         return ObjectInfo(uri, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'),
@@ -268,7 +273,7 @@ def head_metadata(uri: str) -> dict[str, Any] | None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
         try:
-            r = _s3_call(uri, s3_client().head_object, Bucket=bucket, Key=key)
+            r = _s3_call(uri, _client_for(uri).head_object, Bucket=bucket, Key=key)
         except NotFoundError:
             return None
         return {"size": int(r["ContentLength"]), "metadata": r.get("Metadata", {})}
@@ -361,7 +366,7 @@ def open_read(uri: str, start: int = 0, end: int | None = None) -> Any:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        r = _s3_call(uri, _reader().get_object, **kwargs)
+        r = _s3_call(uri, _client_for(uri).get_object, **kwargs)
         io_counter.record(uri)
         return _CountingReader(r["Body"], uri)
     try:
@@ -438,7 +443,7 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
     if is_s3(uri):
         bucket, key = split_s3(uri)
         extra = _s3_extra_args(opts, sha256)
-        client = s3_client()
+        client = _client_for(uri)
         if if_absent:
             extra["IfNoneMatch"] = "*"
         if size < opts.multipart_threshold:
@@ -528,7 +533,7 @@ def delete(uri: str) -> None:
     """Delete an object; missing is fine."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        _s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
+        _s3_call(uri, _client_for(uri).delete_object, Bucket=bucket, Key=key)
     elif os.path.exists(uri):
         os.unlink(uri)
 

@@ -8,8 +8,9 @@ FailedSOPSequence; a request that fails as a whole (after retries) fails every
 instance of its batch with one reason code (``http_503``, ``connection_error``...).
 
 Credentials come from the environment (``DICOMWEB_TOKEN`` or
-``DICOMWEB_USER``/``DICOMWEB_PASSWORD``) when a client is built, and never appear
-in ``repr``, logs, exceptions or ledgers.
+``DICOMWEB_USER``/``DICOMWEB_PASSWORD``) when a client is built, or from a
+``StowAuth`` passed to it (read on the driver and shipped to executors), and never
+appear in ``repr``, logs, exceptions or ledgers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 import requests
 import requests.auth
 
+from . import arrow_io
 from .errors import ConfigError, ReassemblyError, StowError
 from .storage import head, is_s3, join_uri, list_objects, read_bytes
 
@@ -133,11 +135,23 @@ class StowSettings:
 
 @dataclass(frozen=True)
 class StowAuth:
-    """Credentials for the endpoint; ``repr`` shows only the kind."""
+    """Credentials for the endpoint; ``repr`` shows only the kind.
+
+    It pickles, so a driver can read it once with ``from_env`` and ship it to executors, which (on YARN) do not
+    inherit the driver's environment. The pickled bytes hold the secret: ship them, never log them.
+    """
 
     kind: str | None = None  # "bearer" | "basic" | None
     user: str | None = None
     secret: str | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "bearer", "basic"):
+            raise ConfigError("bad_auth", f"auth kind must be bearer, basic or None, not {self.kind!r}")
+        if self.kind == "bearer" and not self.secret:
+            raise ConfigError("bad_auth", "bearer auth needs a token")
+        if self.kind == "basic" and (not self.user or self.secret is None):
+            raise ConfigError("bad_auth", "basic auth needs a user and a password")
 
     def __repr__(self) -> str:
         return f"StowAuth(kind={self.kind!r})"
@@ -640,35 +654,19 @@ def _key(item: StowItem, uid: str | None = None) -> Any:
     return os.fspath(item.payload) if isinstance(item.payload, (str, os.PathLike)) else None
 
 
-def send_partition(items: Iterable[Any], settings: StowSettings) -> Iterator[StowResult]:
+def send_partition(items: Iterable[Any], settings: StowSettings,
+                   auth: StowAuth | None = None) -> Iterator[StowResult]:
     """Send a Spark partition's instances with one client; results stream per batch.
 
     Intended for ``mapPartitions`` / a write loop: pass a generator, and act on each
-    result (ledger row, temp-file deletion) as it comes. Auth is read from the
-    executor's environment.
+    result (ledger row, temp-file deletion) as it comes. Pass the driver's ``auth``
+    (it pickles); without it auth is read from the executor's environment.
     """
-    with StowClient(settings) as client:
+    with StowClient(settings, auth=auth) as client:
         yield from client.send(items)
 
 
 # --------------------------------------------------------------------------- the stow command (library part)
-
-
-def _pyarrow_fs(uri: str) -> tuple[Any, str]:
-    """A pyarrow filesystem and path for a local path or s3:// URI."""
-    from pyarrow import fs as pafs
-
-    if is_s3(uri):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            parts = urlsplit(endpoint)
-            kwargs = {"endpoint_override": parts.netloc or endpoint, "scheme": parts.scheme or "https"}
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def read_failed_from_ledger(ledger_uri: str, from_uri: str | None = None) -> list[StowItem]:
@@ -679,11 +677,9 @@ def read_failed_from_ledger(ledger_uri: str, from_uri: str | None = None) -> lis
     accumulates runs does not resend what a later run delivered.
     """
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    filesystem, path = _pyarrow_fs(ledger_uri)
     try:
-        dataset = pads.dataset(path, format="parquet", filesystem=filesystem, partitioning="hive")
+        dataset = arrow_io.open_dataset(ledger_uri, partitioning="hive")
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise ConfigError("bad_ledger", type(exc).__name__, uri=ledger_uri) from exc
     names = set(dataset.schema.names)
@@ -748,7 +744,7 @@ def write_stow_ledger(path: str, results: list[StowResult], finished_at: datetim
     if not path.endswith(".parquet"):
         stamp = finished.strftime("%Y%m%dT%H%M%S")
         path = join_uri(path, f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
-    filesystem, fs_path = _pyarrow_fs(path)
+    filesystem, fs_path = arrow_io.arrow_filesystem(path)
     try:
         if not is_s3(path):
             os.makedirs(os.path.dirname(fs_path) or ".", exist_ok=True)

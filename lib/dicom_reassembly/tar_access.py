@@ -199,6 +199,9 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
         first = False
         data_offset = offset + BLOCK
         size = info.size
+        if size < 0:  # base-256 sizes can be negative: walking on would loop on this header
+            yield Damage("corrupt_header", f"member size {size} is negative", header_offset)
+            return
         offset = data_offset + _round_up(size)
         if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
             meta = source.read_at(data_offset, size)
@@ -218,9 +221,13 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
         if "size" in pax:
             try:
                 size = int(pax["size"])
-                offset = data_offset + _round_up(size)
             except ValueError:
-                pass
+                yield Damage("corrupt_header", f"PAX size {pax['size'][:40]!r} is not a number", header_offset)
+                return
+            if size < 0:
+                yield Damage("corrupt_header", f"PAX size {size} is negative", header_offset)
+                return
+            offset = data_offset + _round_up(size)
         long_name = None
         pax = {}
         if chain_start is not None:
