@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 import uuid
 from typing import Any, NoReturn
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--region", help="AWS region (default: config, then the AWS environment)")
     p.add_argument("--dry-run", action="store_true", help="print the requests as JSON; no AWS call, no upload")
     p.add_argument("--wait", action="store_true", help="follow the steps; non-zero exit if one fails")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an unexpected error (also with DICOM_REASSEMBLY_LOG=DEBUG)")
     return p.parse_args(argv)
 
 
@@ -143,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         progress.done()
         print(f"{PROG}: interrupted; anything already submitted keeps running", file=sys.stderr)
         return 130
+    except Exception as exc:  # a fault, not bad input: still one line unless asked for the traceback
+        progress.done()
+        if args.debug or os.environ.get("DICOM_REASSEMBLY_LOG", "").upper() == "DEBUG":
+            traceback.print_exc(file=sys.stderr)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"{PROG}: error: {type(exc).__name__}: {first} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -216,6 +216,41 @@ def test_config_errors() -> None:
         emr.emr_config_from_dict({"partitions": {"minimum": 10, "maximum": 5}})
 
 
+def test_security_kms_key_id_is_read_and_checked() -> None:
+    assert emr.emr_config_from_dict({}).kms_key_id is None
+    assert emr.emr_config_from_dict({"security": {"kms_key_id": None}}).kms_key_id is None
+    assert emr.emr_config_from_dict({"security": {"kms_key_id": "alias/dicom"}}).kms_key_id == "alias/dicom"
+    for bad in ({"kms_key_id": ""}, {"kms_key_id": 7}, {"kms_key": "alias/typo"}):
+        with pytest.raises(ConfigError) as err:
+            emr.emr_config_from_dict({"security": bad})
+        assert err.value.reason == "bad_config" and "security" in str(err.value)
+    with pytest.raises(ConfigError):
+        emr.emr_config_from_dict({"security": "alias/dicom"})
+
+
+def test_unreadable_config_files_are_one_line_config_errors(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"region": "caf\xe9"}')
+    cases = {str(tmp_path): "cannot be read", str(latin1): "not UTF-8"}
+    for path, needle in cases.items():
+        with pytest.raises(ConfigError) as err:
+            emr.read_emr_config(path)
+        assert err.value.reason == "bad_config" and needle in str(err.value) and "\n" not in str(err.value)
+        r = run_cli("--cluster-id", "j-1", "--text", TEXT, "--images", IMAGES, "--out", OUT, "--work", WORK,
+                    "--config", path, "--dry-run")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def test_criteria_upload_is_encrypted_with_sse_s3_or_the_configured_kms_key(layout: emr.WorkLayout) -> None:
+    artifacts = emr.Artifacts("w.whl", "z.zip", {j: f"{j}.py" for j in emr.JOB_NAMES}, "b.sh", ())
+    for kms, expected in ((None, {"ServerSideEncryption": "AES256"}),
+                          ("alias/dicom", {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/dicom"})):
+        uploads = emr.build_uploads(layout, artifacts, with_cluster_bootstrap=True, criteria_path="c.json",
+                                    job_config_path="job.json", kms_key_id=kms)
+        assert [dict(u.extra_args) for u in uploads if u.kind == "criteria"] == [expected]
+        assert all(not u.extra_args for u in uploads if u.kind != "criteria")
+
+
 # --------------------------------------------------------------------------- shuffle partitions
 
 
@@ -400,7 +435,8 @@ def test_cli_dry_run_prints_requests_without_secrets_or_aws_calls(project: Path)
     assert args[args.index("--out") + 1] == OUT  # the space survives: no splitting anywhere
     assert args[args.index("--criteria") + 1] == f"{WORK}/code/criteria.json"
     crit = [u for u in plan["uploads"] if u["kind"] == "criteria"]
-    assert crit == [{"kind": "criteria", "uri": f"{WORK}/code/criteria.json"}]
+    assert crit == [{"kind": "criteria", "uri": f"{WORK}/code/criteria.json",
+                     "extra_args": {"ServerSideEncryption": "AES256"}}]
     assert "criteria.json" not in json.dumps([u.get("source", "") for u in plan["uploads"]])
 
 
@@ -506,6 +542,9 @@ def test_e2e_create_cluster_on_moto(project: Path, aws: dict[str, Any]) -> None:
     assert _body(s3, f"{WORK}/code/wheelhouse/dicom_reassembly-0.1.0-py3-none-any.whl") == b"project wheel"
     assert _body(s3, f"{WORK}/code/wheelhouse/numpy-2.0.0-cp311-cp311-manylinux_2_28_x86_64.whl") == b"n" * 1000
     assert SECRET.encode() in _body(s3, f"{WORK}/code/criteria.json")  # the job needs it; only the output hides it
+    bucket, key = f"{WORK}/code/criteria.json"[5:].split("/", 1)
+    assert s3.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+    assert "ServerSideEncryption" not in s3.head_object(Bucket=bucket, Key=key.replace("criteria.json", "reassemble.py"))
 
 
 def _moto_cluster(client: Any) -> str:
@@ -608,6 +647,53 @@ def test_write_uploads_skips_unchanged_dependencies(project: Path, aws: dict[str
     assert emr.write_uploads(aws["s3"], uploads) == 1  # code is always re-sent, the same wheel is not
     with pytest.raises(StorageError):
         emr.write_uploads(aws["s3"], [emr.Upload(str(dep), "s3://no-such-bucket-here/x.whl", "code")])
+
+
+def test_criteria_uploaded_under_the_configured_kms_key(project: Path, aws: dict[str, Any]) -> None:
+    key_id = boto3.client("kms", region_name="us-east-1").create_key(Description="criteria")["KeyMetadata"]["KeyId"]
+    data = json.loads((project / "emr.json").read_text())
+    data["security"] = {"kms_key_id": key_id}
+    (project / "emr.json").write_text(json.dumps(data))
+    cluster_id = _moto_cluster(aws["emr"])
+    work = "s3://work-bucket/runs/kms"
+    r = run_cli("--cluster-id", cluster_id, "--text", TEXT, "--images", IMAGES, "--out", OUT, "--work", work,
+                "--criteria", str(project / "criteria.json"), "--config", str(project / "emr.json"),
+                "--region", "us-east-1")
+    assert r.returncode == 0, r.stderr
+    head = aws["s3"].head_object(Bucket="work-bucket", Key="runs/kms/code/criteria.json")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith(key_id)
+
+
+def _submit_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("emr_submit", SUBMIT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unexpected_failure_is_one_line_unless_debugging(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    submit = _submit_module()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire\nsecond line of detail")
+
+    monkeypatch.setattr(emr, "find_artifacts", broken)
+    monkeypatch.delenv("DICOM_REASSEMBLY_LOG", raising=False)
+    argv = ["--cluster-id", "j-1", "--text", TEXT, "--images", IMAGES, "--out", OUT, "--work", WORK,
+            "--config", str(project / "emr.json"), "--dry-run"]
+    assert submit.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("submit.py: error: RuntimeError: disk on fire") and "second line" not in err
+    assert submit.main([*argv, "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in broken" in err and err.strip().splitlines()[-1].startswith("submit.py: error")
+    monkeypatch.setenv("DICOM_REASSEMBLY_LOG", "debug")
+    assert submit.main(argv) == 1
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_read_manifest_bytes(aws: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dicom_reassembly import analysis
-from dicom_reassembly.errors import ConfigError, StorageError
+from dicom_reassembly.errors import ConfigError, NotFoundError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "manifest_analysis.ipynb")
@@ -48,18 +48,6 @@ def test_parse_age_rejects_what_is_not_an_as_value(value: object) -> None:
     assert math.isnan(analysis.parse_age(value))
 
 
-def test_newest_index_is_decided_by_each_archives_own_archive_rows() -> None:
-    df = pd.DataFrame([
-        ("a", "1", "archive", None), ("a", "1", "pixels", "old.j2c"),
-        ("a", "2", "archive", None), ("a", "2", "pixels", "new.j2c"),
-        ("b", "1", "archive", None), ("b", "1", "header", "h.json"),
-        ("b", "3", "header", "stray.json"),  # a partial run that never wrote b's archive row does not count
-    ], columns=["archive_uri", "index_run", "kind", "member_name"])
-    got = analysis.newest_index(df)
-    assert sorted(zip(got["archive_uri"], got["index_run"], got["member_name"].fillna("-"))) == [
-        ("a", "2", "-"), ("a", "2", "new.j2c"), ("b", "1", "-"), ("b", "1", "h.json")]
-
-
 def _manifest_table(rows: list[dict]) -> pa.Table:
     names = ["archive_uri", "archive_role", "archive_size", "index_run", "member_name", "size", "kind",
              "sop_instance_uid", "error", "error_detail", "header_json", "modality", "study_date", "patient_age"]
@@ -84,10 +72,22 @@ def test_read_manifest_frame_keeps_the_newest_run_and_never_reads_the_header_jso
     assert df["error"].isna().all()  # the old run's not_restored no longer applies
 
 
+def test_read_manifest_frame_decides_the_newest_run_by_each_archives_own_archive_rows(tmp_path) -> None:  # noqa: ANN001
+    rows = [("a", "1", "archive", None), ("a", "1", "pixels", "old.j2c"),
+            ("a", "2", "archive", None), ("a", "2", "pixels", "new.j2c"),
+            ("b", "1", "archive", None), ("b", "1", "header", "h.json"),
+            ("b", "3", "header", "stray.json")]  # a partial run that never wrote b's archive row does not count
+    table = _manifest_table([{"archive_uri": a, "index_run": r, "kind": k, "member_name": m} for a, r, k, m in rows])
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    got = analysis.read_manifest_frame(str(tmp_path))
+    assert sorted(zip(got["archive_uri"], got["index_run"], got["member_name"].fillna("-"))) == [
+        ("a", "2", "-"), ("a", "2", "new.j2c"), ("b", "1", "-"), ("b", "1", "h.json")]
+
+
 def test_read_manifest_frame_says_where_no_manifest_is(tmp_path) -> None:  # noqa: ANN001
-    with pytest.raises(StorageError) as err:
+    with pytest.raises(NotFoundError) as err:
         analysis.read_manifest_frame(str(tmp_path / "nothing"))
-    assert err.value.reason == "manifest_not_found"
+    assert err.value.reason == "manifest_not_found" and "make demo" in str(err.value)
 
 
 def _write_ledger(path: str, rows: list[tuple[str, str, str]]) -> None:

@@ -85,8 +85,11 @@ def test_with_members_by_uid_groups_both_halves_and_keeps_orphans(spark) -> None
 
 
 def test_with_archive_locality_puts_each_archive_in_one_partition_in_offset_order(spark) -> None:  # noqa: ANN001
-    data = [(f"a{i % 5}", (i * 7919) % 1000) for i in range(60)]
-    df = spark.createDataFrame(data, "pixel_archive string, pixel_offset long").transform(with_archive_locality(3))
+    data = [(f"a{i % 5}", (i * 7919) % 1000, 10 + i) for i in range(60)]
+    df = (spark.createDataFrame(data, "pixel_archive string, pixel_offset long, pixel_size long")
+          .transform(with_archive_locality(3)))
+    assert "Exchange" not in df._jdf.queryExecution().executedPlan().toString().split("Exchange", 1)[1], \
+        "the per-archive window must reuse the archive partitioning, not shuffle again"
     parts = df.rdd.glom().collect()
     seen: dict[str, int] = {}
     for p, rows in enumerate(parts):
@@ -95,6 +98,9 @@ def test_with_archive_locality_puts_each_archive_in_one_partition_in_offset_orde
             seen[archive] = p
             offsets = [r["pixel_offset"] for r in group]
             assert offsets == sorted(offsets)
+            mine = [d for d in data if d[0] == archive]
+            assert {r["archive_wanted"] for r in group} == {sum(d[2] for d in mine)}
+            assert {r["archive_end"] for r in group} == {max(d[1] + d[2] for d in mine)}
     assert set(seen) == {f"a{i}" for i in range(5)}
 
 

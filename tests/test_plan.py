@@ -100,13 +100,31 @@ def _items(*spans: tuple[int, int]) -> list[dict]:
 
 def test_reads_stream_the_archive_when_most_of_it_is_wanted() -> None:
     ranges = plan_reads(_items((512, 4000), (5120, 4000)), 10240, 0.5, 1024)
-    assert [(r.start, r.end, len(r.items)) for r in ranges] == [(512, 9120, 2)]
+    assert [(r.start, r.end, len(list(r.items))) for r in ranges] == [(512, 9120, 2)]
 
 
 def test_reads_coalesce_small_gaps_and_split_large_ones() -> None:
     items = _items((512, 100), (1536, 100), (900_000, 100))
     ranges = plan_reads(items, 10_000_000, 0.5, 2048)
     assert [(r.start, r.end) for r in ranges] == [(512, 1636), (900_000, 900_100)]
+
+
+def test_reads_decide_from_the_archive_totals_on_the_first_item_without_buffering() -> None:
+    def items():  # noqa: ANN202
+        yield {"pixel_offset": 512, "pixel_size": 100, "archive_wanted": 9000, "archive_end": 9612}
+        raise AssertionError("streaming mode must not look ahead")
+
+    ranges = plan_reads(items(), 10240, 0.5, 1024)
+    first = next(ranges)
+    assert (first.start, first.end) == (512, 9612)
+
+
+def test_a_coalesced_range_holds_a_bounded_number_of_items() -> None:
+    from dicom_reassembly.reassembly import MAX_RANGE_ITEMS
+
+    items = _items(*[(512 + 1024 * i, 100) for i in range(MAX_RANGE_ITEMS + 5)])
+    ranges = list(plan_reads(items, 10**12, 0.5, 1 << 20))
+    assert [len(r.items) for r in ranges] == [MAX_RANGE_ITEMS, 5]
 
 
 def _tar(tmp_path, sizes: list[int]) -> tuple[str, list[dict]]:  # noqa: ANN001

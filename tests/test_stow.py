@@ -395,6 +395,38 @@ def test_basic_auth_sent_and_never_shown(fake_stow: FakeStow, monkeypatch: pytes
     assert "pw-SECRET-42" not in shown
 
 
+def test_auth_read_on_the_driver_pickles_and_is_used_where_the_env_has_none(
+        fake_stow: FakeStow, monkeypatch: pytest.MonkeyPatch, no_auth_env: None) -> None:
+    secret = "tok-SECRET-shipped-91"
+    monkeypatch.setenv("DICOMWEB_TOKEN", secret)
+    blob = pickle.dumps(StowAuth.from_env())  # the driver, which has the token
+    monkeypatch.delenv("DICOMWEB_TOKEN")  # an executor, which does not
+    shipped = pickle.loads(blob)
+    assert (shipped.kind, shipped.secret) == ("bearer", secret)
+    assert secret not in repr(shipped) and secret not in str(shipped) and secret not in f"{shipped}"
+    ds, data = make_instance("MR_small.dcm")
+    with StowClient(StowSettings(fake_stow.url), auth=shipped) as client:
+        assert [r.status for r in client.send([(ds.SOPInstanceUID, data)])] == ["sent"]
+        assert secret not in repr(client)
+    with StowClient(StowSettings(fake_stow.url)) as client:  # without it, the empty env means no auth
+        assert [r.status for r in client.send([(ds.SOPInstanceUID, data)])] == ["sent"]
+    assert fake_stow.requests[0][0]["authorization"] == f"Bearer {secret}"
+    assert "authorization" not in fake_stow.requests[1][0]
+    basic = pickle.loads(pickle.dumps(StowAuth("basic", "stow-user", "pw-SECRET-43")))
+    assert "pw-SECRET-43" not in repr(basic) + str(basic)
+    with StowClient(StowSettings(fake_stow.url), auth=basic) as client:
+        assert [r.status for r in client.send([(ds.SOPInstanceUID, data)])] == ["sent"]
+    assert fake_stow.requests[2][0]["authorization"] == "Basic " + base64.b64encode(b"stow-user:pw-SECRET-43").decode()
+
+
+@pytest.mark.parametrize("args", [("token",), ("bearer",), ("bearer", None, ""), ("basic", None, "pw"),
+                                  ("basic", "user", None)])
+def test_incomplete_explicit_auth_is_refused(args: tuple) -> None:
+    with pytest.raises(ConfigError) as err:
+        StowAuth(*args)
+    assert err.value.reason == "bad_auth" and "pw" not in str(err.value)
+
+
 def test_auth_misconfiguration_is_a_config_error(monkeypatch: pytest.MonkeyPatch, no_auth_env: None) -> None:
     monkeypatch.setenv("DICOMWEB_USER", "only-user")
     with pytest.raises(ConfigError) as err:

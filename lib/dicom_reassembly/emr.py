@@ -68,10 +68,12 @@ class EmrConfig:
     serverless: Mapping[str, Any]
     poll_seconds: float
     timeout_hours: float
+    kms_key_id: str | None = None  # security.kms_key_id: encrypts the uploaded criteria (else SSE-S3)
 
 
 _TOP_KEYS = {"region", "artifacts", "job_config", "step", "spark", "partitions", "cluster", "serverless", "wait",
-             "_comment"}
+             "security", "_comment"}
+_SECURITY_KEYS = {"kms_key_id", "_comment"}
 
 
 def _section(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
@@ -118,6 +120,14 @@ def emr_config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Emr
     artifacts.update({k: str(v) for k, v in _section(data, "artifacts", source).items() if not k.startswith("_")})
     cluster = _section(data, "cluster", source)
     serverless = _section(data, "serverless", source)
+    security = _section(data, "security", source)
+    unknown = sorted(set(security) - _SECURITY_KEYS)
+    if unknown:  # a misspelt key would silently weaken encryption
+        raise ConfigError("bad_config", f"unknown keys in security: {unknown}", uri=source)
+    kms_key_id = security.get("kms_key_id")
+    if kms_key_id is not None and (not isinstance(kms_key_id, str) or not kms_key_id.strip()):
+        raise ConfigError("bad_config", "security.kms_key_id must be a KMS key id, ARN or alias, or null",
+                          uri=source)
     return EmrConfig(
         source=source,
         region=data.get("region") or None,
@@ -130,6 +140,7 @@ def emr_config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Emr
         serverless=serverless,
         poll_seconds=poll,
         timeout_hours=timeout,
+        kms_key_id=kms_key_id,
     )
 
 
@@ -140,8 +151,12 @@ def read_emr_config(path: str) -> EmrConfig:
             data = json.load(f)
     except FileNotFoundError as exc:
         raise ConfigError("missing_config", "no such file", uri=path) from exc
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ConfigError("bad_config", f"cannot be read: {exc.strerror or type(exc).__name__}", uri=path) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError("bad_config", f"not valid JSON at line {exc.lineno}", uri=path) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("bad_config", f"not UTF-8 text (byte {exc.start})", uri=path) from exc
     return emr_config_from_dict(data, path)
 
 
@@ -244,12 +259,27 @@ class Upload:
     source: str
     uri: str
     kind: str  # code | dependency | bootstrap | criteria | job_config
+    extra_args: Mapping[str, str] = field(default_factory=dict)  # boto3 ExtraArgs, e.g. server-side encryption
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, Any]:
         """JSON-safe view for --dry-run: criteria are shown by URI only (they may hold credentials)."""
-        if self.kind == "criteria":
-            return {"kind": self.kind, "uri": self.uri}
-        return {"kind": self.kind, "source": self.source, "uri": self.uri}
+        shown: dict[str, Any] = {"kind": self.kind, "uri": self.uri}
+        if self.kind != "criteria":
+            shown["source"] = self.source
+        if self.extra_args:
+            shown["extra_args"] = dict(self.extra_args)
+        return shown
+
+
+def build_upload_encryption(kms_key_id: str | None) -> dict[str, str]:
+    """ExtraArgs that encrypt an upload at rest: SSE-KMS with ``kms_key_id``, else SSE-S3 (AES256).
+
+    Used for the criteria file, which may hold ``input_s3_parameters`` credentials. With a customer key, access
+    to the object also needs ``kms:Decrypt`` on the key, so only the roles granted it can read the credentials.
+    """
+    if kms_key_id:
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
+    return {"ServerSideEncryption": "AES256"}
 
 
 @dataclass(frozen=True)
@@ -292,11 +322,13 @@ def find_artifacts(config: EmrConfig, root: str, version: str) -> Artifacts:
 
 
 def build_uploads(layout: WorkLayout, artifacts: Artifacts, *, with_cluster_bootstrap: bool,
-                  criteria_path: str | None = None, job_config_path: str | None = None) -> list[Upload]:
+                  criteria_path: str | None = None, job_config_path: str | None = None,
+                  kms_key_id: str | None = None) -> list[Upload]:
     """The files a submission copies to ``{work}/code/``.
 
     The wheelhouse and bootstrap are only needed when a cluster is created here:
-    an existing cluster was bootstrapped when it started.
+    an existing cluster was bootstrapped when it started. The criteria file is
+    encrypted at rest (``build_upload_encryption``).
     """
     uploads = [Upload(artifacts.py_files, layout.code_file(os.path.basename(artifacts.py_files)), "code")]
     uploads += [Upload(artifacts.scripts[job], layout.script(job), "code") for job in JOB_NAMES]
@@ -305,7 +337,7 @@ def build_uploads(layout: WorkLayout, artifacts: Artifacts, *, with_cluster_boot
         uploads.append(Upload(artifacts.wheel, layout.wheelhouse + os.path.basename(artifacts.wheel), "code"))
         uploads += [Upload(p, layout.wheelhouse + os.path.basename(p), "dependency") for p in artifacts.dependencies]
     if criteria_path:
-        uploads.append(Upload(criteria_path, layout.criteria, "criteria"))
+        uploads.append(Upload(criteria_path, layout.criteria, "criteria", build_upload_encryption(kms_key_id)))
     if job_config_path:
         uploads.append(Upload(job_config_path, layout.job_config, "job_config"))
     return uploads
@@ -326,7 +358,7 @@ def write_uploads(s3: Any, uploads: Iterable[Upload]) -> int:
         try:
             if up.kind == "dependency" and _same_size(s3, bucket, key, os.path.getsize(up.source)):
                 continue
-            s3.upload_file(up.source, bucket, key)
+            s3.upload_file(up.source, bucket, key, ExtraArgs=dict(up.extra_args) or None)
         except FileNotFoundError as exc:
             raise ConfigError("missing_artifact", "file not found (run `make dist`)", uri=up.source) from exc
         except ClientError as exc:
@@ -885,7 +917,8 @@ def build_submission_plan(config: EmrConfig, *, target: str, text: str, images: 
     reassemble_conf = build_spark_conf(config, target=spark_target, region=region, shuffle_partitions=partitions)
     py_files = [layout.code_file(os.path.basename(artifacts.py_files))]
     uploads = build_uploads(layout, artifacts, with_cluster_bootstrap=target == "new_cluster",
-                            criteria_path=criteria_path, job_config_path=job_config_path)
+                            criteria_path=criteria_path, job_config_path=job_config_path,
+                            kms_key_id=config.kms_key_id)
     missing = tuple(m for m in artifacts.missing
                     if target == "new_cluster" or not (m.endswith("*.whl") or m in (artifacts.wheel,
                                                                                      artifacts.bootstrap)))

@@ -206,16 +206,3 @@ def manifest_exists(uri: str) -> bool:
     if storage.is_s3(uri):
         return any(True for _ in storage.list_objects(uri, (".parquet",)))
     return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
-
-
-def read_manifest_arrow(uri: str) -> Any:
-    """The manifest as a pyarrow dataset (CLI use; no Spark)."""
-    import pyarrow.dataset as pads
-
-    if storage.is_s3(uri):
-        from pyarrow import fs
-
-        s3fs = fs.S3FileSystem(endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
-                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1")
-        return pads.dataset(uri[len("s3://"):], filesystem=s3fs, format="parquet")
-    return pads.dataset(uri, format="parquet")

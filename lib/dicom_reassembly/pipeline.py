@@ -88,10 +88,22 @@ def with_instance_plan(select: Callable[[str], str | None] | None, pending_resto
 
 
 def with_archive_locality(partitions: int) -> Callable[[Any], Any]:
-    """Transform: pending work hashed by pixel archive, each archive's members in offset order."""
+    """Transform: pending work hashed by pixel archive, each archive's members in offset order.
+
+    Each row also carries its archive's wanted bytes and last wanted byte, so an
+    executor can choose one streaming read or ranged reads from the first row,
+    without holding the archive's rows (the window is computed in the JVM, which spills).
+    """
 
     def transform(work: Any) -> Any:
-        return work.repartition(partitions, "pixel_archive").sortWithinPartitions("pixel_archive", "pixel_offset")
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        archive = Window.partitionBy("pixel_archive")
+        return (work.repartition(partitions, "pixel_archive")
+                .withColumn("archive_wanted", F.sum("pixel_size").over(archive))
+                .withColumn("archive_end", F.max(F.col("pixel_offset") + F.col("pixel_size")).over(archive))
+                .sortWithinPartitions("pixel_archive", "pixel_offset"))
 
     return transform
 

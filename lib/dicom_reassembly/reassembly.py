@@ -14,6 +14,7 @@ Two stages, each a generator:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import mmap
@@ -214,29 +215,50 @@ def output_key(template: str, item: dict[str, Any]) -> str:
 class _Range:
     start: int
     end: int
-    items: list[dict[str, Any]]
+    items: Iterable[dict[str, Any]]
 
 
-def plan_reads(items: list[dict[str, Any]], archive_size: int | None, stream_fraction: float, coalesce_gap: int) -> list[_Range]:
-    """Group an archive's wanted members (sorted by offset) into the GETs that read them.
+# A coalesced range holds at most this many work items, so a task's memory stays
+# bounded however many members an archive has.
+MAX_RANGE_ITEMS = 1024
 
-    One range spanning everything when most of the archive is wanted; otherwise
-    ranges split wherever the gap between members exceeds ``coalesce_gap``.
+
+def plan_reads(items: Iterable[dict[str, Any]], archive_size: int | None, stream_fraction: float,
+               coalesce_gap: int) -> Iterator[_Range]:
+    """Group an archive's wanted members (sorted by offset) into the GETs that read them, lazily.
+
+    One range from the first wanted member to the archive's last wanted byte
+    when most of the archive is wanted (its items stream through, unbuffered);
+    otherwise ranges split wherever the gap between members exceeds
+    ``coalesce_gap``. The per-archive totals come with the first item
+    (``archive_wanted``, ``archive_end``, computed by Spark); without them the
+    items are gathered to compute them.
     """
-    if not items:
-        return []
-    wanted = sum(i["pixel_size"] for i in items)
+    it = iter(items)
+    first = next(it, None)
+    if first is None:
+        return
+    archive_size = archive_size or first.get("pixel_archive_size")
+    wanted, end = first.get("archive_wanted"), first.get("archive_end")
+    if wanted is None or end is None:
+        rest = list(it)
+        everything = [first, *rest]
+        wanted = sum(i["pixel_size"] for i in everything)
+        end = max(i["pixel_offset"] + i["pixel_size"] for i in everything)
+        it = iter(rest)
     if archive_size and wanted >= stream_fraction * archive_size:
-        return [_Range(items[0]["pixel_offset"], max(i["pixel_offset"] + i["pixel_size"] for i in items), items)]
-    ranges: list[_Range] = []
-    for it in items:
-        start, end = it["pixel_offset"], it["pixel_offset"] + it["pixel_size"]
-        if ranges and start - ranges[-1].end <= coalesce_gap:
-            ranges[-1].end = max(ranges[-1].end, end)
-            ranges[-1].items.append(it)
+        yield _Range(first["pixel_offset"], end, itertools.chain([first], it))
+        return
+    cur = _Range(first["pixel_offset"], first["pixel_offset"] + first["pixel_size"], [first])
+    for item in it:
+        start, stop = item["pixel_offset"], item["pixel_offset"] + item["pixel_size"]
+        if start - cur.end <= coalesce_gap and len(cur.items) < MAX_RANGE_ITEMS:  # type: ignore[arg-type]
+            cur.end = max(cur.end, stop)
+            cur.items.append(item)  # type: ignore[union-attr]
         else:
-            ranges.append(_Range(start, end, [it]))
-    return ranges
+            yield cur
+            cur = _Range(start, stop, [item])
+    yield cur
 
 
 class _Payload:
@@ -281,19 +303,20 @@ def _skip(stream: Any, n: int) -> None:
         n -= len(chunk)
 
 
-def read_archive_members(uri: str, items: list[dict[str, Any]], archive_size: int | None, ctx: WriteContext
+def read_archive_members(uri: str, items: Iterable[dict[str, Any]], archive_size: int | None, ctx: WriteContext
                          ) -> Iterator[tuple[dict[str, Any], Any, ReassemblyError | None]]:
     """Yield (item, payload or None, error) for each wanted member, in one forward pass per range."""
     for rng in plan_reads(items, archive_size, ctx.stream_fraction, ctx.coalesce_gap):
+        pending = iter(rng.items)
         try:
             stream = storage.open_read(uri, rng.start, rng.end)
         except ReassemblyError as exc:
-            for it in rng.items:
+            for it in pending:
                 yield it, None, exc
             continue
         with stream:
             pos = rng.start
-            for k, it in enumerate(rng.items):
+            for it in pending:
                 try:
                     if it["pixel_offset"] < pos:  # two UIDs naming one member: read it again, separately
                         yield it, _Payload(_ReadOnce(uri, it), it["pixel_size"], ctx.large_member_bytes), None
@@ -305,13 +328,11 @@ def read_archive_members(uri: str, items: list[dict[str, Any]], archive_size: in
                         payload.close()
                         raise ArchiveError("truncated_archive", f"member cut at {len(payload)} of {it['pixel_size']} bytes")
                     yield it, payload, None
-                except ReassemblyError as exc:
-                    for rest in rng.items[k:]:
-                        yield rest, None, exc
-                    break
-                except Exception as exc:  # a dropped connection: the rest of this range is lost, not the run
-                    err = ArchiveError("read_error", f"{type(exc).__name__}: {str(exc)[:200]}", uri=uri)
-                    for rest in rng.items[k:]:
+                except Exception as exc:  # the rest of this range is lost (a cut archive, a dropped connection), not the run
+                    err = exc if isinstance(exc, ReassemblyError) else ArchiveError(
+                        "read_error", f"{type(exc).__name__}: {str(exc)[:200]}", uri=uri)
+                    yield it, None, err
+                    for rest in pending:
                         yield rest, None, err
                     break
 
@@ -514,28 +535,24 @@ def reassemble_partition(rows: Iterable[Any], ctx: WriteContext) -> Iterator[tup
     try:
         items = (r.asDict() if hasattr(r, "asDict") else dict(r) for r in rows)
         for archive, group in groupby(items, key=lambda r: r["pixel_archive"]):
-            members = list(group)
-            try:
-                for item, payload, err in read_archive_members(archive, members, members[0].get("pixel_archive_size"), ctx):
-                    if err is not None:
-                        yield from _outcome_rows(ctx, item, err.status, err.one_line())
-                        continue
-                    emitted = 0
-                    try:
-                        for row in _process(item, payload, ctx, writer, stow_queue):
-                            emitted += 1
-                            yield row
-                    except Exception as exc:  # a bug or an unforeseen input costs one instance, never the run
-                        log.exception("unexpected failure on %s", item["sop_instance_uid"])
-                        payload.close()
-                        if not emitted:
-                            yield from _outcome_rows(ctx, item, "failed", f"{type(exc).__name__}: {str(exc)[:200]}")
-                    yield from writer.done()
-                    if stow_queue is not None:
-                        yield from stow_queue.ready()
-            finally:
-                for m in members:
-                    m["header_json"] = None  # release the header text early
+            # Items stream through: only a coalesced range's worth is ever held.
+            for item, payload, err in read_archive_members(archive, group, None, ctx):
+                if err is not None:
+                    yield from _outcome_rows(ctx, item, err.status, err.one_line())
+                    continue
+                emitted = 0
+                try:
+                    for row in _process(item, payload, ctx, writer, stow_queue):
+                        emitted += 1
+                        yield row
+                except Exception as exc:  # a bug or an unforeseen input costs one instance, never the run
+                    log.exception("unexpected failure on %s", item["sop_instance_uid"])
+                    payload.close()
+                    if not emitted:
+                        yield from _outcome_rows(ctx, item, "failed", f"{type(exc).__name__}: {str(exc)[:200]}")
+                yield from writer.done()
+                if stow_queue is not None:
+                    yield from stow_queue.ready()
         yield from writer.drain()
         if stow_queue is not None:
             yield from stow_queue.flush()

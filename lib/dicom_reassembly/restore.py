@@ -889,7 +889,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = _as_spec(args.criteria)
     settings = getattr(spec, "s3", None)
     if settings is not None:
-        storage.set_default_s3_settings(settings)  # input_s3_parameters configure the archive client
+        storage.set_archive_s3_settings(settings, getattr(spec, "bucket", None))  # the input bucket only
     suffixes = tuple(s for s in args.suffixes if s) if args.suffixes else (".tar",)
     plan = plan_restore(args.text, args.images, args.manifest, spec, suffixes=suffixes,
                         always_evaluate=args.evaluate_all)
