@@ -205,8 +205,8 @@ def planned_reads(index: dict[str, Any], wanted: set[str], sizes: dict[str, int]
         if i["uid"] in wanted:
             by_archive.setdefault(i["pixel_archive"], []).append({"pixel_offset": i["pixel_offset"],
                                                                   "pixel_size": i["pixel_size"]})
-    return sum(len(plan_reads(sorted(items, key=lambda x: x["pixel_offset"]), sizes[a], cfg.stream_fraction,
-                              cfg.coalesce_gap)) for a, items in by_archive.items())
+    return sum(len(list(plan_reads(sorted(items, key=lambda x: x["pixel_offset"]), sizes[a], cfg.stream_fraction,
+                                   cfg.coalesce_gap))) for a, items in by_archive.items())
 
 
 def measure_s3(srv: Any, root: str, index: dict[str, Any], work: str, cores: int, log: Progress) -> dict[str, Any]:

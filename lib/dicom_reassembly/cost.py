@@ -304,7 +304,7 @@ class Assumptions:
     ranges_per_pixel_archive: float = 1.0
     index_gets_per_pixel_member: float = 1.0
     status_polls: int = 2
-    heads_per_instance: float = 1.0
+    heads_per_instance: float = 0.0  # conditional PUTs: a HEAD only where an object already exists (re-runs)
     header_binary_ratio: float = 0.5
     part10_overhead_bytes: int = 400
     kms_bucket_key: bool = True
@@ -443,7 +443,7 @@ def estimate_cost(workload: Workload, prices: PriceBook, assumptions: Assumption
     lines.append(_line("requests", "GET: reassembly passes and coalesced ranges", reassembly_gets, "requests",
                        get, 1000))
     lines.append(_line("requests", "HEAD: restore status polls", n_restore * a.status_polls, "requests", get, 1000))
-    lines.append(_line("requests", "HEAD: skip_existing checks", instances_sel * a.heads_per_instance, "requests",
+    lines.append(_line("requests", "HEAD: skip_existing checks (only where a conditional PUT was refused)", instances_sel * a.heads_per_instance, "requests",
                        get, 1000))
     lines.append(_line("requests", "LIST: archive listings (manifest, plan, status)",
                        3 * math.ceil(workload.archives / 1000), "requests", prices.price("list_per_1000"), 1000))
