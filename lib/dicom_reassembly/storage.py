@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, BinaryIO
+from typing import Any
 
 from .errors import AlreadyExistsError, NotFoundError, NotRestoredError, StorageError
 
@@ -522,13 +522,6 @@ def read_bytes(uri: str) -> bytes:
         return s.read()
 
 
-def open_local_or_s3_text(uri: str) -> IO[str]:
-    """Open a small text object (config, criteria) for reading."""
-    import io
-
-    return io.StringIO(read_bytes(uri).decode("utf-8"))
-
-
 def delete(uri: str) -> None:
     """Delete an object; missing is fine."""
     if is_s3(uri):
@@ -537,5 +530,3 @@ def delete(uri: str) -> None:
     elif os.path.exists(uri):
         os.unlink(uri)
 
-
-BinaryStream = BinaryIO
