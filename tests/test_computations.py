@@ -238,8 +238,8 @@ def test_registry_and_partition_rows(ct_series: dict, tmp_path) -> None:
 
 
 def test_series_summary_on_s3(ct_series: dict, s3) -> None:
-    """Instances read from and outputs written to S3 (moto server); reads use the output client,
-    not the archive-reading client, which here points nowhere."""
+    """Instances read from and outputs written to S3 (moto server); the input client (which points
+    nowhere) serves only the partner's bucket, so our own objects go through the default client."""
     bucket = "computations-test"
     s3.create_bucket(Bucket=bucket)
     uris = []
@@ -249,11 +249,11 @@ def test_series_summary_on_s3(ct_series: dict, s3) -> None:
         uris.append(f"s3://{bucket}/{key}")
     storage.set_archive_s3_settings(storage.S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1",
                                                        access_key_id="input", secret_access_key="input-secret",
-                                                       max_attempts=1))
+                                                       max_attempts=1), "partner-input")
     try:
         result = run_computation("series_summary", CT_SERIES, uris, f"s3://{bucket}/out")
     finally:
-        storage.set_archive_s3_settings(None)
+        storage.set_archive_s3_settings(None, None)
 
     assert result.status == "done", result.detail
     prefix = f"out/_computations/series_summary/{CT_SERIES}"
