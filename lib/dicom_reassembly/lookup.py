@@ -25,16 +25,18 @@ class Located:
 
 def _scan(prefix: str, uid: str, want_header: bool) -> Located | None:
     """Walk archives under ``prefix`` until a member named for ``uid`` of the right kind appears."""
+    from .manifest import member_kind
+
+    want = "header" if want_header else "pixels"
     for obj in storage.list_objects(prefix, ARCHIVE_SUFFIXES):
-        # Header archives are small and streamed; pixel archives are walked by their headers only.
+        # Walked by the tar headers alone; only the matching member's data is read.
         for item in tar_access.iter_members(obj.uri, obj.size, with_data=False):
             if isinstance(item, tar_access.Damage):
                 log.info("archive %s damaged at %d: %s", obj.uri, item.offset, item.reason)
                 continue
             if not item.regular or member_uid(item.name) != uid:
                 continue
-            is_header = item.name.endswith(".json")
-            if is_header == want_header:
+            if member_kind(item.name) == want:
                 return Located(obj.uri, item.name, tar_access.read_member(obj.uri, item.data_offset, item.size))
     return None
 
