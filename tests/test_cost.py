@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -14,7 +13,6 @@ import pytest
 from dicom_reassembly.cost import (
     GB,
     Assumptions,
-    add_cost_parser,
     estimate_cost,
     read_bench_throughput,
     read_manifest_workload,
@@ -201,11 +199,10 @@ def test_manifest_workload_uses_the_newest_index(tmp_path) -> None:  # noqa: ANN
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dicom-reassembly")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cost_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """The real console entry point, as a user runs it."""
+    from dicom_reassembly.cli import main
+
+    return main(argv)
 
 
 def test_cli_prints_table_and_writes_json(tmp_path, capsys) -> None:  # noqa: ANN001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -34,7 +33,6 @@ from dicom_reassembly.restore import (
     PlannedObject,
     RestoreConfig,
     TokenBucket,
-    add_restore_parser,
     build_batch_restore_job,
     parse_restore_header,
     plan_restore,
@@ -389,11 +387,10 @@ def test_create_job_request_shape_and_submit() -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dicom-reassembly")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_restore_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """The real console entry point, as a user runs it."""
+    from dicom_reassembly.cli import main
+
+    return main(argv)
 
 
 def test_cli_plan_request_status(s3, bucket, tmp_path, criteria_file, capsys) -> None:  # noqa: ANN001

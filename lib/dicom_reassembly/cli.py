@@ -10,11 +10,12 @@ import logging
 import os
 import sys
 
-from .errors import NotFoundError, ReassemblyError
+from .errors import NotFoundError, ReassemblyError, StorageError
 
 log = logging.getLogger(__name__)
 
 EXIT_INPUT = 2
+EXIT_STORAGE = 1
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -30,10 +31,12 @@ def configure_logging(level: str | None = None) -> None:
     logging.getLogger(__package__).setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
 
 
-def fail(exc: ReassemblyError, code: int = EXIT_INPUT) -> int:
-    """Print the error as one line on stderr and return the exit code."""
+def fail(exc: ReassemblyError, code: int | None = None) -> int:
+    """Print the error as one line on stderr; exit 1 when storage failed us, 2 for bad input."""
     print(f"error: {exc.one_line()}", file=sys.stderr)
-    return code
+    if code is not None:
+        return code
+    return EXIT_STORAGE if isinstance(exc, StorageError) else EXIT_INPUT
 
 
 def fail_unexpected(exc: BaseException, code: int = 1) -> int:

@@ -14,12 +14,11 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import arrow_io, storage
-from .errors import ConfigError, CriteriaError, ReassemblyError
+from .errors import ConfigError, ReassemblyError
 
 log = logging.getLogger(__name__)
 
@@ -575,23 +574,12 @@ def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def handle_cost(args: argparse.Namespace) -> int:
-    """Run ``cost``: print the table, write JSON; errors become one line on stderr."""
-    try:
-        est = _run(args)
-    except (ConfigError, CriteriaError) as exc:
-        print(f"dicom-reassembly cost: {exc.one_line()}", file=sys.stderr)
-        return 2
-    except ReassemblyError as exc:
-        print(f"dicom-reassembly cost: {exc.one_line()}", file=sys.stderr)
-        return 1
+    """Run ``cost``: print the table, write JSON. Errors reach the CLI, which prints one line."""
+    est = _run(args)
     print(format_cost_table(est))
     if args.json_out:
-        try:
-            storage.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
-                                storage.WriteOptions(content_type="application/json"))
-        except ReassemblyError as exc:
-            print(f"dicom-reassembly cost: {exc.one_line()}", file=sys.stderr)
-            return 1
+        storage.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
+                            storage.WriteOptions(content_type="application/json"))
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import arrow_io, storage
-from .errors import ConfigError, CriteriaError, NotFoundError, ReassemblyError, StorageError
+from .errors import ConfigError, NotFoundError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -868,15 +868,8 @@ def add_restore_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def handle_restore(args: argparse.Namespace) -> int:
-    """Run a ``restore`` subcommand; errors become one line on stderr and a non-zero exit code."""
-    try:
-        return _run(args)
-    except (ConfigError, CriteriaError) as exc:
-        print(f"dicom-reassembly restore: {exc.one_line()}", file=sys.stderr)
-        return 2
-    except ReassemblyError as exc:
-        print(f"dicom-reassembly restore: {exc.one_line()}", file=sys.stderr)
-        return 1
+    """Run a ``restore`` subcommand. Errors reach the CLI, which prints one line."""
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
