@@ -251,3 +251,26 @@ def test_every_ledger_reason_is_one_line(damaged_run, spark) -> None:  # noqa: A
     for r in _ledger(spark, base, summary["run_id"]):
         if r["status"] != "written":
             assert r["reason"] and "\n" not in r["reason"] and "Traceback" not in r["reason"]
+
+
+def test_the_jvm_plan_for_clean_pairs_equals_the_python_plan(spark) -> None:  # noqa: ANN001
+    from dicom_reassembly.pipeline import with_instance_plan
+
+    def header(uid: str, archive: str = "t.tar", sha: str = "s") -> dict:
+        return {"archive_uri": archive, "archive_size": 10240, "kind": "header", "member_name": f"{uid}.json",
+                "data_offset": 512, "size": 10, "sop_instance_uid": uid, "header_json": '{"a": 1}',
+                "header_sha256": sha, "study_instance_uid": "1.2", "series_instance_uid": "1.2.3", "modality": "CT"}
+
+    def pixels(uid: str, archive: str = "i.tar", offset: int = 512) -> dict:
+        return {"archive_uri": archive, "archive_size": 20480, "kind": "pixels", "member_name": f"{uid}.j2c",
+                "data_offset": offset, "size": 100, "sop_instance_uid": uid}
+
+    rows = [header("1.1"), pixels("1.1"), header("1.2"), pixels("1.2", offset=2048),
+            header("1.3"), header("1.3", "t2.tar"), pixels("1.3", offset=4096),  # a duplicate: Python path
+            header("1.4"),  # an orphan
+            header("1.5"), pixels("1.5", offset=8192), {**pixels("1.5", "j.tar"), "error": "truncated_archive"}]
+    by_uid = _manifest_rows(spark, rows).transform(with_members_by_uid)
+    jvm = by_uid.transform(with_instance_plan(None, {}))
+    python = by_uid.transform(with_instance_plan(lambda _header_json: None, {}))  # a selection forces Python for all
+    assert_df_equality(jvm, python, ignore_row_order=True, ignore_nullable=True)
+    assert jvm.filter("status = 'pending'").count() == 4

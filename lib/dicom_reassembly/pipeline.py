@@ -71,18 +71,37 @@ def with_members_by_uid(manifest: Any) -> Any:
 def with_instance_plan(select: Callable[[str], str | None] | None, pending_restore: dict[str, int]) -> Callable[[Any], Any]:
     """Transform: UIDs with their members -> plan rows (terminal outcomes and pending work).
 
-    ``pending_restore`` counts the archives per role still in Glacier (see ``count_pending_restore``).
+    The common case, one clean header and one clean pixel member with no
+    selection to apply, is planned in the JVM: its header JSON never makes a
+    round trip through Python before reassembly. Every other UID goes through
+    ``plan_instance``. ``pending_restore`` counts the archives per role still in
+    Glacier (see ``count_pending_restore``).
     """
     pixels_pending = pending_restore.get("images", 0) > 0
     headers_pending = pending_restore.get("text", 0) > 0
 
     def transform(by_uid: Any) -> Any:
+        from pyspark.sql import functions as F
+
         def plan(row: Any) -> Any:
             headers = [h.asDict() for h in (row["headers"] or [])]
             pixels = [p.asDict() for p in (row["pixels"] or [])]
             return plan_instance(row["sop_instance_uid"], headers, pixels, select, pixels_pending, headers_pending)
 
-        return by_uid.sparkSession.createDataFrame(by_uid.rdd.flatMap(plan), plan_schema())
+        h, p = F.col("headers")[0], F.col("pixels")[0]
+        simple = (F.coalesce(F.size("headers"), F.lit(0)) == 1) & (F.coalesce(F.size("pixels"), F.lit(0)) == 1) \
+            & h["error"].isNull() & p["error"].isNull() & F.lit(select is None)
+        columns = {
+            "sop_instance_uid": F.col("sop_instance_uid"), "status": F.lit(PENDING), "reason": F.lit(None),
+            "header_archive": h["archive_uri"], "header_member": h["member_name"], "header_json": h["header_json"],
+            "pixel_archive": p["archive_uri"], "pixel_archive_size": p["archive_size"], "pixel_member": p["member_name"],
+            "pixel_offset": p["data_offset"], "pixel_size": p["size"], "dup_pixels": F.lit(None),
+            "study_instance_uid": h["study_instance_uid"], "series_instance_uid": h["series_instance_uid"],
+            "modality": h["modality"],
+        }
+        fast = by_uid.filter(simple).select(*[columns[f.name].cast(f.dataType).alias(f.name) for f in plan_schema().fields])
+        rest = by_uid.filter(~simple)
+        return fast.unionByName(by_uid.sparkSession.createDataFrame(rest.rdd.flatMap(plan), plan_schema()))
 
     return transform
 
