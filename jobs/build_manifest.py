@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail, fail_unexpected  # noqa: E402
+from dicom_reassembly.cli import configure_logging, fail, run_spark_job  # noqa: E402
 from dicom_reassembly.config import load_config  # noqa: E402
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
@@ -32,18 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from dicom_reassembly import manifest as mf
     from dicom_reassembly.pipeline import build_manifest_df, indexed_archives, manifest_tasks
-    from dicom_reassembly.session import get_session
 
     try:
         cfg = load_config(args.config, manifest_tasks=args.tasks)
         listing = mf.list_archives(args.text, args.images, cfg.archive_suffixes)
     except ReassemblyError as exc:
         return fail(exc)
-    try:
-        spark = get_session("dicom-reassembly build_manifest", extra=cfg.spark)
-    except Exception as exc:  # no JVM, no Java: one line, not a Py4J stack
-        return fail_unexpected(exc)
-    try:
+
+    def index(spark: Any) -> int:
         todo = listing if args.full else mf.archives_to_index(listing, indexed_archives(spark, args.manifest))
         index_run, indexed_at = mf.new_index_run()
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
@@ -61,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in run.groupBy("kind", "error").count().orderBy("kind", "error").collect():
                 print(f"  {r['kind']:<8} {r['error'] or 'ok':<24} {r['count']}")
         return 0
-    except ReassemblyError as exc:
-        return fail(exc)
-    except Exception as exc:  # Spark or the JVM gave up: one line, not a Java stack
-        return fail_unexpected(exc)
-    finally:
-        spark.stop()
+
+    return run_spark_job("dicom-reassembly build_manifest", cfg.spark, index)
 
 
 if __name__ == "__main__":

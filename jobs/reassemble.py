@@ -10,10 +10,11 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail, fail_unexpected  # noqa: E402
+from dicom_reassembly.cli import configure_logging, fail, run_spark_job  # noqa: E402
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
 
@@ -68,16 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if spec is not None and spec.s3 is not None:
         storage.set_archive_s3_settings(spec.s3, spec.bucket)
 
-    from dicom_reassembly.session import get_session
-
     extra = dict(cfg.spark)
     if jdbc is not None:
         extra.update(jdbc_session_settings())
-    try:
-        spark = get_session("dicom-reassembly reassemble", extra=extra)
-    except Exception as exc:  # no JVM, no Java: one line, not a Py4J stack
-        return fail_unexpected(exc)
-    try:
+
+    def reassemble(spark: Any) -> int:
         from dicom_reassembly.run import ReassembleRun
 
         run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
@@ -88,12 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(run.report(summary))
         print(json.dumps({"run_id": summary["run_id"], "status_counts": summary["status_counts"]}))
         return 0
-    except ReassemblyError as exc:
-        return fail(exc)
-    except Exception as exc:  # Spark or the JVM gave up: one line, not a Java stack
-        return fail_unexpected(exc)
-    finally:
-        spark.stop()
+
+    return run_spark_job("dicom-reassembly reassemble", extra, reassemble)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from .errors import NotFoundError, ReassemblyError, StorageError
 
@@ -45,6 +47,28 @@ def fail_unexpected(exc: BaseException, code: int = 1) -> int:
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     print(f"error: {type(exc).__name__}: {first} (run with DICOM_REASSEMBLY_LOG=DEBUG for details)", file=sys.stderr)
     return code
+
+
+def run_spark_job(app_name: str, extra: dict[str, str], body: Callable[[Any], int]) -> int:
+    """Start the session, run ``body(spark)``, always stop the session.
+
+    The one place the jobs turn failures into a single line: our typed errors
+    by reason, anything from Spark or the JVM by type, never a Java stack.
+    """
+    from .session import get_session
+
+    try:
+        spark = get_session(app_name, extra=extra)
+    except Exception as exc:  # no JVM, no Java
+        return fail_unexpected(exc)
+    try:
+        return body(spark)
+    except ReassemblyError as exc:
+        return fail(exc)
+    except Exception as exc:  # Spark or the JVM gave up
+        return fail_unexpected(exc)
+    finally:
+        spark.stop()
 
 
 def cmd_uid(args: argparse.Namespace) -> int:
