@@ -103,6 +103,17 @@ def damaged_delivery(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dic
     return root, write_sample_delivery(root, damaged=True)
 
 
+def build_manifest(spark, text: str, images: str, manifest_uri: str) -> None:  # noqa: ANN001
+    """Index the new or changed archives under two prefixes, as jobs/build_manifest.py does."""
+    from dicom_reassembly import manifest as mf
+    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
+
+    todo = mf.archives_to_index(mf.list_archives(text, images), indexed_archives(spark, manifest_uri))
+    if todo:
+        run, at = mf.new_index_run()
+        build_manifest_df(spark, todo, run, at, 4, 64 * 1024).write.mode("append").parquet(manifest_uri)
+
+
 def read_tar_member(path: str, member: str) -> bytes:
     """A member's bytes through Python's tarfile: an independent reader for checks."""
     import tarfile

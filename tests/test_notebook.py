@@ -318,18 +318,15 @@ def _table(tables: list[list[list[str]]], index_name: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sample_outputs(spark, sample_delivery, tmp_path_factory):  # noqa: ANN001, ANN201
     """A manifest and a ledger for the sample delivery, built the way the jobs build them."""
-    from dicom_reassembly import manifest as mf
+    from conftest import build_manifest
+
     from dicom_reassembly.config import Config
-    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
     from dicom_reassembly.run import ReassembleRun
 
     root, expected = sample_delivery
     base = str(tmp_path_factory.mktemp("notebook"))
     manifest_uri, ledger_uri = os.path.join(base, "manifest"), os.path.join(base, "ledger")
-    listing = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
-    todo = mf.archives_to_index(listing, indexed_archives(spark, manifest_uri))
-    run, at = mf.new_index_run()
-    build_manifest_df(spark, todo, run, at, 4, 256 * 1024).write.mode("append").parquet(manifest_uri)
+    build_manifest(spark, os.path.join(root, "text"), os.path.join(root, "images"), manifest_uri)
     summary = ReassembleRun(spark=spark, manifest_uri=manifest_uri, out=os.path.join(base, "dcm"),
                             ledger_uri=ledger_uri, runs_uri=os.path.join(base, "runs"),
                             computations_uri=os.path.join(base, "computations"),

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from conftest import dcmftest_ok
+from conftest import build_manifest, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -16,7 +16,6 @@ from dicom_reassembly import manifest as mf
 from dicom_reassembly.config import Config
 from dicom_reassembly.ledger import STATUSES
 from dicom_reassembly.pipeline import (
-    build_manifest_df,
     indexed_archives,
     with_archive_locality,
     with_manifest_damage,
@@ -114,11 +113,7 @@ def _runs(rows: list) -> list[tuple[str, list]]:  # noqa: ANN001
 
 
 def _build_manifest(spark, root: str, manifest_uri: str) -> None:  # noqa: ANN001
-    listing = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
-    todo = mf.archives_to_index(listing, indexed_archives(spark, manifest_uri))
-    if todo:
-        run, at = mf.new_index_run()
-        build_manifest_df(spark, todo, run, at, 4, 256 * 1024).write.mode("append").parquet(manifest_uri)
+    build_manifest(spark, os.path.join(root, "text"), os.path.join(root, "images"), manifest_uri)
 
 
 def _run(spark, base: str, out: str, **kw) -> dict:  # noqa: ANN001, ANN003

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import requests
+from conftest import build_manifest
 from pydicom import dcmread
 from test_pipeline import _build_manifest, _ledger, _run
 
@@ -230,13 +231,7 @@ def test_glacier_archives_are_not_restored_then_picked_up_after_restore(spark, s
     text, images = "s3://glacier-delivery/text", "s3://glacier-delivery/images"
 
     def build() -> None:
-        from dicom_reassembly import manifest as mf
-        from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
-
-        manifest_uri = os.path.join(base, "manifest")
-        todo = mf.archives_to_index(mf.list_archives(text, images), indexed_archives(spark, manifest_uri))
-        run, at = mf.new_index_run()
-        build_manifest_df(spark, todo, run, at, 4, 256 * 1024).write.mode("append").parquet(manifest_uri)
+        build_manifest(spark, text, images, os.path.join(base, "manifest"))
 
     build()
     out = str(tmp_path / "dcm")
