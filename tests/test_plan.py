@@ -237,3 +237,4 @@ def test_members_above_the_memory_threshold_are_spooled_assembled_and_written(sa
     rows = [row_dict(r) for r in reassemble_partition([item], ctx)]
     assert [r["status"] for r in rows] == ["written"], rows
     assert dcmftest_ok(rows[0]["output_uri"])
+

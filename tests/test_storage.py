@@ -59,6 +59,32 @@ def test_local_write_failing_midway_leaves_no_partial_file(tmp_path: Any) -> Non
     assert _leftovers(tmp_path) == []
 
 
+def test_local_write_completes_after_short_writes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.writev
+    calls = []
+
+    def at_most_seven_bytes(fd: int, buffers: list) -> int:
+        calls.append(len(buffers))
+        return real(fd, [bytes(buffers[0][:7])])
+
+    monkeypatch.setattr(os, "writev", at_most_seven_bytes)
+    parts = [b"head", memoryview(b"-pixels-" * 5), b"", bytearray(b"tail")]
+    target = os.path.join(tmp_path, "1.2.3.dcm")
+    storage.write_parts(target, parts, 48, "0" * 64)
+    assert storage.read_bytes(target) == b"head" + b"-pixels-" * 5 + b"tail"
+    assert len(calls) == 8  # 4 + 40 + 4 bytes, seven at a time, each short write resumed where it stopped
+
+
+def test_local_write_remakes_a_folder_removed_since_the_last_write(tmp_path: Any) -> None:
+    import shutil
+
+    target = os.path.join(tmp_path, "out", "1.2.3.dcm")
+    storage.write_bytes(target, b"one")
+    shutil.rmtree(os.path.join(tmp_path, "out"))
+    storage.write_bytes(target, b"two")
+    assert storage.read_bytes(target) == b"two"
+
+
 # ---------------------------------------------------------------- local listing and reads
 
 

@@ -1,0 +1,80 @@
+"""Rows built in Python for Spark carry the schema's types.
+
+The manifest and ledger DataFrames are created with ``verifySchema=False``
+(Spark's per-row check in Python costs a share of the hot path), so every path
+that builds a row must type it itself: these tests walk those paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from datetime import datetime
+from typing import Any
+
+PYTHON_TYPE = {"string": str, "long": int, "int": int, "timestamp": datetime}
+
+
+def assert_typed(rows: list[tuple], fields: list[tuple[str, str]]) -> None:
+    for row in rows:
+        assert len(row) == len(fields)
+        for value, (name, kind) in zip(row, fields):
+            assert value is None or type(value) is PYTHON_TYPE[kind], (name, value)
+
+
+def _sample_item(root: str, inst: dict, uid: str) -> dict:
+    h_archive, h_member = inst["header"]
+    p_archive, p_member = inst["pixels"]
+    with tarfile.open(os.path.join(root, h_archive)) as tf:
+        header_json = tf.extractfile(h_member).read().decode()
+    with tarfile.open(os.path.join(root, p_archive)) as tf:
+        m = tf.getmember(p_member)
+    return {"sop_instance_uid": uid, "header_archive": h_archive, "header_member": h_member, "header_json": header_json,
+            "pixel_archive": os.path.join(root, p_archive), "pixel_archive_size": os.path.getsize(os.path.join(root, p_archive)),
+            "pixel_member": p_member, "pixel_offset": m.offset_data, "pixel_size": m.size, "dup_pixels": None,
+            "study_instance_uid": "1.2", "series_instance_uid": "1.2.1", "modality": "CT"}
+
+
+def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tmp_path: Any) -> None:
+    """The ledger DataFrame skips Spark's per-row type check: every outcome path must build typed rows itself."""
+    from dicom_reassembly.ledger import LEDGER_FIELDS, STATUSES
+    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+
+    root, expected = sample_delivery
+    (u1, i1), (u2, i2) = sorted(expected["instances"].items())[:2]
+    good = _sample_item(root, i1, u1)
+    malformed = dict(_sample_item(root, i2, u2), header_json="{not json")
+    u3, i3 = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native" and u not in (u1, u2))
+    native = _sample_item(root, i3, u3)
+    short = dict(native, pixel_size=native["pixel_size"] - 2)
+    same = [good["pixel_archive"], good["pixel_member"], good["pixel_offset"], good["pixel_size"]]
+    dup = dict(good, sop_instance_uid="1.2.826.0.1.10", dup_pixels=json.dumps([same]))
+    other = dict(_sample_item(root, i2, u2), sop_instance_uid="1.2.826.0.1.11")
+    conflict = dict(other, dup_pixels=json.dumps([[good["pixel_archive"], good["pixel_member"], good["pixel_offset"],
+                                                   other["pixel_size"]]]))
+    missing = dict(good, sop_instance_uid="1.2.826.0.1.12", pixel_archive=str(tmp_path / "gone.tar"))
+    items = sorted([good, malformed, short, dup, conflict, missing], key=lambda i: (i["pixel_archive"], i["pixel_offset"]))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    rows = []
+    for out in (str(tmp_path / "out"), str(blocked)):
+        rows += list(reassemble_partition(iter(items), WriteContext(run_id="r", out=out, upload_threads=2)))
+    assert_typed(rows, LEDGER_FIELDS)
+    seen = {row[2] for row in rows}
+    assert {"written", "invalid_header", "invalid_pixels", "duplicate", "conflict", "failed"} <= seen <= set(STATUSES), seen
+
+
+def test_every_manifest_row_has_the_schema_types(sample_delivery: Any, damaged_delivery: Any) -> None:
+    from dicom_reassembly import manifest as mf
+
+    rows, errors = [], set()
+    for root, _ in (sample_delivery, damaged_delivery):
+        run, at = mf.new_index_run()
+        for a in mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images")):
+            for row in mf.index_archive(a, run, at):
+                rows.append(row)
+                errors.add(row[mf.FIELD_NAMES.index("error")])
+    assert_typed(rows, mf.MANIFEST_FIELDS)
+    # The damaged delivery's rows went through the error paths too.
+    assert {None, "malformed_json", "truncated_archive"} <= errors, errors
