@@ -43,28 +43,56 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------- a. tar -x
 
 
-def measure_tar_x(paths: list[str], scratch: str, repeats: int = 2) -> dict[str, Any]:
-    """``tar -xf`` every archive into ``scratch``, ``repeats`` times; the last run counts (warm cache, like the jobs)."""
+def settle() -> None:
+    """Flush earlier steps' dirty pages, so their writeback does not land on the next timed run."""
+    os.sync()
+
+
+def read_through(paths: list[str]) -> None:
+    """Read files once, so that the timed run that follows finds them in the page cache.
+
+    Every timed run gets this, tar -x and the jobs alike: this machine's kernel
+    (DAMON reclaim) pages out file pages idle for about 30 s, so without it a job
+    that starts a minute after the archives were last read would read from disk
+    while tar -x, right after its warm-up, would not.
+    """
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+
+def measure_tar_x(paths: list[str], scratch: str, repeats: int = 3) -> dict[str, Any]:
+    """``tar -xf`` every archive into a fresh folder under ``scratch``, ``repeats`` times; the median counts.
+
+    The archives are read just before each run (warm cache, as for the jobs: see
+    read_through), and nothing is deleted between runs: on ext4, creating files soon after deleting thousands
+    costs several times more (inode allocation skips recently freed inodes), and
+    that would charge one run for the previous run's clean-up. The caller removes
+    ``scratch`` at the end of the benchmark.
+    """
     tar = shutil.which("tar")
     if tar is None:
         raise BenchError("tar is not installed")
     total = sum(os.path.getsize(p) for p in paths)
     runs, cpus = [], []
-    for _ in range(repeats):
-        shutil.rmtree(scratch, ignore_errors=True)
-        os.makedirs(scratch)
+    for k in range(repeats):
+        dest = os.path.join(scratch, f"run-{k}")
+        os.makedirs(dest)
+        settle()
+        read_through(paths)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         for p in paths:
-            subprocess.run([tar, "-xf", p, "-C", scratch], check=True)
+            subprocess.run([tar, "-xf", p, "-C", dest], check=True)
         runs.append(time.perf_counter() - t0)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    shutil.rmtree(scratch, ignore_errors=True)
-    seconds, cpu = runs[-1], cpus[-1]
-    return {"archives": len(paths), "bytes": total, "runs_s": runs, "seconds": seconds, "cpu_s": cpu,
+    seconds, cpu = statistics.median(runs), statistics.median(cpus)
+    return {"archives": len(paths), "bytes": total, "runs_s": runs, "cpu_runs_s": cpus, "seconds": seconds, "cpu_s": cpu,
             "bytes_per_s": total / seconds, "mb_s": total / seconds / MB, "mb_per_cpu_s": total / cpu / MB if cpu else None,
-            "note": "one tar process per archive, single core; the last of the runs is reported"}
+            "mb_s_runs": [total / r / MB for r in runs],
+            "note": f"one tar process per archive, single core; median of {repeats} runs into fresh folders"}
 
 
 # ---------------------------------------------------------------- b. naive baseline
@@ -302,13 +330,19 @@ def bench_config(work: str, computations: bool = False) -> str:
 
 
 def run_pipeline(text: str, images: str, work: str, out: str, *, cores: int, env: dict[str, str], tag: str,
-                 config: str, criteria: str | None = None, manifest: str | None = None) -> dict[str, Any]:
-    """build_manifest (unless ``manifest`` is given) then reassemble with ``config``; one dict per stage."""
+                 config: str, criteria: str | None = None, manifest: str | None = None,
+                 before_job: Any = None) -> dict[str, Any]:
+    """build_manifest (unless ``manifest`` is given) then reassemble with ``config``; one dict per stage.
+
+    ``before_job`` (no arguments) runs before each job, outside its timing.
+    """
     logs = os.path.join(work, "logs")
     stages: dict[str, Any] = {}
     if manifest is None:
         manifest = os.path.join(work, f"manifest-{tag}")
         shutil.rmtree(manifest, ignore_errors=True)
+        if before_job:
+            before_job()
         stages["build_manifest"] = run_spark_job("build_manifest.py", ["--text", text, "--images", images,
                                                                        "--manifest", manifest],
                                                  cores=cores, env=env, log_dir=logs, name=f"build_manifest-{tag}")
@@ -319,6 +353,8 @@ def run_pipeline(text: str, images: str, work: str, out: str, *, cores: int, env
     args = ["--manifest", manifest, "--out", out, "--ledger", ledger, "--config", config]
     if criteria:
         args += ["--criteria", criteria]
+    if before_job:
+        before_job()
     r = run_spark_job("reassemble.py", args, cores=cores, env=env, log_dir=logs, name=f"reassemble-{tag}")
     r.update(parse_reassemble_stdout(r["stdout"]))
     stages["reassemble"] = r
@@ -434,19 +470,21 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
     import pstats
 
     items = hot_path_items(root, index, want)
-    out_dir = os.path.join(work, "profile-out")
+    runs = iter(range(1000))
 
-    def fresh() -> None:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.makedirs(out_dir)
+    def fresh() -> str:
+        # A new folder per pass, none deleted before the end (see measure_tar_x).
+        path = os.path.join(work, f"profile-out-{next(runs)}")
+        os.makedirs(path)
+        return path
 
-    fresh()
-    reassemble_sequentially(items[:20], out_dir)  # warm imports and the page cache
-    fresh()
+    reassemble_sequentially(items[:20], fresh())  # warm imports and the page cache
+    out_dir = fresh()
+    settle()
     t0, c0 = time.perf_counter(), time.process_time()
     n, read, split = reassemble_sequentially(items, out_dir)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    fresh()
+    out_dir = fresh()
     prof = cProfile.Profile()
     prof.enable()
     reassemble_sequentially(items, out_dir)
@@ -476,7 +514,7 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
                       "cumtime_ms_per_instance": 1000 * v[3] / n, "calls_per_instance": v[1] / n,
                       "share": v[2] / profiled_total if profiled_total else 0}
                      for (f, line, fn), v in top]
-    fresh()
+    out_dir = fresh()
     try:
         from pyinstrument import Profiler
     except ImportError:
@@ -494,7 +532,6 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
     with open(profile_txt, "w") as f:
         f.write(f"# hot path: read_archive_members + part10.assemble + storage.write_parts, one thread, {n} instances\n")
         f.write(text)
-    shutil.rmtree(out_dir, ignore_errors=True)
     return {"instances": n, "archive_bytes_read": read, "wall_s": wall, "cpu_s": cpu, "ms_per_instance": 1000 * wall / n,
             "cpu_ms_per_instance": 1000 * cpu / n, "mb_per_cpu_s_in_process": read / cpu / MB if cpu else None,
             "split_ms_per_instance": {k: 1000 * v / n for k, v in split.items()},

@@ -218,7 +218,19 @@ def render_markdown(results: dict[str, Any]) -> str:
         ["naive", _get(results, "naive", "mb_s"), _get(results, "naive", "mb_per_cpu_s"),
          _get(results, "naive", "extrapolated_total_s"), _get(results, "naive", "note") or ""],
     ])
+    runs = _get(results, "tar_x", "mb_s_runs")
+    if runs:
+        lines.append("tar -x runs: " + ", ".join(f"{_f(x, 0)} MB/s" for x in runs) + ".")
+        lines.append("")
     lines += ["## Pipeline throughput by size (Spark start-up included)", ""]
+    reps = p.get("repeats") or 1
+    if reps > 1:
+        lines.append(f"Each size ran {reps} times in turn; the fastest run of each stage is shown and fitted. All runs "
+                     "(wall / CPU s): " + "; ".join(
+                         f"{s['instances']}: " + ", ".join(f"{_f(r['reassemble']['wall_s'], 1)}/{_f(r['reassemble']['cpu_s'], 1)}"
+                                                            for r in s.get("repeats", []))
+                         for s in _get(results, "pipeline", "sizes") or []) + " (reassemble).")
+        lines.append("")
     rows = []
     for row in d["throughput"]:
         for stage in ("build_manifest", "reassemble", "end_to_end"):
