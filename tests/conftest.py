@@ -114,6 +114,23 @@ def build_manifest(spark, text: str, images: str, manifest_uri: str) -> None:  #
         build_manifest_df(spark, todo, run, at, 4, 64 * 1024).write.mode("append").parquet(manifest_uri)
 
 
+def work_item(root: str, inst: dict, uid: str) -> dict:
+    """A reassembly work item for one sample instance, as the plan hands it to an executor."""
+    import os
+    import tarfile
+
+    h_archive, h_member = inst["header"]
+    p_archive, p_member = inst["pixels"]
+    with tarfile.open(os.path.join(root, h_archive)) as tf:
+        header_json = tf.extractfile(h_member).read().decode()
+    with tarfile.open(os.path.join(root, p_archive)) as tf:
+        m = tf.getmember(p_member)
+    return {"sop_instance_uid": uid, "header_archive": h_archive, "header_member": h_member, "header_json": header_json,
+            "pixel_archive": os.path.join(root, p_archive), "pixel_archive_size": os.path.getsize(os.path.join(root, p_archive)),
+            "pixel_member": p_member, "pixel_offset": m.offset_data, "pixel_size": m.size, "dup_pixels": None,
+            "study_instance_uid": "1.2", "series_instance_uid": "1.2.1", "modality": "CT"}
+
+
 def read_tar_member(path: str, member: str) -> bytes:
     """A member's bytes through Python's tarfile: an independent reader for checks."""
     import tarfile

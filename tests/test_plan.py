@@ -214,25 +214,14 @@ def test_output_keys_never_leave_the_output_prefix() -> None:
 
 
 def test_members_above_the_memory_threshold_are_spooled_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
-    import os
-    import tarfile
-
-    from conftest import dcmftest_ok
+    from conftest import dcmftest_ok, work_item
 
     from dicom_reassembly.ledger import row_dict
     from dicom_reassembly.reassembly import WriteContext, reassemble_partition
 
     root, expected = sample_delivery
     uid, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native")
-    h_archive, h_member = inst["header"]
-    p_archive, p_member = inst["pixels"]
-    with tarfile.open(os.path.join(root, h_archive)) as tf:
-        header_json = tf.extractfile(h_member).read().decode()
-    with tarfile.open(os.path.join(root, p_archive)) as tf:
-        m = tf.getmember(p_member)
-    item = {"sop_instance_uid": uid, "header_archive": h_archive, "header_member": h_member, "header_json": header_json,
-            "pixel_archive": os.path.join(root, p_archive), "pixel_archive_size": os.path.getsize(os.path.join(root, p_archive)),
-            "pixel_member": p_member, "pixel_offset": m.offset_data, "pixel_size": m.size, "dup_pixels": None}
+    item = work_item(root, inst, uid)
     ctx = WriteContext(run_id="r", out=str(tmp_path), large_member_bytes=1, upload_threads=2)
     rows = [row_dict(r) for r in reassemble_partition([item], ctx)]
     assert [r["status"] for r in rows] == ["written"], rows

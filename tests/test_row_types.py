@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from datetime import datetime
 from typing import Any
+
+from conftest import work_item
 
 PYTHON_TYPE = {"string": str, "long": int, "int": int, "timestamp": datetime}
 
@@ -23,19 +24,6 @@ def assert_typed(rows: list[tuple], fields: list[tuple[str, str]]) -> None:
             assert value is None or type(value) is PYTHON_TYPE[kind], (name, value)
 
 
-def _sample_item(root: str, inst: dict, uid: str) -> dict:
-    h_archive, h_member = inst["header"]
-    p_archive, p_member = inst["pixels"]
-    with tarfile.open(os.path.join(root, h_archive)) as tf:
-        header_json = tf.extractfile(h_member).read().decode()
-    with tarfile.open(os.path.join(root, p_archive)) as tf:
-        m = tf.getmember(p_member)
-    return {"sop_instance_uid": uid, "header_archive": h_archive, "header_member": h_member, "header_json": header_json,
-            "pixel_archive": os.path.join(root, p_archive), "pixel_archive_size": os.path.getsize(os.path.join(root, p_archive)),
-            "pixel_member": p_member, "pixel_offset": m.offset_data, "pixel_size": m.size, "dup_pixels": None,
-            "study_instance_uid": "1.2", "series_instance_uid": "1.2.1", "modality": "CT"}
-
-
 def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tmp_path: Any) -> None:
     """The ledger DataFrame skips Spark's per-row type check: every outcome path must build typed rows itself."""
     from dicom_reassembly.ledger import LEDGER_FIELDS, STATUSES
@@ -43,14 +31,14 @@ def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tm
 
     root, expected = sample_delivery
     (u1, i1), (u2, i2) = sorted(expected["instances"].items())[:2]
-    good = _sample_item(root, i1, u1)
-    malformed = dict(_sample_item(root, i2, u2), header_json="{not json")
+    good = work_item(root, i1, u1)
+    malformed = dict(work_item(root, i2, u2), header_json="{not json")
     u3, i3 = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native" and u not in (u1, u2))
-    native = _sample_item(root, i3, u3)
+    native = work_item(root, i3, u3)
     short = dict(native, pixel_size=native["pixel_size"] - 2)
     same = [good["pixel_archive"], good["pixel_member"], good["pixel_offset"], good["pixel_size"]]
     dup = dict(good, sop_instance_uid="1.2.826.0.1.10", dup_pixels=json.dumps([same]))
-    other = dict(_sample_item(root, i2, u2), sop_instance_uid="1.2.826.0.1.11")
+    other = dict(work_item(root, i2, u2), sop_instance_uid="1.2.826.0.1.11")
     conflict = dict(other, dup_pixels=json.dumps([[good["pixel_archive"], good["pixel_member"], good["pixel_offset"],
                                                    other["pixel_size"]]]))
     missing = dict(good, sop_instance_uid="1.2.826.0.1.12", pixel_archive=str(tmp_path / "gone.tar"))
