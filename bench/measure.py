@@ -6,6 +6,7 @@ runs on which files and ``report.py`` derives the ratios. Nothing here asserts o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -62,6 +63,12 @@ def read_through(paths: list[str]) -> None:
                 pass
 
 
+def prepare_timed_run(paths: list[str]) -> None:
+    """What every timed run starts from: earlier writes flushed, the archives in the page cache."""
+    settle()
+    read_through(paths)
+
+
 def measure_tar_x(paths: list[str], scratch: str, repeats: int = 3) -> dict[str, Any]:
     """``tar -xf`` every archive into a fresh folder under ``scratch``, ``repeats`` times; the median counts.
 
@@ -79,8 +86,7 @@ def measure_tar_x(paths: list[str], scratch: str, repeats: int = 3) -> dict[str,
     for k in range(repeats):
         dest = os.path.join(scratch, f"run-{k}")
         os.makedirs(dest)
-        settle()
-        read_through(paths)
+        prepare_timed_run(paths)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         for p in paths:
@@ -470,7 +476,7 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
     import pstats
 
     items = hot_path_items(root, index, want)
-    runs = iter(range(1000))
+    runs = itertools.count()
 
     def fresh() -> str:
         # A new folder per pass, none deleted before the end (see measure_tar_x).

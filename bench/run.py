@@ -22,6 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,8 +126,9 @@ def versions() -> dict[str, Any]:
     return out
 
 
-def archive_paths(root: str, index: dict[str, Any], role: str) -> list[str]:
-    return [os.path.join(root, role, a["name"]) for a in index["archives"][role]]
+def all_archives(root: str, index: dict[str, Any]) -> list[str]:
+    """Header archives, then pixel archives."""
+    return [os.path.join(root, role, a["name"]) for role in ("text", "images") for a in index["archives"][role]]
 
 
 # ---------------------------------------------------------------- local pipeline at two sizes
@@ -147,10 +149,9 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
             n = index["totals"]["instances"]
             log(f"pipeline, local files, {n} instances (run {rep + 1} of {repeats}): build_manifest + reassemble")
             out = os.path.join(work, f"out-local-{n}-{rep}")
-            archives = archive_paths(root, index, "text") + archive_paths(root, index, "images")
             stages = ms.run_pipeline(os.path.join(root, "text"), os.path.join(root, "images"), work, out,
                                      cores=cores, env=env, tag=f"local-{n}-{rep}", config=config,
-                                     before_job=lambda paths=archives: (ms.settle(), ms.read_through(paths)))
+                                     before_job=partial(ms.prepare_timed_run, all_archives(root, index)))
             written = stages["reassemble"]["status_counts"].get("written", 0)
             if written != n or not stages["reassemble"]["conservation_ok"]:
                 raise ms.BenchError(f"local run of {n} instances wrote {written}; "
@@ -174,10 +175,9 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
     n = index["totals"]["instances"]
     log(f"pipeline, local files, {n} instances: reassemble again with the default per-series computations")
     out = os.path.join(work, f"out-local-{n}-computations")
-    archives = archive_paths(root, index, "text") + archive_paths(root, index, "images")
     with_comp = ms.run_pipeline("", "", work, out, cores=cores, env=env, tag=f"local-{n}-computations",
                                 config=ms.bench_config(work, computations=True), manifest=sizes[-1]["manifest_uri"],
-                                before_job=lambda: (ms.settle(), ms.read_through(archives)))
+                                before_job=partial(ms.prepare_timed_run, all_archives(root, index)))
     with_comp["reassemble"].pop("stdout", None)
     log(f"  reassemble with computations {with_comp['reassemble']['wall_s']:.1f}s")
     return {"cores": cores, "sizes": sizes, "with_computations": {"instances": n, **with_comp}}
@@ -344,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                     pool=sizes["pool"]), pool)
         results["delivery"] = {"totals": index["totals"], "params": index["params"], "half_totals": half_index["totals"]}
         log("tar -x of every archive (three times into fresh folders; the median counts)")
-        paths = archive_paths(main_root, index, "text") + archive_paths(main_root, index, "images")
-        results["tar_x"] = ms.measure_tar_x(paths, os.path.join(work, "tar-x"))
+        results["tar_x"] = ms.measure_tar_x(all_archives(main_root, index), os.path.join(work, "tar-x"))
         log(f"  {results['tar_x']['mb_s']:.0f} MB/s")
         log(f"naive baseline on {sizes['naive_sample']} random UIDs")
         results["naive"] = ms.measure_naive(main_root, index, sizes["naive_sample"], os.path.join(work, "naive-out"), args.seed)

@@ -35,7 +35,8 @@ def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str
     rdd = (spark.sparkContext.parallelize(keyed, n)
            .partitionBy(n, lambda k: k)
            .flatMap(lambda kv: mf.index_archive(kv[1], index_run, indexed_at, coalesce_gap)))
-    # Rows come from index_archive in schema order and types: checking each in Python costs a share of the hot path.
+    # Rows come from index_archive in schema order and types (tests/test_row_types.py): checking each in Python
+    # costs a share of the hot path.
     return spark.createDataFrame(rdd, mf.manifest_schema(), verifySchema=False)
 
 
@@ -196,7 +197,7 @@ def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: 
     work = plan.filter(F.col("status") == PENDING).transform(with_archive_locality(partitions))
     written = plan.sparkSession.createDataFrame(
         work.rdd.mapPartitions(lambda rows: reassemble_partition(rows, ctx)), ledger_schema(),
-        verifySchema=False)  # rows come from ledger_row, typed by construction (tests/test_ledger.py)
+        verifySchema=False)  # rows come from ledger_row, typed by construction (tests/test_row_types.py)
     return terminal.unionByName(damage).unionByName(written)
 
 
