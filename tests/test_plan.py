@@ -182,6 +182,47 @@ def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> No
     assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
 
 
+def test_local_members_are_mapped_in_place_and_a_cut_mapped_member_is_an_error(tmp_path) -> None:  # noqa: ANN001
+    import os
+
+    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+
+    path, items = _tar(tmp_path, [300, 200_000, 150_000, 90_000])
+    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=100)
+    out = list(read_archive_members(path, items[:3], os.path.getsize(path), ctx))
+    # Big members come back as views of the archive's pages, not as copies or spooled files.
+    assert [type(p.data).__name__ for _, p, _ in out] == ["bytes", "memoryview", "memoryview"]
+    assert [bytes(p.data) for _, p, _ in out] == [it["data"] for it in items[:3]]
+    assert all(p.file is None for _, p, _ in out)
+    for _, p, _ in out:
+        p.close()
+    # Cut inside the third member: the mapping stops at the file's end, and the member is reported cut.
+    with open(path, "r+b") as f:
+        f.truncate(items[2]["pixel_offset"] + 70_000)
+    out = list(read_archive_members(path, items[1:], os.path.getsize(path), ctx))
+    assert out[0][2] is None and bytes(out[0][1].data) == items[1]["data"]
+    assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
+
+
+def test_big_members_of_an_s3_archive_are_spooled_to_a_temporary_file(tmp_path, s3) -> None:  # noqa: ANN001
+    import uuid
+
+    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+
+    path, items = _tar(tmp_path, [300, 200_000])
+    bucket = f"pl-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    with open(path, "rb") as f:
+        s3.put_object(Bucket=bucket, Key="a.tar", Body=f.read())
+    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=1000)
+    out = list(read_archive_members(f"s3://{bucket}/a.tar", items, None, ctx))
+    assert [e for _, _, e in out] == [None, None]
+    assert [p.file is not None for _, p, _ in out] == [False, True]
+    assert [bytes(p.data) for _, p, _ in out] == [it["data"] for it in items]
+    for _, p, _ in out:
+        p.close()
+
+
 def test_pixels_without_a_header_while_text_archives_await_restore_are_not_orphans() -> None:
     assert [f["status"] for f in fates([], [pixels()], headers_pending_restore=True)] == ["not_restored"]
 
@@ -213,7 +254,7 @@ def test_output_keys_never_leave_the_output_prefix() -> None:
         "OT/unknown-study/1.2.3.4/1.2.3.dcm")
 
 
-def test_members_above_the_memory_threshold_are_spooled_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
+def test_members_above_the_memory_threshold_are_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
     from conftest import dcmftest_ok, work_item
 
     from dicom_reassembly.ledger import row_dict

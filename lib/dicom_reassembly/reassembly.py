@@ -267,8 +267,10 @@ class _Payload:
     def __init__(self, stream: Any, size: int, large: int) -> None:
         self.file = None
         self.map = None
-        if size <= large:
-            self.data: Any = storage.read_exact(stream, size)
+        if size <= large or getattr(stream, "maps_in_place", False):
+            # A local archive's member is mapped in place whatever its size: its pages stay the page cache's.
+            read_view = getattr(stream, "read_view", None)
+            self.data: Any = read_view(size) if read_view is not None else storage.read_exact(stream, size)
             return
         self.file = tempfile.TemporaryFile(prefix="dcm-member-")  # noqa: SIM115 - closed by close()
         left = size
@@ -293,6 +295,8 @@ class _Payload:
                 log.debug("member map still referenced; left to the garbage collector")
         if self.file is not None:
             self.file.close()
+        # A mapped view unmaps when its last reference goes (the written parts may still hold one).
+        self.data = b""
 
 
 def _skip(stream: Any, n: int) -> None:
