@@ -76,16 +76,21 @@ def test_bench_delivery_is_split_and_shuffled_and_its_report_is_written(tmp_path
         "parameters": {"mode": "smoke", "cores": 2, "instances": 6},
         "delivery": {"totals": index["totals"]},
         "tar_x": measure_tar_x(archives, str(tmp_path / "tar-x")),
+        "tar_x_streams": measure_tar_x(archives, str(tmp_path / "tar-x"), streams=2),
         "naive": measure_naive(root, index, 2, str(tmp_path / "naive"), seed=7),
     }
     out = str(tmp_path / "results")
     paths = write_report(results, out)
     report = json.loads(Path(paths["json"]).read_text())
     assert report["tar_x"]["bytes"] == sum(os.path.getsize(a) for a in archives)
+    # Two streams extract every archive between them, each member exactly once.
+    extracted = sorted(n for _, _, names in os.walk(tmp_path / "tar-x" / "streams-2-run-0") for n in names)
+    assert extracted == sorted(n for a in archives for n in tarfile.open(a).getnames())
+    assert report["tar_x_streams"]["streams"] == 2 and len(report["tar_x_streams"]["runs_s"]) == 3
     # Two whole instances were written: each at least a J2K codestream of a 512x512 slice (about 200 KB).
     assert report["naive"]["sampled"] == 2 and report["naive"]["written_bytes_sampled"] > 2 * 100_000
     assert report["derived"]["reassembly"] == {"per_core_mb_s": None, "basis": "not measured"}
     md = Path(paths["md"]).read_text()
-    assert "| tar -x |" in md and "| read amplification, full selection | not measured |" in md
+    assert "| tar -x |" in md and "| tar -x, 2 streams |" in md and "| read amplification, full selection | not measured |" in md
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
