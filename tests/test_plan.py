@@ -182,15 +182,15 @@ def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> No
     assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
 
 
-def test_local_members_are_mapped_in_place_and_a_cut_mapped_member_is_an_error(tmp_path) -> None:  # noqa: ANN001
+def test_big_local_members_are_mapped_in_place_and_a_cut_mapped_member_is_an_error(tmp_path) -> None:  # noqa: ANN001
     import os
 
     from dicom_reassembly.reassembly import WriteContext, read_archive_members
 
     path, items = _tar(tmp_path, [300, 200_000, 150_000, 90_000])
-    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=100)
+    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=1000)
     out = list(read_archive_members(path, items[:3], os.path.getsize(path), ctx))
-    # Big members come back as views of the archive's pages, not as copies or spooled files.
+    # Members above large_member_bytes come back as views of the archive's pages, not spooled copies.
     assert [type(p.data).__name__ for _, p, _ in out] == ["bytes", "memoryview", "memoryview"]
     assert [bytes(p.data) for _, p, _ in out] == [it["data"] for it in items[:3]]
     assert all(p.file is None for _, p, _ in out)

@@ -351,10 +351,6 @@ class _CountingReader:
         self.close()
 
 
-# Members smaller than this are read into memory: mapping costs more than copying them.
-MIN_MAP_BYTES = 64 * 1024
-
-
 class _LimitedFile:
     """A local file window [start, end) that reads like a stream."""
 
@@ -367,17 +363,15 @@ class _LimitedFile:
     def read_view(self, n: int) -> Any:
         """Up to ``n`` bytes as a read-only view of the file's pages, without copying them.
 
-        The pixels of a local archive then go from the page cache to the
-        output's pages in one copy (the write), as with ``tar -x``, instead of
-        two. Views are clamped to the file's size at open: archives must not
-        shrink during a run (reading a mapped page past the end is fatal).
+        For members too big to hold in memory: the view costs address space,
+        not memory, and no temporary copy is written. Views are clamped to the
+        file's size at open: archives must not shrink during a run (reading a
+        mapped page past the end is fatal).
         """
         pos = self.f.tell()
         n = min(n, max(0, self.size - pos))
         if self.remaining is not None:
             n = min(n, self.remaining)
-        if n < MIN_MAP_BYTES:
-            return self.read(n)
         base = pos - pos % mmap.ALLOCATIONGRANULARITY
         pages = mmap.mmap(self.f.fileno(), pos - base + n, access=mmap.ACCESS_READ, offset=base)
         self.f.seek(pos + n)
