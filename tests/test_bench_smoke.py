@@ -11,6 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, require_tool
 from pydicom.dataset import Dataset
 
@@ -85,7 +86,11 @@ def test_bench_delivery_is_split_and_shuffled_and_its_report_is_written(tmp_path
     assert report["tar_x"]["bytes"] == sum(os.path.getsize(a) for a in archives)
     # Two streams extract every archive between them, each member exactly once.
     extracted = sorted(n for _, _, names in os.walk(tmp_path / "tar-x" / "streams-2-run-0") for n in names)
-    assert extracted == sorted(n for a in archives for n in tarfile.open(a).getnames())
+    members = []
+    for a in archives:
+        with tarfile.open(a) as tf:
+            members += tf.getnames()
+    assert extracted == sorted(members)
     assert report["tar_x_streams"]["streams"] == 2 and len(report["tar_x_streams"]["runs_s"]) == 3
     # Two whole instances were written: each at least a J2K codestream of a 512x512 slice (about 200 KB).
     assert report["naive"]["sampled"] == 2 and report["naive"]["written_bytes_sampled"] > 2 * 100_000
@@ -94,3 +99,16 @@ def test_bench_delivery_is_split_and_shuffled_and_its_report_is_written(tmp_path
     assert "| tar -x |" in md and "| tar -x, 2 streams |" in md and "| read amplification, full selection | not measured |" in md
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pairing_ratios_span_every_pair_of_runs() -> None:
+    from bench.report import MB, _pairing_ratios
+
+    sizes = [{"instances": 1000, "repeats": [{"reassemble": {"wall_s": 10.0}}, {"reassemble": {"wall_s": 12.0}}]},
+             {"instances": 2000, "repeats": [{"reassemble": {"wall_s": 14.0}}, {"reassemble": {"wall_s": 20.0}}]}]
+    # Slopes per instance: 4, 2, 10 and 8 ms; 1 MB per instance on 2 cores against tar at 100 MB/s.
+    got = _pairing_ratios(sizes, bpi=MB, cores=2, tar_mb_s=100.0)
+    assert got["pairs"] == 4
+    assert got["max"] == pytest.approx(1 / 0.002 / 2 / 100) and got["min"] == pytest.approx(1 / 0.010 / 2 / 100)
+    assert got["median"] == pytest.approx((1 / 0.004 + 1 / 0.008) / 2 / 2 / 100)
+    assert _pairing_ratios(sizes[:1], bpi=MB, cores=2, tar_mb_s=100.0) is None
