@@ -17,6 +17,8 @@ from dicom_reassembly.config import Config
 from dicom_reassembly.ledger import STATUSES
 from dicom_reassembly.pipeline import (
     indexed_archives,
+    partition_keys,
+    plan_reassembly_tasks,
     with_archive_locality,
     with_manifest_damage,
     with_members_by_uid,
@@ -101,6 +103,46 @@ def test_with_archive_locality_puts_each_archive_in_one_partition_in_offset_orde
             assert {r["archive_wanted"] for r in group} == {sum(d[2] for d in mine)}
             assert {r["archive_end"] for r in group} == {max(d[1] + d[2] for d in mine)}
     assert set(seen) == {f"a{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_partition_keys_land_in_the_partition_they_were_found_for(spark, n: int) -> None:  # noqa: ANN001
+    keys = partition_keys(spark, n)
+    parts = spark.createDataFrame([(k,) for k in keys], "k long").repartition(n, "k").rdd.glom().collect()
+    assert [[r["k"] for r in part] for part in parts] == [[k] for k in keys]
+
+
+def test_archives_are_spread_over_tasks_by_bytes_and_stay_whole(spark) -> None:  # noqa: ANN001
+    # Two big archives and many small ones: each task should get one big archive and half the small ones.
+    sizes = {"big-a": 1000, "big-b": 950, **{f"small-{i:02d}": 40 for i in range(24)}}
+    data = [("pending", a, off * 100, size // 4) for a, size in sizes.items() for off in range(4)]
+    plan = spark.createDataFrame(data, "status string, pixel_archive string, pixel_offset long, pixel_size long")
+    tasks, keys = plan_reassembly_tasks(plan, configured=2, task_bytes=1 << 30)
+    assert tasks == 2 and keys is not None
+    work = plan.transform(with_archive_locality(tasks, keys))
+    shuffles = work._jdf.queryExecution().executedPlan().toString().count("Exchange hashpartitioning")
+    assert shuffles == 1, "the per-archive window must reuse the task partitioning, not shuffle again"
+    assert "task_key" not in work.columns
+    loads, seen = [], set()
+    for rows in work.rdd.glom().collect():
+        archives = _runs(rows)
+        assert not {a for a, _ in archives} & seen, "an archive was split across tasks"
+        seen |= {a for a, _ in archives}
+        for _, group in archives:
+            assert [r["pixel_offset"] for r in group] == sorted(r["pixel_offset"] for r in group)
+        loads.append(sum(r["pixel_size"] for r in rows))
+    assert seen == set(sizes)
+    assert sorted(loads) == [1440, 1468], loads  # hashed, both big archives share a task half the time
+
+
+def test_too_many_archives_to_balance_fall_back_to_hashing(spark) -> None:  # noqa: ANN001
+    data = [("pending", f"a{i}", 0, 10) for i in range(6)]
+    plan = spark.createDataFrame(data, "status string, pixel_archive string, pixel_offset long, pixel_size long")
+    assert plan_reassembly_tasks(plan, configured=3, task_bytes=1 << 30, max_balanced=5) == (3, None)
+    assert plan_reassembly_tasks(plan, configured=1, task_bytes=1 << 30) == (1, None)
+    # Derived: at least two tasks per core, never more than archives.
+    tasks, keys = plan_reassembly_tasks(plan, configured=0, task_bytes=1 << 30)
+    assert tasks == min(6, 2 * spark.sparkContext.defaultParallelism) and keys is not None
 
 
 def _runs(rows: list) -> list[tuple[str, list]]:  # noqa: ANN001

@@ -19,6 +19,11 @@ from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reass
 
 log = logging.getLogger(__name__)
 
+# Above this many pixel archives in one run, tasks take archives by hash instead of by size: balancing
+# collects each archive's wanted bytes to the driver (about 200 bytes each).
+MAX_BALANCED_ARCHIVES = 200_000
+TASK_KEY = "task_key"
+
 MEMBER_COLUMNS = ["archive_uri", "archive_size", "member_name", "data_offset", "size", "error", "error_detail"]
 HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instance_uid", "series_instance_uid", "modality"]
 
@@ -108,9 +113,11 @@ def with_instance_plan(select: Callable[[str], str | None] | None, pending_resto
     return transform
 
 
-def with_archive_locality(partitions: int) -> Callable[[Any], Any]:
-    """Transform: pending work hashed by pixel archive, each archive's members in offset order.
+def with_archive_locality(partitions: int, task_keys: Any = None) -> Callable[[Any], Any]:
+    """Transform: pending work grouped by pixel archive into tasks, each archive's members in offset order.
 
+    ``task_keys`` (pixel_archive, task_key) places each archive in the task
+    ``plan_reassembly_tasks`` chose for it; without it, archives are hashed.
     Each row also carries its archive's wanted bytes and last wanted byte, so an
     executor can choose one streaming read or ranged reads from the first row,
     without holding the archive's rows (the window is computed in the JVM, which spills).
@@ -120,11 +127,16 @@ def with_archive_locality(partitions: int) -> Callable[[Any], Any]:
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        archive = Window.partitionBy("pixel_archive")
-        return (work.repartition(partitions, "pixel_archive")
-                .withColumn("archive_wanted", F.sum("pixel_size").over(archive))
+        if task_keys is None:
+            keyed = work.withColumn(TASK_KEY, F.lit(None).cast("long")).repartition(partitions, "pixel_archive")
+        else:
+            keyed = work.join(F.broadcast(task_keys), "pixel_archive", "left").repartition(partitions, TASK_KEY)
+        # The task key is a function of the archive, so this window reuses the task partitioning as it is.
+        archive = Window.partitionBy(TASK_KEY, "pixel_archive")
+        return (keyed.withColumn("archive_wanted", F.sum("pixel_size").over(archive))
                 .withColumn("archive_end", F.max(F.col("pixel_offset") + F.col("pixel_size")).over(archive))
-                .sortWithinPartitions("pixel_archive", "pixel_offset"))
+                .sortWithinPartitions("pixel_archive", "pixel_offset")
+                .drop(TASK_KEY))
 
     return transform
 
@@ -185,7 +197,8 @@ def count_pending_restore(manifest: Any) -> dict[str, int]:
     return {r["archive_role"]: int(r["count"]) for r in rows}
 
 
-def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: datetime, partitions: int) -> Any:
+def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: datetime, partitions: int,
+                      task_keys: Any = None) -> Any:
     """The whole run's ledger as one lazy DataFrame: terminal outcomes, damage, and written instances.
 
     Evaluating it writes the objects, so it is evaluated exactly once (by the ledger write).
@@ -194,7 +207,7 @@ def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: 
 
     terminal = plan.filter(F.col("status") != PENDING).transform(with_ledger_columns(ctx.run_id, finished_at))
     damage = manifest.transform(with_manifest_damage).transform(with_ledger_columns(ctx.run_id, finished_at))
-    work = plan.filter(F.col("status") == PENDING).transform(with_archive_locality(partitions))
+    work = plan.filter(F.col("status") == PENDING).transform(with_archive_locality(partitions, task_keys))
     written = plan.sparkSession.createDataFrame(
         work.rdd.mapPartitions(lambda rows: reassemble_partition(rows, ctx)), ledger_schema(),
         verifySchema=False)  # rows come from ledger_row, typed by construction (tests/test_row_types.py)
@@ -214,23 +227,57 @@ def skipped_archives(plan: Any, manifest: Any) -> dict[str, int]:
     return {"archives_total": int(total["n"] or 0), "archives_skipped": int(row["n"] or 0), "bytes_skipped": int(row["b"] or 0)}
 
 
-def reassemble_partitions(plan: Any, configured: int, task_bytes: int) -> int:
-    """How many reassembly tasks: configured, else sized by the pixel bytes to read.
+def plan_reassembly_tasks(plan: Any, configured: int, task_bytes: int,
+                          max_balanced: int = MAX_BALANCED_ARCHIVES) -> tuple[int, Any]:
+    """How many reassembly tasks, and which task each pixel archive goes to.
 
-    Sized from the data, not from the executors registered when the driver
-    starts: under dynamic allocation that is one executor, and the job would
-    never give the cluster enough work to scale out. Never more tasks than
-    pixel archives, since an archive is never split.
+    Tasks: configured, else sized by the pixel bytes to read. Sized from the
+    data, not from the executors registered when the driver starts: under
+    dynamic allocation that is one executor, and the job would never give the
+    cluster enough work to scale out. Never more tasks than pixel archives,
+    since an archive is never split.
+
+    Archives are spread over the tasks by wanted bytes, largest first onto the
+    lightest task: hashing leaves tasks uneven (a few big archives can share
+    one), and the run waits for its slowest task. Returns (tasks, task_keys):
+    task_keys is a small DataFrame (pixel_archive, task_key) for
+    ``with_archive_locality``, or None when there is one task or more than
+    ``max_balanced`` archives (their list is collected to the driver).
     """
     from pyspark.sql import functions as F
 
-    if configured > 0:
-        return configured
-    row = (plan.filter(F.col("status") == PENDING).groupBy("pixel_archive")
-           .agg(F.sum("pixel_size").alias("b")).agg(F.count(F.lit(1)).alias("n"), F.sum("b").alias("b")).collect()[0])
+    per_archive = (plan.filter(F.col("status") == PENDING).groupBy("pixel_archive")
+                   .agg(F.sum("pixel_size").alias("b")))
+    row = per_archive.agg(F.count(F.lit(1)).alias("n"), F.sum("b").alias("b")).collect()[0]
     archives, wanted = int(row["n"] or 0), int(row["b"] or 0)
-    cores = plan.sparkSession.sparkContext.defaultParallelism
-    return max(1, min(archives, max(2 * cores, math.ceil(wanted / task_bytes))))
+    if configured > 0:
+        tasks = configured
+    else:
+        cores = plan.sparkSession.sparkContext.defaultParallelism
+        tasks = max(1, min(archives, max(2 * cores, math.ceil(wanted / task_bytes))))
+    if tasks < 2 or archives < 2 or archives > max_balanced:
+        return tasks, None
+    keys = partition_keys(plan.sparkSession, tasks)
+    if keys is None:
+        return tasks, None
+    sizes = [{"uri": r["pixel_archive"], "size": int(r["b"] or 0)} for r in per_archive.collect()]
+    placed = [(a["uri"], keys[i]) for i, bucket in enumerate(mf.balance_by_bytes(sizes, tasks)) for a in bucket]
+    return tasks, plan.sparkSession.createDataFrame(placed, f"pixel_archive string, {TASK_KEY} long")
+
+
+def partition_keys(spark: Any, partitions: int) -> list[int] | None:
+    """For each of ``partitions`` partitions, a long that ``repartition(partitions, col)`` sends there.
+
+    Spark places a row by a hash of the column; asking Spark for the hashes of
+    the first longs finds a key for every partition (None if some partition
+    got none, which the tests never saw: 64 tries each).
+    """
+    from pyspark.sql import functions as F
+
+    rows = (spark.range(0, 64 * partitions).select(F.pmod(F.hash("id"), F.lit(partitions)).alias("p"), "id")
+            .groupBy("p").agg(F.min("id").alias("id")).collect())
+    found = {int(r["p"]): int(r["id"]) for r in rows}
+    return [found[p] for p in range(partitions)] if len(found) == partitions else None
 
 
 def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 16) -> int:

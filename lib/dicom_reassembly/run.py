@@ -16,8 +16,8 @@ from .errors import ReassemblyError
 from .ledger import STATUSES, with_status_counts, with_unaccounted_members
 from .pipeline import (
     count_pending_restore,
+    plan_reassembly_tasks,
     reassemble_ledger,
-    reassemble_partitions,
     skipped_archives,
     with_instance_plan,
     with_members_by_uid,
@@ -83,8 +83,9 @@ class ReassembleRun:
             skipped = skipped_archives(plan, manifest)
             log.info("run %s: %d of %d image archives need no read (%d bytes)", run_id,
                      skipped["archives_skipped"], skipped["archives_total"], skipped["bytes_skipped"])
-            partitions = reassemble_partitions(plan, self.cfg.reassemble_partitions, self.cfg.task_bytes)
-            ledger = reassemble_ledger(plan, manifest, self.context(run_id), datetime.now(timezone.utc), partitions)
+            partitions, task_keys = plan_reassembly_tasks(plan, self.cfg.reassemble_partitions, self.cfg.task_bytes)
+            ledger = reassemble_ledger(plan, manifest, self.context(run_id), datetime.now(timezone.utc), partitions,
+                                       task_keys)
             ledger.write.mode("append").partitionBy("run_id").parquet(self.ledger_uri)
         finally:
             plan.unpersist()
