@@ -204,6 +204,23 @@ def test_big_local_members_are_mapped_in_place_and_a_cut_mapped_member_is_an_err
     assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
 
 
+def test_a_big_member_cut_at_its_first_byte_on_a_page_boundary_is_reported_cut(tmp_path) -> None:  # noqa: ANN001
+    import mmap
+    import os
+
+    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+
+    # 512 (header) + 3,072 (data) + 512 (next header): the second member's data starts at 4,096.
+    path, items = _tar(tmp_path, [3072, 200_000])
+    assert items[1]["pixel_offset"] % mmap.ALLOCATIONGRANULARITY == 0
+    with open(path, "r+b") as f:
+        f.truncate(items[1]["pixel_offset"])
+    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=1000)
+    out = list(read_archive_members(path, items, os.path.getsize(path), ctx))
+    assert out[0][2] is None and bytes(out[0][1].data) == items[0]["data"]
+    assert out[1][1] is None and out[1][2].reason == "truncated_archive"
+
+
 def test_big_members_of_an_s3_archive_are_spooled_to_a_temporary_file(tmp_path, s3) -> None:  # noqa: ANN001
     import uuid
 

@@ -327,9 +327,8 @@ class _CountingReader:
         return hasattr(self.raw, "read_view")
 
     def read_view(self, n: int) -> Any:
-        """Up to ``n`` bytes as a buffer; a mapped view when the stream can give one (local files)."""
-        view = getattr(self.raw, "read_view", None)
-        data = view(n) if view is not None else read_exact(self.raw, n)
+        """Up to ``n`` bytes as a view of the source's pages (only when ``maps_in_place``)."""
+        data = self.raw.read_view(n)
         io_counter.record(self.uri, len(data), open_=False)
         return data
 
@@ -372,6 +371,8 @@ class _LimitedFile:
         n = min(n, max(0, self.size - pos))
         if self.remaining is not None:
             n = min(n, self.remaining)
+        if n <= 0:  # mmap would take a length of 0 as "to the end of the file"
+            return b""
         base = pos - pos % mmap.ALLOCATIONGRANULARITY
         pages = mmap.mmap(self.f.fileno(), pos - base + n, access=mmap.ACCESS_READ, offset=base)
         self.f.seek(pos + n)
