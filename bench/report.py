@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from typing import Any
 
 MB = 1000 ** 2
@@ -57,8 +58,6 @@ def _marginal(points: list[tuple[int, float]]) -> tuple[float, float] | None:
 def _pairing_ratios(sizes: list[dict[str, Any]], bpi: float | None, cores: int, tar_mb_s: float | None
                     ) -> dict[str, float] | None:
     """Reassembly per core / tar -x (wall) from each pair of runs at the two smallest sizes: min, median, max."""
-    import statistics
-
     runs = sorted(((s["instances"], [x["reassemble"]["wall_s"] for x in s.get("repeats", []) if _get(x, "reassemble", "wall_s")])
                    for s in sizes), key=lambda t: t[0])
     if len(runs) < 2 or not bpi or not tar_mb_s or not runs[0][1] or not runs[1][1]:

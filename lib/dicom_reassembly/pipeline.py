@@ -128,15 +128,16 @@ def with_archive_locality(partitions: int, task_keys: Any = None) -> Callable[[A
         from pyspark.sql import functions as F
 
         if task_keys is None:
-            keyed = work.withColumn(TASK_KEY, F.lit(None).cast("long")).repartition(partitions, "pixel_archive")
+            keyed, by = work.repartition(partitions, "pixel_archive"), ["pixel_archive"]
         else:
             keyed = work.join(F.broadcast(task_keys), "pixel_archive", "left").repartition(partitions, TASK_KEY)
-        # The task key is a function of the archive, so this window reuses the task partitioning as it is.
-        archive = Window.partitionBy(TASK_KEY, "pixel_archive")
+            # The task key is a function of the archive, so the window reuses the task partitioning as it is.
+            by = [TASK_KEY, "pixel_archive"]
+        archive = Window.partitionBy(*by)
         return (keyed.withColumn("archive_wanted", F.sum("pixel_size").over(archive))
                 .withColumn("archive_end", F.max(F.col("pixel_offset") + F.col("pixel_size")).over(archive))
                 .sortWithinPartitions("pixel_archive", "pixel_offset")
-                .drop(TASK_KEY))
+                .drop(TASK_KEY))  # a no-op when archives were hashed
 
     return transform
 
