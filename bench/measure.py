@@ -50,8 +50,8 @@ def settle() -> None:
 
     The page cache is not dropped: here a drop is not a neutral reset. Measured with 2,000 and 8,000 instances,
     alternating: a drop before each reassemble added 1 s at 2,000 and 3-4 s at 8,000 (about 0.5 ms per
-    instance), while tar -x ran faster after one (396 against 270 MB/s). The likely cause is that this VM hands
-    freed memory back to its host, and writers pay to take it back.
+    instance), while tar -x ran faster after one (396 against 270 MB/s). The cause is free page reporting: this
+    VM hands freed memory back to its host, and writers pay a host fault per page to take it back.
     """
     os.sync()
 
