@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 VENV35 := .venv-spark35
 SPARK4 := pyspark==4.0.1
 SPARK35 := pyspark==3.5.7
-APT_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql libpostgresql-jdbc-java
+# openjph-tools: OpenJPH's HTJ2K encoder, the only one packaged here, makes the HTJ2K payloads tests/test_htj2k.py checks.
+APT_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb postgresql libpostgresql-jdbc-java openjph-tools
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
@@ -26,7 +27,7 @@ $(VENV)/.installed: setup.py requirements-test.txt
 ## setup: .venv with the package and spark-submit
 setup: $(VENV)/.installed
 
-## system-deps: the Debian tools the tests call (dcmtk, dicom3tools, Orthanc, PostgreSQL, JDBC driver)
+## system-deps: the Debian tools the tests call (dcmtk, dicom3tools, Orthanc, PostgreSQL, JDBC driver, OpenJPH)
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
