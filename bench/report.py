@@ -200,6 +200,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + [""]
 
 
+def _reported_gb(machine: dict[str, Any]) -> float | None:
+    """GB of free memory the kernel reported to the host between the run's start and end, if it reports at all."""
+    start, end = machine.get("free_page_reporting") or {}, machine.get("free_page_reporting_end") or {}
+    if "reported_kib" not in start or "reported_kib" not in end:
+        return None
+    return (end["reported_kib"] - start["reported_kib"]) / 1024 ** 2
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The human report: targets first, then each measurement."""
     d = results["derived"]
@@ -213,6 +221,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                  f"pydicom {_get(results, 'versions', 'pydicom')}. Mode: {p.get('mode', '?')}.")
     if p.get("note"):
         lines.append(f"\n**Note:** {p['note']}")
+    handed_back = _reported_gb(m)
+    if handed_back is not None:
+        lines.append(f"\n**Memory handed back to the host:** this VM reports free pages to its host, which took back "
+                     f"{_f(handed_back, 1)} GB during the run. Writes into such memory pay a host fault per page, so tar -x "
+                     f"and the pipeline both run slower by however much of it they touch (README, \"Why it is not steady\").")
     lines += ["", "## Delivery", ""]
     if t:
         lines.append(f"{_f(t.get('instances'))} instances in {_f(t.get('text_archives'))} header archives and "
@@ -409,7 +422,8 @@ def render_chart(results: dict[str, Any], path: str) -> None:
     ax.set_xlabel("instances")
     ax.set_ylabel("MB/s per core (archive bytes)")
     ax.set_title("Throughput against size")
-    ax.legend(fontsize=6, loc="best")
+    if ax.get_legend_handles_labels()[0]:  # a report with nothing measured yet has nothing to label
+        ax.legend(fontsize=6, loc="best")
     ax = axes[1]
     runs: list[tuple[str, dict[str, Any]]] = []
     for r in _get(results, "pipeline", "sizes") or []:

@@ -112,3 +112,25 @@ def test_pairing_ratios_span_every_pair_of_runs() -> None:
     assert got["max"] == pytest.approx(1 / 0.002 / 2 / 100) and got["min"] == pytest.approx(1 / 0.010 / 2 / 100)
     assert got["median"] == pytest.approx((1 / 0.004 + 1 / 0.008) / 2 / 2 / 100)
     assert _pairing_ratios(sizes[:1], bpi=MB, cores=2, tar_mb_s=100.0) is None
+
+
+def test_report_says_how_much_memory_the_vm_handed_back_to_its_host(tmp_path) -> None:  # noqa: ANN001
+    from bench.run import read_free_page_reporting
+
+    counters = tmp_path / "page_reporting"
+    counters.mkdir()
+    (counters / "page_reporting_order").write_text("9\n")
+    (counters / "reported_kib").write_text("1048576\n")
+    start = read_free_page_reporting(str(counters))
+    assert start == {"page_reporting_order": 9, "reported_kib": 1048576}
+    (counters / "reported_kib").write_text(str(1048576 + 5 * 1024 * 1024 // 2) + "\n")
+    end = read_free_page_reporting(str(counters))
+    assert read_free_page_reporting(str(tmp_path / "absent")) is None
+
+    base = {"parameters": {"mode": "smoke", "cores": 2}}
+    reported = write_report({**base, "machine": {"free_page_reporting": start, "free_page_reporting_end": end}},
+                            str(tmp_path / "with"))
+    assert "took back 2.5 GB during the run" in Path(reported["md"]).read_text()
+    plain = write_report({**base, "machine": {"free_page_reporting": None, "free_page_reporting_end": None}},
+                         str(tmp_path / "without"))
+    assert "handed back" not in Path(plain["md"]).read_text()
