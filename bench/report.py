@@ -200,12 +200,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + [""]
 
 
-def _reported_gb(machine: dict[str, Any]) -> float | None:
-    """GB of free memory the kernel reported to the host between the run's start and end, if it reports at all."""
+def _reported_gb(machine: dict[str, Any]) -> tuple[float, float] | None:
+    """GB of free memory the kernel reported to the host during the run and in all, if it reports at all."""
     start, end = machine.get("free_page_reporting") or {}, machine.get("free_page_reporting_end") or {}
     if "reported_kib" not in start or "reported_kib" not in end:
         return None
-    return (end["reported_kib"] - start["reported_kib"]) / 1024 ** 2
+    return (end["reported_kib"] - start["reported_kib"]) / 1024 ** 2, end["reported_kib"] / 1024 ** 2
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -221,11 +221,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                  f"pydicom {_get(results, 'versions', 'pydicom')}. Mode: {p.get('mode', '?')}.")
     if p.get("note"):
         lines.append(f"\n**Note:** {p['note']}")
-    handed_back = _reported_gb(m)
-    if handed_back is not None:
-        lines.append(f"\n**Memory handed back to the host:** this VM reports free pages to its host, which took back "
-                     f"{_f(handed_back, 1)} GB during the run. Writes into such memory pay a host fault per page, so tar -x "
-                     f"and the pipeline both run slower by however much of it they touch (README, \"Why it is not steady\").")
+    reported = _reported_gb(m)
+    if reported is not None:
+        during, total = reported
+        lines.append(f"\n**Free page reporting:** this VM hands freed memory back to its host ({total:.2f} GB since it "
+                     f"started, {during:.2f} GB during this run). Writes into memory the host took back pay a host fault per "
+                     f"page, whenever it was handed back, so tar -x and the pipeline both slow down by however much of it "
+                     f"they touch (README, \"Why it is not steady\").")
     lines += ["", "## Delivery", ""]
     if t:
         lines.append(f"{_f(t.get('instances'))} instances in {_f(t.get('text_archives'))} header archives and "

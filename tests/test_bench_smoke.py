@@ -130,7 +130,7 @@ def test_report_says_how_much_memory_the_vm_handed_back_to_its_host(tmp_path) ->
     base = {"parameters": {"mode": "smoke", "cores": 2}}
     reported = write_report({**base, "machine": {"free_page_reporting": start, "free_page_reporting_end": end}},
                             str(tmp_path / "with"))
-    assert "took back 2.5 GB during the run" in Path(reported["md"]).read_text()
+    assert "(3.50 GB since it started, 2.50 GB during this run)" in Path(reported["md"]).read_text()
     plain = write_report({**base, "machine": {"free_page_reporting": None, "free_page_reporting_end": None}},
                          str(tmp_path / "without"))
-    assert "handed back" not in Path(plain["md"]).read_text()
+    assert "Free page reporting" not in Path(plain["md"]).read_text()
