@@ -22,11 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dicom_reassembly.session import local_driver_java_options
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
 SPARK_SUBMIT = os.path.join(VENV_BIN, "spark-submit")
 CLI = os.path.join(VENV_BIN, "dicom-reassembly")
-LOG4J = f"-Dlog4j2.configurationFile=file:{ROOT}/conf/log4j2.properties"
+JAVA_OPTIONS = local_driver_java_options(os.path.join(ROOT, "conf", "log4j2.properties"))
 MB = 1000 ** 2  # MB/s figures are 10^6 bytes per second, as the cost model reads them
 
 
@@ -299,7 +301,7 @@ def run_spark_job(job: str, args: list[str], *, cores: int, env: dict[str, str],
     import psutil
 
     os.makedirs(log_dir, exist_ok=True)
-    cmd = [SPARK_SUBMIT, "--master", f"local[{cores}]", "--driver-java-options", LOG4J,
+    cmd = [SPARK_SUBMIT, "--master", f"local[{cores}]", "--driver-java-options", JAVA_OPTIONS,
            "--conf", "spark.ui.enabled=false", os.path.join(ROOT, "jobs", job), *args]
     out_path, err_path = os.path.join(log_dir, f"{name}.out"), os.path.join(log_dir, f"{name}.err")
     with open(out_path, "w") as out, open(err_path, "w") as err:

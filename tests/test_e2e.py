@@ -15,10 +15,12 @@ from conftest import ROOT, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from dicom_reassembly.session import local_driver_java_options
+
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 SPARK_SUBMIT = os.path.join(os.path.dirname(sys.executable), "spark-submit")
-LOG4J = f"-Dlog4j2.configurationFile=file:{ROOT}/conf/log4j2.properties"
+JAVA_OPTIONS = local_driver_java_options(os.path.join(ROOT, "conf", "log4j2.properties"))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -29,7 +31,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def submit(job: str, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run one job with spark-submit, as the README and EMR do."""
-    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-java-options", LOG4J,
+    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-java-options", JAVA_OPTIONS,
            "--conf", "spark.ui.enabled=false", os.path.join(ROOT, "jobs", job), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(env), timeout=timeout, cwd=ROOT)
 
@@ -85,7 +87,7 @@ def test_run_killed_halfway_then_restarted_finishes_with_nothing_written_twice(s
     # Throttle writes (a product setting, for S3's per-prefix request limit) so the kill lands mid-run.
     cfg = tmp_path / "slow.json"
     cfg.write_text(json.dumps({"job": {"upload_threads": 1, "reassemble_partitions": 1, "put_rate": 4}}))
-    cmd = [SPARK_SUBMIT, "--master", "local[1]", "--driver-java-options", LOG4J, "--conf", "spark.ui.enabled=false",
+    cmd = [SPARK_SUBMIT, "--master", "local[1]", "--driver-java-options", JAVA_OPTIONS, "--conf", "spark.ui.enabled=false",
            os.path.join(ROOT, "jobs", "reassemble.py"), "--manifest", manifest, "--out", str(out), "--ledger", ledger,
            "--config", str(cfg)]
     proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT,
@@ -143,7 +145,7 @@ def test_input_credentials_never_reach_logs_ledger_runs_or_event_log(s3, sample_
     r = submit("build_manifest.py", "--text", "s3://secret-archives/d/text", "--images", "s3://secret-archives/d/images",
                "--manifest", str(manifest))
     assert r.returncode == 0, r.stderr[-3000:]
-    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-java-options", LOG4J,
+    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-java-options", JAVA_OPTIONS,
            "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir=file://{events}",
            os.path.join(ROOT, "jobs", "reassemble.py"), "--manifest", str(manifest), "--out", str(tmp_path / "dcm"),
            "--ledger", str(ledger), "--criteria", str(crit)]

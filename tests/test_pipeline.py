@@ -311,3 +311,18 @@ def test_the_jvm_plan_for_clean_pairs_equals_the_python_plan(spark) -> None:  # 
     python = by_uid.transform(with_instance_plan(lambda _header_json: None, {}))  # a selection forces Python for all
     assert_df_equality(jvm, python, ignore_row_order=True, ignore_nullable=True)
     assert jvm.filter("status = 'pending'").count() == 4
+
+
+def test_local_runs_use_the_c1_only_jit_everywhere_they_start_a_jvm(spark) -> None:  # noqa: ANN001
+    """The shared session, the Makefile's spark-submit and the benchmark all start the JVM with the same options."""
+    from conftest import ROOT
+
+    from bench.measure import JAVA_OPTIONS
+    from dicom_reassembly.session import LOCAL_JIT_OPTIONS
+
+    jvm_args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert LOCAL_JIT_OPTIONS in jvm_args
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        submit = next(line for line in f if "--driver-java-options" in line)
+    assert f'"{LOCAL_JIT_OPTIONS} -Dlog4j2' in submit
+    assert JAVA_OPTIONS.startswith(LOCAL_JIT_OPTIONS + " ")

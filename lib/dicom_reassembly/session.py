@@ -6,6 +6,16 @@ import os
 import sys
 from typing import Any
 
+# Local jobs last seconds to minutes: HotSpot's C2 compiler spends about 25 s of CPU per job compiling code
+# that a short job barely reuses, so local runs stop at C1 (bench/README.md has the measurements). Cluster
+# executors live long enough to repay C2 and keep the JVM's default.
+LOCAL_JIT_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
+def local_driver_java_options(log4j_config: str) -> str:
+    """``--driver-java-options`` for a ``local[N]`` run: the C1-only JIT and our log4j2 configuration file."""
+    return f"{LOCAL_JIT_OPTIONS} -Dlog4j2.configurationFile=file:{log4j_config}"
+
 
 def get_session(app_name: str, master: str | None = None, extra: dict[str, str] | None = None) -> Any:
     """Build (or reuse) a SparkSession.
