@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from conftest import build_manifest, dcmftest_ok
+from conftest import ROOT, build_manifest, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -315,8 +315,6 @@ def test_the_jvm_plan_for_clean_pairs_equals_the_python_plan(spark) -> None:  # 
 
 def test_local_runs_use_the_c1_only_jit_everywhere_they_start_a_jvm(spark) -> None:  # noqa: ANN001
     """The shared session, the Makefile's spark-submit and the benchmark all start the JVM with the same options."""
-    from conftest import ROOT
-
     from bench.measure import JAVA_OPTIONS
     from dicom_reassembly.session import LOCAL_JIT_OPTIONS
 
