@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from dicom_reassembly.session import local_driver_java_options
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every JVM the tests start (the shared session, spark-submit) gets the options local runs use.
+JAVA_OPTIONS = local_driver_java_options(os.path.join(ROOT, "conf", "log4j2.properties"))
 
 
 def free_port() -> int:
@@ -73,13 +77,13 @@ def spark(moto_server: str):  # noqa: ANN201
     It depends on the moto server so that AWS_ENDPOINT_URL is in the environment
     before the JVM and its Python workers start: executors reach S3 the way they would on EMR.
     """
-    from dicom_reassembly.session import get_session, local_driver_java_options
+    from dicom_reassembly.session import get_session
     from dicom_reassembly.tables import jdbc_session_settings
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = get_session("dicom-reassembly-tests", master="local[2]",
                           extra={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false",
-                                 "spark.driver.extraJavaOptions": local_driver_java_options(os.path.join(ROOT, "conf", "log4j2.properties")),
+                                 "spark.driver.extraJavaOptions": JAVA_OPTIONS,
                                  **jdbc_session_settings()})
     yield session
     session.stop()

@@ -11,16 +11,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, dcmftest_ok
+from conftest import JAVA_OPTIONS, ROOT, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-
-from dicom_reassembly.session import local_driver_java_options
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 SPARK_SUBMIT = os.path.join(os.path.dirname(sys.executable), "spark-submit")
-JAVA_OPTIONS = local_driver_java_options(os.path.join(ROOT, "conf", "log4j2.properties"))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

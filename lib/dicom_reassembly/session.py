@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 # Local jobs last seconds to minutes: HotSpot's C2 compiler spends about 25 s of CPU per job compiling code
-# that a short job barely reuses, so local runs stop at C1 (the README's "The JIT of local runs" has the measurements). Cluster
-# executors live long enough to repay C2 and keep the JVM's default.
+# that a short job barely reuses, so local runs stop at C1 (measurements: the README's "The JIT of local
+# runs"). Cluster executors live long enough to repay C2 and keep the JVM's default.
 LOCAL_JIT_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
