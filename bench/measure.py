@@ -490,6 +490,86 @@ def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[
     return n, storage.io_counter.bytes_read, split
 
 
+def _partition_in_process(items: list[dict[str, Any]], out_dir: str) -> None:
+    """Child process body: the executor's own partition function over ``items``; exit 1 unless all were written."""
+    from dicom_reassembly.ledger import LEDGER_NAMES
+    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+
+    status = LEDGER_NAMES.index("status")
+    rows = list(reassemble_partition(items, WriteContext(run_id="bench", out=out_dir)))
+    os._exit(0 if len(rows) == len(items) and all(r[status] == "written" for r in rows) else 1)
+
+
+def measure_hot_path_streams(root: str, index: dict[str, Any], want: int, streams: int, work: str,
+                             repeats: int = 3) -> dict[str, Any]:
+    """The executor's partition function in ``streams`` processes without Spark, against tar -x in as many streams.
+
+    Both read the same whole pixel archives (about ``want`` instances) and alternate, ``repeats`` times each, every
+    run into a fresh folder after the same preparation as the jobs' (see prepare_timed_run). Whatever separates
+    the ratio here from the pipeline's is Spark's; whatever separates it from 1 is the hot path's own work.
+    """
+    import multiprocessing
+
+    items = hot_path_items(root, index, want)
+    archives = sorted({i["pixel_archive"] for i in items})
+    total = sum(os.path.getsize(a) for a in archives)
+    shares = [[i for i in items if archives.index(i["pixel_archive"]) % streams == k] for k in range(streams)]
+    tar = shutil.which("tar")
+    if tar is None:
+        raise BenchError("tar is not installed")
+    fork = multiprocessing.get_context("fork")  # the children share the parent's items instead of pickling them
+    runs = itertools.count()
+
+    def fresh(kind: str) -> str:
+        path = os.path.join(work, f"hot-path-streams-{kind}-{next(runs)}")  # none deleted before the end
+        os.makedirs(path)
+        return path
+
+    def extract(dest: str) -> None:
+        def one_stream(share: list[str]) -> None:
+            for a in share:
+                subprocess.run([tar, "-xf", a, "-C", dest], check=True)
+
+        with ThreadPoolExecutor(streams) as pool:
+            for f in [pool.submit(one_stream, archives[k::streams]) for k in range(streams)]:
+                f.result()
+
+    def reassemble(dest: str) -> None:
+        procs = [fork.Process(target=_partition_in_process, args=(share, dest)) for share in shares]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        if any(p.exitcode != 0 for p in procs):
+            raise BenchError("hot path in processes: not every instance was written")
+
+    timed: dict[str, list[tuple[float, float]]] = {"tar_x": [], "hot_path": []}
+    for _ in range(repeats):
+        for kind, fn in (("tar_x", extract), ("hot_path", reassemble)):
+            dest = fresh(kind)
+            prepare_timed_run(archives)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            fn(dest)
+            wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            timed[kind].append((wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime))
+    out: dict[str, Any] = {"instances": len(items), "archives": len(archives), "bytes": total, "streams": streams,
+                           "repeats": repeats}
+    for kind, figures in timed.items():
+        wall, cpu = statistics.median(w for w, _ in figures), statistics.median(c for _, c in figures)
+        out[kind] = {"runs_s": [w for w, _ in figures], "cpu_runs_s": [c for _, c in figures], "seconds": wall,
+                     "cpu_s": cpu, "mb_s_per_core": total / wall / MB / streams, "mb_per_cpu_s": total / cpu / MB if cpu else None,
+                     "ms_cpu_per_instance": cpu / len(items) * 1000}
+    out["ratio_per_core"] = out["hot_path"]["mb_s_per_core"] / out["tar_x"]["mb_s_per_core"]
+    out["ratio_cpu"] = (out["hot_path"]["mb_per_cpu_s"] / out["tar_x"]["mb_per_cpu_s"]
+                        if out["hot_path"]["mb_per_cpu_s"] and out["tar_x"]["mb_per_cpu_s"] else None)
+    out["note"] = (f"reassemble_partition, with its default write threads, in {streams} processes against tar -x "
+                   f"in {streams} streams, over the same {len(archives)} pixel archives; alternating, median of "
+                   f"{repeats} runs each")
+    return out
+
+
 LIB_MARKER = f"{os.sep}dicom_reassembly{os.sep}"
 
 

@@ -139,6 +139,10 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     r["reassembly_vs_tar_x_streams_cpu"] = _div(_get(out, "marginal_cpu", "reassemble", "mb_s_per_core"),
                                                 _get(results, "tar_x_streams", "mb_per_cpu_s"))
     r["tar_x_streams_vs_one_per_core"] = _div(_get(results, "tar_x_streams", "mb_s_per_core"), tar_mb_s)
+    # The executor's code without Spark against tar -x on the same pixel archives, in as many processes as cores:
+    # splits the pipeline's gap into the hot path's own work and Spark's.
+    r["hot_path_streams_vs_tar_x_per_core"] = _get(results, "hot_path_streams", "ratio_per_core")
+    r["hot_path_streams_vs_tar_x_cpu"] = _get(results, "hot_path_streams", "ratio_cpu")
     # How much the fitted ratio rests on which runs were fastest: the same ratio from every pairing of one run
     # at the smaller size with one at the larger.
     pairs = _pairing_ratios(sizes, bpi, cores, tar_mb_s)
@@ -253,6 +257,12 @@ def render_markdown(results: dict[str, Any]) -> str:
          "the same in CPU time"],
         [f"tar -x in {p.get('cores')} streams / tar -x in one, per core", r.get("tar_x_streams_vs_one_per_core"),
          "what a core of this machine delivers when every core copies, against one copying alone"],
+        [f"hot path in {p.get('cores')} processes, no Spark / tar -x in as many streams, per core (wall)",
+         r.get("hot_path_streams_vs_tar_x_per_core"),
+         "the executor's partition function outside Spark against tar -x, over the same pixel archives, alternating: "
+         "the part of the gap that is not Spark's"],
+        [f"hot path in {p.get('cores')} processes, no Spark / tar -x in as many streams, per CPU-second",
+         r.get("hot_path_streams_vs_tar_x_cpu"), "the same in CPU time"],
         ["pipeline / tar -x, per core, every pairing of runs (min / median / max)",
          "not measured" if not r.get("reassembly_vs_tar_x_per_core_pairings") else " / ".join(
              _f(r["reassembly_vs_tar_x_per_core_pairings"][k], 2) for k in ("min", "median", "max")),
@@ -277,6 +287,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         ["naive", _get(results, "naive", "mb_s"), _get(results, "naive", "mb_per_cpu_s"),
          _get(results, "naive", "extrapolated_total_s"), _get(results, "naive", "note") or ""],
     ])
+    hs = results.get("hot_path_streams")
+    if hs:
+        lines.append(f"Hot path without Spark ({hs['note']}): " + "; ".join(
+            f"{label} {_f(hs[k]['mb_s_per_core'], 0)} MB/s per core, {_f(hs[k]['ms_cpu_per_instance'], 2)} ms CPU per "
+            f"instance (runs: " + ", ".join(f"{_f(w, 2)}/{_f(c, 2)}" for w, c in zip(hs[k]["runs_s"], hs[k]["cpu_runs_s"]))
+            + " s wall/CPU)" for k, label in (("tar_x", "tar -x"), ("hot_path", "hot path"))) + ".")
+        lines.append("")
     for key, label in (("tar_x", "tar -x runs"), ("tar_x_streams", "tar -x runs in streams")):
         runs = _get(results, key, "mb_s_runs")
         if runs:

@@ -38,10 +38,10 @@ OUT_BUCKET = "bench-out"
 LOOKUP_BUCKET = "bench-lookup"
 SELECTION_FRACTION = 0.10
 
-QUICK = {"instances": 240, "per_archive": 20, "naive_sample": 15, "lookup_archives": (10, 50), "profile": 100, "pool": 4,
-         "computations": False, "repeats": 1}
+QUICK = {"instances": 240, "per_archive": 20, "naive_sample": 15, "lookup_archives": (10, 50), "profile": 100,
+         "hot_path_streams": 120, "pool": 4, "computations": False, "repeats": 1}
 FULL = {"instances": 2000, "per_archive": 50, "naive_sample": 50, "lookup_archives": (10, 100, 1000), "profile": 200,
-        "pool": 8, "computations": True, "repeats": 2}
+        "hot_path_streams": 2000, "pool": 8, "computations": True, "repeats": 2}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -378,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"profiling the hot path on {sizes['profile']} instances")
         results["profile"] = ms.profile_hot_path(main_root, index, sizes["profile"], work, os.path.join(out, "profile.txt"))
         log(f"  {results['profile']['ms_per_instance']:.1f} ms per instance in process")
+        if args.cores > 1:
+            log(f"the hot path in {args.cores} processes without Spark, alternating with tar -x in {args.cores} streams "
+                f"over the same pixel archives (three times each; the median counts)")
+            results["hot_path_streams"] = ms.measure_hot_path_streams(main_root, index, sizes["hot_path_streams"],
+                                                                      args.cores, work)
+            log(f"  ratio per core {results['hot_path_streams']['ratio_per_core']:.2f}, "
+                f"per CPU-second {results['hot_path_streams']['ratio_cpu']:.2f}")
         results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log,
                                             sizes["computations"], sizes["repeats"])
         if not args.skip_s3:

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 sys.path.insert(0, ROOT)  # bench/ is a package at the repository root, not an installed one
 
 from bench.delivery import DeliveryParams, write_delivery  # noqa: E402
-from bench.measure import measure_naive, measure_tar_x  # noqa: E402
+from bench.measure import measure_hot_path_streams, measure_naive, measure_tar_x  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
 SOC_SIZ = b"\xff\x4f\xff\x51"
@@ -79,6 +79,7 @@ def test_bench_delivery_is_split_and_shuffled_and_its_report_is_written(tmp_path
         "tar_x": measure_tar_x(archives, str(tmp_path / "tar-x")),
         "tar_x_streams": measure_tar_x(archives, str(tmp_path / "tar-x"), streams=2),
         "naive": measure_naive(root, index, 2, str(tmp_path / "naive"), seed=7),
+        "hot_path_streams": measure_hot_path_streams(root, index, 6, 2, str(tmp_path / "hps"), repeats=1),
     }
     out = str(tmp_path / "results")
     paths = write_report(results, out)
@@ -95,7 +96,20 @@ def test_bench_delivery_is_split_and_shuffled_and_its_report_is_written(tmp_path
     # Two whole instances were written: each at least a J2K codestream of a 512x512 slice (about 200 KB).
     assert report["naive"]["sampled"] == 2 and report["naive"]["written_bytes_sampled"] > 2 * 100_000
     assert report["derived"]["reassembly"] == {"per_core_mb_s": None, "basis": "not measured"}
+    # The hot path outside Spark wrote every instance of the pixel archives, as Part 10 with its own UID,
+    # and tar -x, alternating with it, extracted the same archives' members.
+    hps = report["hot_path_streams"]
+    assert (hps["instances"], hps["archives"], hps["streams"]) == (6, 2, 2)
+    written = {n for n in os.listdir(tmp_path / "hps" / "hot-path-streams-hot_path-1") if not n.startswith(".")}
+    assert written == {f"{i['uid']}.dcm" for i in index["instances"]}
+    for name in written:
+        data = (tmp_path / "hps" / "hot-path-streams-hot_path-1" / name).read_bytes()
+        assert data[128:132] == b"DICM" and name[:-4].encode() in data[:1024]
+    untarred = sorted(n for _, _, names in os.walk(tmp_path / "hps" / "hot-path-streams-tar_x-0") for n in names)
+    assert untarred == sorted(n for a in sorted(images) for n in images[a])
+    assert report["derived"]["ratios"]["hot_path_streams_vs_tar_x_per_core"] == hps["ratio_per_core"] > 0
     md = Path(paths["md"]).read_text()
+    assert "| hot path in 2 processes, no Spark / tar -x in as many streams, per core (wall) |" in md
     assert "| tar -x |" in md and "| tar -x, 2 streams |" in md and "| read amplification, full selection | not measured |" in md
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
