@@ -78,6 +78,18 @@ def prepare_timed_run(paths: list[str]) -> None:
     read_through(paths)
 
 
+def tar_x_streams(tar: str, paths: list[str], streams: int, dest: str) -> None:
+    """``tar -xf`` each archive into ``dest``, one process per archive, in ``streams`` streams side by side."""
+
+    def one_stream(share: list[str]) -> None:
+        for p in share:
+            subprocess.run([tar, "-xf", p, "-C", dest], check=True)
+
+    with ThreadPoolExecutor(streams) as pool:
+        for f in [pool.submit(one_stream, paths[k::streams]) for k in range(streams)]:
+            f.result()
+
+
 def measure_tar_x(paths: list[str], scratch: str, repeats: int = 3, streams: int = 1) -> dict[str, Any]:
     """``tar -xf`` every archive into a fresh folder under ``scratch``, ``repeats`` times; the median counts.
 
@@ -98,10 +110,6 @@ def measure_tar_x(paths: list[str], scratch: str, repeats: int = 3, streams: int
         raise BenchError("tar -x needs at least one stream")
     total = sum(os.path.getsize(p) for p in paths)
 
-    def extract(share: list[str], dest: str) -> None:
-        for p in share:
-            subprocess.run([tar, "-xf", p, "-C", dest], check=True)
-
     runs, cpus = [], []
     for k in range(repeats):
         dest = os.path.join(scratch, f"streams-{streams}-run-{k}")
@@ -109,9 +117,7 @@ def measure_tar_x(paths: list[str], scratch: str, repeats: int = 3, streams: int
         prepare_timed_run(paths)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(streams) as pool:
-            for f in [pool.submit(extract, paths[i::streams], dest) for i in range(streams)]:
-                f.result()
+        tar_x_streams(tar, paths, streams, dest)
         runs.append(time.perf_counter() - t0)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
@@ -513,7 +519,9 @@ def measure_hot_path_streams(root: str, index: dict[str, Any], want: int, stream
     items = hot_path_items(root, index, want)
     archives = sorted({i["pixel_archive"] for i in items})
     total = sum(os.path.getsize(a) for a in archives)
-    shares = [[i for i in items if archives.index(i["pixel_archive"]) % streams == k] for k in range(streams)]
+    # The same share of archives per process as tar_x_streams gives each tar stream.
+    stream_of = {a: k % streams for k, a in enumerate(archives)}
+    shares = [[i for i in items if stream_of[i["pixel_archive"]] == k] for k in range(streams)]
     tar = shutil.which("tar")
     if tar is None:
         raise BenchError("tar is not installed")
@@ -526,13 +534,7 @@ def measure_hot_path_streams(root: str, index: dict[str, Any], want: int, stream
         return path
 
     def extract(dest: str) -> None:
-        def one_stream(share: list[str]) -> None:
-            for a in share:
-                subprocess.run([tar, "-xf", a, "-C", dest], check=True)
-
-        with ThreadPoolExecutor(streams) as pool:
-            for f in [pool.submit(one_stream, archives[k::streams]) for k in range(streams)]:
-                f.result()
+        tar_x_streams(tar, archives, streams, dest)
 
     def reassemble(dest: str) -> None:
         procs = [fork.Process(target=_partition_in_process, args=(share, dest)) for share in shares]
