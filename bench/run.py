@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"over the same pixel archives (three times each; the median counts)")
             results["hot_path_streams"] = ms.measure_hot_path_streams(main_root, index, sizes["hot_path_streams"],
                                                                       args.cores, work)
-            log(f"  ratio per core {results['hot_path_streams']['ratio_per_core']:.2f}, "
-                f"per CPU-second {results['hot_path_streams']['ratio_cpu']:.2f}")
+            hs = results["hot_path_streams"]
+            log(f"  ratio per core {hs['ratio_per_core']:.2f}, per CPU-second {hs['ratio_cpu'] or float('nan'):.2f}")
         results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log,
                                             sizes["computations"], sizes["repeats"])
         if not args.skip_s3:
