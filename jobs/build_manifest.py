@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         index_run, indexed_at = mf.new_index_run()
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
-            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap)
+            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes)
             df.write.mode("append").parquet(args.manifest)
         total = sum(a["size"] for a in listing)
         print(f"manifest: {args.manifest}")

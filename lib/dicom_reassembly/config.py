@@ -13,6 +13,7 @@ from typing import Any
 
 from . import storage, tar_access
 from .errors import ConfigError, NotFoundError, StorageError
+from .header_rules import MAX_HEADER_BYTES
 
 # The fields reassembly.output_key fills in; {sop_instance_uid} keeps keys unique.
 KEY_FIELDS = frozenset({"sop_instance_uid", "study_instance_uid", "series_instance_uid", "modality", "uid_hash"})
@@ -66,6 +67,7 @@ class Config:
     coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP
     stream_fraction: float = 0.5
     large_member_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = MAX_HEADER_BYTES  # a larger header member is invalid_header too_large, never read
     # Parallelism (0 = derive from the data and the cluster)
     manifest_tasks: int = 0
     reassemble_partitions: int = 0

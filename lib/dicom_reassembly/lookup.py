@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from . import arrow_io, storage, tar_access
-from .errors import NotFoundError
+from .dicom_json import too_large
+from .errors import HeaderError, NotFoundError
+from .header_rules import MAX_HEADER_BYTES
 from .uids import member_uid
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,14 @@ class Located:
     data: bytes
 
 
-def _scan(prefix: str, uid: str, want_header: bool) -> Located | None:
+def _read(uri: str, data_offset: int, size: int, max_bytes: int | None) -> bytes:
+    """A member's bytes; a header above ``max_bytes`` is refused before it is read (HeaderError too_large)."""
+    if max_bytes is not None and size > max_bytes:
+        raise too_large(size, max_bytes)
+    return tar_access.read_member(uri, data_offset, size)
+
+
+def _scan(prefix: str, uid: str, want_header: bool, max_header_bytes: int = MAX_HEADER_BYTES) -> Located | None:
     """Walk archives under ``prefix`` until a member named for ``uid`` of the right kind appears."""
     from .manifest import member_kind
 
@@ -37,13 +46,15 @@ def _scan(prefix: str, uid: str, want_header: bool) -> Located | None:
             if not item.regular or member_uid(item.name) != uid:
                 continue
             if member_kind(item.name) == want:
-                return Located(obj.uri, item.name, tar_access.read_member(obj.uri, item.data_offset, item.size))
+                limit = max_header_bytes if want_header else None
+                return Located(obj.uri, item.name, _read(obj.uri, item.data_offset, item.size, limit))
     return None
 
 
-def find_by_scan(uid: str, text: str, images: str) -> tuple[Located, Located]:
-    """Both halves of ``uid`` by scanning; NotFoundError names the missing half."""
-    header = _scan(text, uid, want_header=True)
+def find_by_scan(uid: str, text: str, images: str,
+                 max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[Located, Located]:
+    """Both halves of ``uid`` by scanning; NotFoundError names the missing half, HeaderError a header too large."""
+    header = _scan(text, uid, True, max_header_bytes)
     if header is None:
         raise NotFoundError("header_not_found", f"no header member {uid}.json under {text}")
     pixels = _scan(images, uid, want_header=False)
@@ -52,7 +63,7 @@ def find_by_scan(uid: str, text: str, images: str) -> tuple[Located, Located]:
     return header, pixels
 
 
-def find_by_manifest(uid: str, manifest: str) -> tuple[Located, Located]:
+def find_by_manifest(uid: str, manifest: str, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[Located, Located]:
     """Both halves of ``uid`` from the manifest: one lookup, then two ranged reads.
 
     A missing, unreadable or foreign manifest raises as ``arrow_io.read_manifest_table`` does.
@@ -66,9 +77,14 @@ def find_by_manifest(uid: str, manifest: str) -> tuple[Located, Located]:
 
     def pick(kind: str, missing: str) -> Located:
         hits = [r for r in rows if r["kind"] == kind and not r["error"]]
+        bad = [r for r in rows if r["kind"] == "header" and r["error"]] if kind == "header" else []
+        if not hits and bad:  # indexed but unusable (too_large, too_deep, ...): say why, not "not found"
+            raise HeaderError(bad[0]["error"], "the manifest indexed this header as unusable",
+                              uri=f"{bad[0]['archive_uri']}:{bad[0]['member_name']}")
         if not hits:
             raise NotFoundError(missing, f"no {kind} member for {uid} in the manifest {manifest}")
         r = sorted(hits, key=lambda r: (r["archive_uri"], r["data_offset"]))[0]
-        return Located(r["archive_uri"], r["member_name"], tar_access.read_member(r["archive_uri"], r["data_offset"], r["size"]))
+        limit = max_header_bytes if kind == "header" else None
+        return Located(r["archive_uri"], r["member_name"], _read(r["archive_uri"], r["data_offset"], r["size"], limit))
 
     return pick("header", "header_not_found"), pick("pixels", "pixels_not_found")

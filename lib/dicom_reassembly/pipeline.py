@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from . import manifest as mf
+from .header_rules import MAX_HEADER_BYTES
 from .ledger import LEDGER_NAMES, ledger_schema
 from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reassemble_partition
 
@@ -32,14 +33,14 @@ HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instan
 
 
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int) -> Any:
+                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
     """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks."""
     buckets = mf.balance_by_bytes(archives, tasks) if archives else []
     keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
     n = max(1, len(buckets))
     rdd = (spark.sparkContext.parallelize(keyed, n)
            .partitionBy(n, lambda k: k)
-           .flatMap(lambda kv: mf.index_archive(kv[1], index_run, indexed_at, coalesce_gap)))
+           .flatMap(lambda kv: mf.index_archive(kv[1], index_run, indexed_at, coalesce_gap, max_header_bytes)))
     # Rows come from index_archive in schema order and types (tests/test_row_types.py): checking each in Python
     # costs a share of the hot path.
     return spark.createDataFrame(rdd, mf.manifest_schema(), verifySchema=False)

@@ -46,6 +46,7 @@ class Member:
     mtime: int
     data: bytes | None = None
     truncated: bool = False
+    too_large: bool = False  # with_data skipped its data: larger than the walk's max_data
 
 
 @dataclass
@@ -165,8 +166,14 @@ def _not_tar_reason(block: bytes) -> str:
     return "compressed_archive" if block[:2] == b"\x1f\x8b" else "not_a_tar"
 
 
-def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") -> Iterator[Member | Damage]:
-    """Walk an archive's members from ``source``; yield Members, then maybe one Damage."""
+def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "",
+         max_data: int | None = None) -> Iterator[Member | Damage]:
+    """Walk an archive's members from ``source``; yield Members, then maybe one Damage.
+
+    With ``with_data``, a regular member above ``max_data`` bytes is yielded with ``too_large``
+    set and no data: the next header read steps over its data (a stream reads through it in
+    bounded chunks), so it is never held in memory.
+    """
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
@@ -242,7 +249,9 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
             yield Damage("truncated_archive", f"member {name!r} needs {data_offset + size} bytes, archive has {archive_size}",
                          header_offset)
             return
-        if with_data and regular:
+        if with_data and regular and max_data is not None and size > max_data:
+            member.too_large = True
+        elif with_data and regular:
             data = source.read_at(data_offset, size)
             if len(data) < size:
                 member.truncated = True
@@ -254,11 +263,12 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
 
 
 def iter_members(uri: str, size: int | None = None, with_data: bool = False,
-                 coalesce_gap: int = DEFAULT_COALESCE_GAP) -> Iterator[Member | Damage]:
+                 coalesce_gap: int = DEFAULT_COALESCE_GAP, max_data: int | None = None) -> Iterator[Member | Damage]:
     """Members of one archive, local or S3, followed by a Damage if it is damaged.
 
     ``with_data=True`` streams the archive once (one GET) and attaches each
-    regular member's bytes; otherwise only headers are read: by seeking locally,
+    regular member's bytes, up to ``max_data`` (larger ones are marked
+    ``too_large`` and skipped); otherwise only headers are read: by seeking locally,
     by coalesced ranged reads on S3. Storage errors become a Damage too, except
     NotRestoredError, which callers report as ``not_restored``.
     """
@@ -274,7 +284,7 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
             return
         if with_data:
             with storage.open_read(uri) as stream:
-                yield from walk(_StreamSource(stream), size, True, uri)
+                yield from walk(_StreamSource(stream), size, True, uri, max_data)
         elif storage.is_s3(uri):
             yield from walk(_RangedSource(uri, size, coalesce_gap), size, False, uri)
         else:
