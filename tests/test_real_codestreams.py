@@ -141,8 +141,10 @@ def test_real_codestream_is_reassembled_pixel_exact(name: str, tmp_path: Path) -
     assert not new_errors, sorted(new_errors)
     ours = dcmread(out)
     np.testing.assert_array_equal(_decoded(ours), reference)
-    # One even fragment per frame, each the frame's codestream (the JP2 boxes are dropped).
-    assert obj.frames == int(src.get("NumberOfFrames", 1) or 1)
+    # One fragment per frame, each even and starting with the frame's codestream (JP2 boxes dropped).
+    fragments = list(generate_fragments(ours.PixelData))[1:]
+    assert len(fragments) == obj.frames == int(src.get("NumberOfFrames", 1) or 1)
+    assert all(len(f) % 2 == 0 and f.startswith(b"\xff\x4f\xff\x51") for f in fragments)
     if name in BUNDLED:
         assert _note_codes(obj.notes) == BUNDLED[name]
 
