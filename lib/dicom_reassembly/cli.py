@@ -91,6 +91,8 @@ def cmd_uid(args: argparse.Namespace) -> int:
     obj = assemble(header.data, pixels.data, uid, pixels.member_name)
     target = storage.join_uri(args.out, f"{uid}.dcm")
     storage.write_parts(target, obj.parts, obj.size, obj.sha256)
+    for note in obj.notes:  # written, as the pipeline writes it; its ledger row carries the same notes
+        print(f"warning: {note}", file=sys.stderr)
     print(target)
     log.info("header %s:%s pixels %s:%s ts %s", header.archive_uri, header.member_name,
              pixels.archive_uri, pixels.member_name, obj.transfer_syntax)
