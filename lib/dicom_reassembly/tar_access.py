@@ -6,6 +6,11 @@ archives, whose data we need), seeks through a local file, or hops through an
 S3 object with ranged reads that skip member data (pixel archives, indexed
 from their headers alone). Damage ends the walk with an error event after the
 members that came before it; it never loses them.
+
+Which headers have data after them follows Python's ``tarfile``: links,
+directories, FIFOs and devices never do, whatever their size field says.
+Malformed bytes end a walk as ``corrupt_header`` or ``truncated_archive``,
+never as an exception.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ _EXTENDED_TYPES = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.X
                    tarfile.SOLARIS_XHDTYPE}
 # Long names and PAX records are short; a bigger extended header is damage, not a reason to hold gigabytes.
 MAX_EXTENDED_HEADER = 8 * 1024 * 1024
-MAX_SIZE = 2**63 - 1
-_PAX_SIZE_KEYS = ("size", "GNU.sparse.size", "GNU.sparse.realsize")  # offsets and sizes must fit the manifest's long columns and a seek
+MAX_SIZE = 2**63 - 1  # offsets and sizes must fit the manifest's long columns and a seek
+_PAX_SIZE_KEYS = ("size", "GNU.sparse.size", "GNU.sparse.realsize")
 _COMPRESSION_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
                       (b"\x04\x22\x4d\x18", "lz4"), (b"\x1f\x9d", "compress"))
 _TYPE_NAMES = {
@@ -171,15 +176,6 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def _number(field: bytes) -> int:
-    """A numeric header field, octal or GNU base-256, as tarfile reads it (HeaderError when garbled)."""
-    return tarfile.nti(field)
-
-
-def _is_base256(field: bytes) -> bool:
-    return field[:1] in (b"\x80", b"\xff")
-
-
 def _size_problem(size: int, what: str) -> str | None:
     """Why a size field cannot be used at all: negative (base-256), or too big for any offset."""
     if size < 0:
@@ -299,7 +295,8 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
             return
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-            sparse_size = _number(block[483:495]) if info.type == tarfile.GNUTYPE_SPARSE else None
+            # An old GNU sparse header's real size, read as tarfile reads numbers (HeaderError when garbled).
+            sparse_size = tarfile.nti(block[483:495]) if info.type == tarfile.GNUTYPE_SPARSE else None
         except (tarfile.HeaderError, ValueError) as exc:
             if first:
                 yield Damage(_not_tar_reason(block), f"no valid tar header at offset 0 ({exc})", 0)
@@ -311,7 +308,7 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
         size = info.size
         problem = _size_problem(size, "size field") or (_size_problem(sparse_size, "sparse size") if sparse_size is not None else None)
         has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
-        if not problem and (has_data or info.type in _EXTENDED_TYPES) and _is_base256(block[124:136]) \
+        if not problem and (has_data or info.type in _EXTENDED_TYPES) and block[124] in (0x80, 0xFF) \
                 and archive_size is not None and data_start + size > archive_size:
             problem = f"base-256 size field {size} is past the end of the archive ({archive_size} bytes)"
         if problem:
@@ -352,8 +349,8 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
             return
         name, reported = named
         merged = {k: v for records in [global_pax, *chain] for k, v in records.items()}
-        is_sparse = sparse_size is not None or "GNU.sparse.map" in merged or "GNU.sparse.size" in merged \
-            or (merged.get("GNU.sparse.major"), merged.get("GNU.sparse.minor")) == ("1", "0")
+        is_sparse = has_data and (sparse_size is not None or "GNU.sparse.map" in merged or "GNU.sparse.size" in merged
+                                  or (merged.get("GNU.sparse.major"), merged.get("GNU.sparse.minor")) == ("1", "0"))
         data_offset = data_start
         if has_data and (merged.get("GNU.sparse.major"), merged.get("GNU.sparse.minor")) == ("1", "0"):
             end = _sparse_map_end(source, data_start, size)
