@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from . import arrow_io, storage, tar_access
-from .errors import NotFoundError
+from .errors import ArchiveError, NotFoundError, ReassemblyError
 from .uids import member_uid
 
 log = logging.getLogger(__name__)
@@ -23,32 +23,54 @@ class Located:
     data: bytes
 
 
-def _scan(prefix: str, uid: str, want_header: bool) -> Located | None:
-    """Walk archives under ``prefix`` until a member named for ``uid`` of the right kind appears."""
+def _scan(prefix: str, uid: str, want_header: bool, skipped: list[str] | None = None) -> Located | None:
+    """Walk archives under ``prefix`` until a member named for ``uid`` of the right kind appears.
+
+    An archive that cannot be read or is damaged never stops the scan: it is
+    logged (INFO: a found instance needs no warning), noted in ``skipped`` as
+    ``uri: reason: detail``, and passed over.
+    """
     from .manifest import member_kind
 
     want = "header" if want_header else "pixels"
+    notes = skipped if skipped is not None else []
     for obj in storage.list_objects(prefix, ARCHIVE_SUFFIXES):
-        # Walked by the tar headers alone; only the matching member's data is read.
-        for item in tar_access.iter_members(obj.uri, obj.size, with_data=False):
-            if isinstance(item, tar_access.Damage):
-                log.info("archive %s damaged at %d: %s", obj.uri, item.offset, item.reason)
-                continue
-            if not item.regular or member_uid(item.name) != uid:
-                continue
-            if member_kind(item.name) == want:
-                return Located(obj.uri, item.name, tar_access.read_member(obj.uri, item.data_offset, item.size))
+        try:
+            if obj.error:
+                raise ArchiveError(obj.error, obj.error_detail or "", uri=obj.uri)
+            # Walked by the tar headers alone; only the matching member's data is read.
+            for item in tar_access.iter_members(obj.uri, obj.size, with_data=False):
+                if isinstance(item, tar_access.Damage):
+                    where = f"at offset {item.offset}: " if item.offset else ""
+                    raise ArchiveError(item.reason, where + item.detail, uri=obj.uri)
+                if not item.regular or item.truncated or member_uid(item.name) != uid:
+                    continue
+                if member_kind(item.name) == want:
+                    return Located(obj.uri, item.name, tar_access.read_member(obj.uri, item.data_offset, item.size))
+        except ReassemblyError as exc:
+            log.info("scan for %s passes over %s: %s", uid, obj.uri, exc.one_line())
+            notes.append(f"{obj.uri}: {exc.reason}: {exc.detail}")
     return None
 
 
+def _passed_over(skipped: list[str]) -> str:
+    """The note a not-found error carries when archives were passed over: they may hold the member."""
+    if not skipped:
+        return ""
+    shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+    return f" ({len(skipped)} archive{'s' if len(skipped) > 1 else ''} could not be read: {shown})"
+
+
 def find_by_scan(uid: str, text: str, images: str) -> tuple[Located, Located]:
-    """Both halves of ``uid`` by scanning; NotFoundError names the missing half."""
-    header = _scan(text, uid, want_header=True)
+    """Both halves of ``uid`` by scanning; NotFoundError names the missing half, and the archives passed over."""
+    header_skipped: list[str] = []
+    header = _scan(text, uid, want_header=True, skipped=header_skipped)
     if header is None:
-        raise NotFoundError("header_not_found", f"no header member {uid}.json under {text}")
-    pixels = _scan(images, uid, want_header=False)
+        raise NotFoundError("header_not_found", f"no header member {uid}.json under {text}{_passed_over(header_skipped)}")
+    pixels_skipped: list[str] = []
+    pixels = _scan(images, uid, want_header=False, skipped=pixels_skipped)
     if pixels is None:
-        raise NotFoundError("pixels_not_found", f"no pixel member for {uid} under {images}")
+        raise NotFoundError("pixels_not_found", f"no pixel member for {uid} under {images}{_passed_over(pixels_skipped)}")
     return header, pixels
 
 
