@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_parser(sub)
     add_cost_parser(sub)
+    from .intake.command import add_listen_parser
+
+    add_listen_parser(sub)
     return p
 
 
