@@ -30,6 +30,7 @@ setup(
             "pyjwt[crypto]>=2.8",  # per-patient bearer tokens: HS256, and RS256 with cryptography
             "duckdb>=1.0",  # QIDO-RS over the Parquet catalogue
             "pillow>=10",  # rendered PNG
+            "python-multipart>=0.0.18",  # STOW-RS bodies parsed as they stream in
         ],
     },
     entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli:main"]},

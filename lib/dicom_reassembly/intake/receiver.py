@@ -20,7 +20,7 @@ import hashlib
 import logging
 import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +145,12 @@ class Intake:
         return self.process(Spool.name_of(path), source, sop_class_uid, sop_instance_uid)
 
     def process(self, name: str, source: str, sop_class_uid: str | None = None,
-                sop_instance_uid: str | None = None) -> Outcome:
-        """Check, store, record and queue one complete spool file; returns the answer for its sender."""
+                sop_instance_uid: str | None = None, admit: Callable[[Any], Outcome | None] | None = None) -> Outcome:
+        """Check, store, record and queue one complete spool file; returns the answer for its sender.
+
+        ``admit(dataset)`` may refuse a valid instance (``serve``: a patient outside the caller's token);
+        such a refusal is not a data problem and gets no ledger row.
+        """
         path = self.spool.path_of(name)
         base: dict[str, Any] = {"sop_instance_uid": sop_instance_uid, "header_archive": source}
         try:
@@ -155,6 +159,12 @@ class Intake:
         except Refused as exc:
             self._refuse(name, "invalid_header", exc.one_line(), base)
             return Outcome(exc.dimse_status, exc.one_line(), sop_instance_uid, sop_class_uid=sop_class_uid)
+        if admit is not None:
+            refusal = admit(ds)
+            if refusal is not None:
+                log.warning("not admitted: %s", refusal.reason)
+                self.spool.remove(name)
+                return refusal
         uid = str(ds.SOPInstanceUID)
         item = {"sop_instance_uid": uid, "study_instance_uid": str(ds.StudyInstanceUID),
                 "series_instance_uid": str(ds.SeriesInstanceUID), "modality": str(ds.get("Modality", "") or "")}
