@@ -125,14 +125,14 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
 
 
 # Output attributes per level: (tag, vr, SQL expression over the newest rows).
-_STUDY_OUT = [("00080020", "DA", "any_value(study_date)"), ("00080050", "SH", "any_value(accession_number)"),
-              ("00080061", "CS", "list(DISTINCT modality) FILTER (WHERE modality IS NOT NULL)"),
-              ("00081030", "LO", "any_value(study_description)"), ("00100010", "PN", "any_value(patient_name)"),
-              ("00100020", "LO", "any_value(patient_id)"), ("0020000D", "UI", "study_instance_uid"),
+_STUDY_OUT = [("00080020", "DA", "min(study_date)"), ("00080050", "SH", "min(accession_number)"),
+              ("00080061", "CS", "list(DISTINCT modality ORDER BY modality) FILTER (WHERE modality IS NOT NULL)"),
+              ("00081030", "LO", "min(study_description)"), ("00100010", "PN", "min(patient_name)"),
+              ("00100020", "LO", "min(patient_id)"), ("0020000D", "UI", "study_instance_uid"),
               ("00201206", "IS", "count(DISTINCT series_instance_uid)"), ("00201208", "IS", "count(*)")]
-_SERIES_OUT = [("00080060", "CS", "any_value(modality)"), ("0008103E", "LO", "any_value(series_description)"),
-               ("00180015", "CS", "any_value(body_part_examined)"), ("0020000D", "UI", "any_value(study_instance_uid)"),
-               ("0020000E", "UI", "series_instance_uid"), ("00200011", "IS", "any_value(series_number)"),
+_SERIES_OUT = [("00080060", "CS", "min(modality)"), ("0008103E", "LO", "min(series_description)"),
+               ("00180015", "CS", "min(body_part_examined)"), ("0020000D", "UI", "min(study_instance_uid)"),
+               ("0020000E", "UI", "series_instance_uid"), ("00200011", "IS", "min(series_number)"),
                ("00201209", "IS", "count(*)")]
 _INSTANCE_OUT = [("00080016", "UI", "sop_class_uid"), ("00080018", "UI", "sop_instance_uid"),
                  ("00083002", "UI", "transfer_syntax"), ("00100020", "LO", "patient_id"),
@@ -173,9 +173,17 @@ class CatalogIndex:
         select = ", ".join(f"{expr} AS c{i}" for i, (_, _, expr) in enumerate(outputs))
         order = "min(study_date), study_instance_uid" if level == "study" else (
             "min(series_number), series_instance_uid" if level == "series" else "instance_number, sop_instance_uid")
-        sql = (f"SELECT {select} FROM catalog WHERE {where}" + (f" GROUP BY {group}" if group else "")
-               + f" ORDER BY {order} NULLS LAST LIMIT ? OFFSET ?")
-        rows = self._cursor().execute(sql, [*params, limit, offset]).fetchall()
+        if group:
+            # A study (series) matches when any of its instances does, and is described by all of them
+            # (ModalitiesInStudy, the counts): match in a subquery, aggregate over the whole group.
+            scope, scope_params = self._where({}, patient_ids)
+            sql = (f"SELECT {select} FROM catalog WHERE {scope} AND {group} IN "
+                   f"(SELECT {group} FROM catalog WHERE {where}) GROUP BY {group}")
+            params = [*scope_params, *params]
+        else:
+            sql = f"SELECT {select} FROM catalog WHERE {where}"
+        rows = self._cursor().execute(f"{sql} ORDER BY {order} NULLS LAST LIMIT ? OFFSET ?",
+                                      [*params, limit, offset]).fetchall()
         return [{tag: _element(vr, row[i]) for i, (tag, vr, _) in enumerate(outputs)} for row in rows]
 
     @staticmethod
