@@ -16,7 +16,8 @@ from typing import Any
 
 import duckdb
 
-from .. import catalog
+from .. import catalog, storage
+from ..errors import NotFoundError
 from ..uids import uid_problem
 
 
@@ -60,6 +61,7 @@ LEVEL_KEYS = {
 }
 MAX_LIMIT = 10000
 _REFRESH_SECONDS = 2.0
+SNAPSHOT_MAX_BYTES = 256 * 1024 * 1024
 
 
 def _like(value: str) -> str:
@@ -144,20 +146,43 @@ LEVELS = {"study": ("study_instance_uid", _STUDY_OUT), "series": ("series_instan
 
 
 class CatalogIndex:
-    """The catalogue as DuckDB sees it: one connection, a cursor per query, the view refreshed when stale."""
+    """The catalogue as DuckDB sees it: the view ``catalog``, newest row per instance, kept fresh.
+
+    Every ``_REFRESH_SECONDS`` (and after an upload) the catalogue's files are listed; when they changed,
+    the view is rebuilt. A catalogue up to ``SNAPSHOT_MAX_BYTES`` of Parquet is copied into an in-memory
+    DuckDB table, so a query costs a millisecond instead of a scan of every file (measured: 117 ms for a
+    study search over 47 small files, mostly per-file overhead); a larger one is queried in place, where
+    DuckDB prunes by partition and row-group statistics.
+    """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._con = duckdb.connect()
         self._lock = threading.Lock()
         self._refreshed = 0.0
+        self._files: list[tuple[str, int, str]] | None = None
         self.refresh()
 
+    def _listing(self) -> list[tuple[str, int, str]]:
+        try:
+            return [(o.uri, o.size, o.etag) for o in storage.list_objects(self.uri, (".parquet",))]
+        except NotFoundError:
+            return []
+
     def refresh(self) -> None:
-        """Re-create the view (new partitions, or a catalogue that was empty)."""
+        """Rebuild the view when the catalogue's files changed (new rows, or a catalogue that was empty)."""
+        files = self._listing()
         with self._lock:
-            catalog.create_current_view(self._con, self.uri)
             self._refreshed = time.monotonic()
+            if files == self._files:
+                return
+            catalog.create_current_view(self._con, self.uri, name="catalog_live")
+            if sum(size for _, size, _ in files) <= SNAPSHOT_MAX_BYTES:
+                self._con.execute("CREATE OR REPLACE TABLE catalog_snapshot AS SELECT * FROM catalog_live")
+                self._con.execute("CREATE OR REPLACE VIEW catalog AS SELECT * FROM catalog_snapshot")
+            else:
+                self._con.execute("CREATE OR REPLACE VIEW catalog AS SELECT * FROM catalog_live")
+            self._files = files
 
     def _cursor(self) -> Any:
         if time.monotonic() - self._refreshed > _REFRESH_SECONDS:

@@ -96,7 +96,9 @@ def check_dataset(ds: Dataset, sop_class_uid: str | None = None, sop_instance_ui
     if bits is not None and bits.VM == 1 and isinstance(bits.value, int) and not (
             bits.value == 1 or (bits.value > 0 and bits.value % 8 == 0)):
         raise Refused(CANNOT_UNDERSTAND, "invalid_bits_allocated", f"BitsAllocated {bits.value} is not 1 or 8k")
-    _check_elements(ds, None, "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # once for the walk: per element it cost more than the checks
+        _check_elements(ds, None, "")
 
 
 def _check_elements(ds: Dataset, inherited: list[str] | None, path: str) -> None:
@@ -132,9 +134,7 @@ def _check_elements(ds: Dataset, inherited: list[str] | None, path: str) -> None
                 _check_elements(item, encodings, f"{where}[{i}]")
         else:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds[tag]  # noqa: B018 - converts the raw element: a value pydicom cannot parse is refused here
+                ds[tag]  # noqa: B018 - converts the raw element: a value pydicom cannot parse is refused here
             except Exception as exc:  # pydicom raises assorted types for a bad value
                 raise Refused(CANNOT_UNDERSTAND, "unreadable_element", f"{where}: {_first_line(exc)}") from exc
 
