@@ -314,3 +314,29 @@ def test_burst_of_500_is_received_written_and_forwarded(listen_factory: Any, ort
     con = duckdb.connect()  # the view serve reads: one row per instance
     catalog.create_current_view(con, scp.catalog)
     assert con.execute("SELECT count(*), count(DISTINCT sop_instance_uid) FROM catalog").fetchone() == (500, 500)
+
+
+def test_shutdown_drains_the_forward_queue(listen_factory: Any, orthanc_running: OrthancServer,
+                                           tmp_path: Any) -> None:
+    scp = listen_factory("--stow-url", orthanc_running.dicomweb_root, "--stow-batch", "5")
+    sources = [make_instance("MR_small.dcm") for _ in range(40)]
+    assert storescu(scp.port, [save(ds, str(tmp_path / "src")) for ds in sources]).returncode == 0
+    assert scp.stop() == 0  # SIGTERM as soon as the sender is done: what is queued is sent before exit
+    assert scp.spooled() == []
+    assert {str(ds.SOPInstanceUID) for ds in sources} <= orthanc_uids(orthanc_running)
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["--ae-title", "A-TITLE-LONGER-THAN-16"], "bad_ae_title"),
+    (["--port", "70000"], "bad_port"),
+    (["--stow-url", "ftp://pacs/dicom-web"], "bad_stow_url"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, args: list[str], reason: str) -> None:
+    import subprocess
+
+    from network_fixture import CLI
+
+    res = subprocess.run([*CLI, "listen", "--spool", str(tmp_path / "s"), "--out", str(tmp_path / "o"), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and reason in res.stderr and "Traceback" not in res.stderr

@@ -306,3 +306,21 @@ def test_objects_stream_from_s3(tmp_path: Any, s3: Any) -> None:
         png = http.get(url_of("", ds, "/rendered"), headers=auth)
         assert Image.open(io.BytesIO(png.content)).size == (ds.Columns, ds.Rows)
     assert json.loads(json.dumps(meta))  # plain JSON, nothing pydicom-specific
+
+
+def test_token_command_mints_what_serve_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicom_reassembly.dicomweb.auth import verify_token
+
+    env = {**os.environ, "DICOM_REASSEMBLY_JWT_SECRET": SECRET}
+    res = subprocess.run([*CLI, "token", "--patient", "P1", "--patient", "P2", "--ttl", "15m"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    principal = verify_token(res.stdout.strip(), AuthSettings(secret=SECRET))
+    assert principal.patient_ids == frozenset({"P1", "P2"})
+    for args, reason in ((["--patient", "P1", "--ttl", "soon"], "bad_ttl"), ([], "no_patient")):
+        bad = subprocess.run([*CLI, "token", *args], capture_output=True, text=True, timeout=60, env=env)
+        assert bad.returncode == 2 and reason in bad.stderr and bad.stderr.strip().count("\n") == 0
+    no_secret = {k: v for k, v in env.items() if k != "DICOM_REASSEMBLY_JWT_SECRET"}
+    for command in (["token", "--patient", "P1"], ["serve", "--port", "0"]):
+        bad = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=60, env=no_secret)
+        assert bad.returncode == 2 and "DICOM_REASSEMBLY_JWT_SECRET" in bad.stderr, bad.stderr

@@ -30,7 +30,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=f"DICOMweb (PS3.18) with per-patient JWT bearer tokens: HS256 with the secret in {ENV_SECRET}, "
                     "or RS256 with --jwks. Uploads (STOW-RS) are checked and written like received instances.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8042, help="TCP port (default 8042)")
+    p.add_argument("--port", type=int, default=8081, help="TCP port (default 8081)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"where uploads are written (default {DEFAULT_OUT})")
     p.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"ledger for uploads (default {DEFAULT_LEDGER})")
     p.add_argument("--catalog", help="catalogue to search and serve (default <ledger>_catalog)")
