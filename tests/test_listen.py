@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,15 @@ import pydicom
 import pytest
 import requests
 from conftest import dcmftest_ok
-from network_fixture import SOURCES, dataset_bytes, echoscu, make_instance, save, storescu
+from network_helpers import (
+    SOURCES,
+    ListenProcess,
+    dataset_bytes,
+    echoscu,
+    make_instance,
+    save,
+    storescu,
+)
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -24,10 +33,24 @@ from dicom_reassembly.intake.receiver import Intake, IntakeSettings
 from dicom_reassembly.intake.validation import Refused, check_dataset
 
 if TYPE_CHECKING:
-    from network_fixture import ListenProcess
     from orthanc_fixture import OrthancServer
 
-pytest_plugins = ["orthanc_fixture", "network_fixture"]
+pytest_plugins = ["orthanc_fixture"]
+
+
+@pytest.fixture()
+def listen_factory(tmp_path: Any) -> Iterator[Any]:
+    """Start listen processes in a temp folder; every one still running is killed at the end."""
+    started: list[ListenProcess] = []
+
+    def start(*args: str, workdir: str | None = None, port: int | None = None) -> ListenProcess:
+        proc = ListenProcess(workdir or str(tmp_path), *args, port=port).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
 
 
 def read_rows(uri: str) -> list[dict[str, Any]]:
@@ -71,6 +94,7 @@ def send_pynetdicom(port: int, datasets: list[Dataset]) -> list[tuple[int, str |
 # --------------------------------------------------------------------------- the rules, over a Dataset
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's note on the malformed UID the case sets
 @pytest.mark.parametrize(("change", "code", "reason"), [
     (lambda ds: setattr(ds, "SOPInstanceUID", [generate_uid(), generate_uid()]), 0xC000, "invalid_uid"),
     (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.03"), 0xC000, "invalid_uid"),
@@ -334,7 +358,7 @@ def test_shutdown_drains_the_forward_queue(listen_factory: Any, orthanc_running:
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, args: list[str], reason: str) -> None:
     import subprocess
 
-    from network_fixture import CLI
+    from network_helpers import CLI
 
     res = subprocess.run([*CLI, "listen", "--spool", str(tmp_path / "s"), "--out", str(tmp_path / "o"), *args],
                          capture_output=True, text=True, timeout=60)

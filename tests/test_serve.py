@@ -21,7 +21,7 @@ import pytest
 import requests
 from conftest import dcmftest_ok, free_port
 from dicomweb_client import DICOMwebClient
-from network_fixture import CLI, make_instance, part10_bytes
+from network_helpers import CLI, make_instance, part10_bytes
 from PIL import Image
 from pydicom.uid import generate_uid
 

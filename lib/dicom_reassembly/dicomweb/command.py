@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import ConfigError
-from ..intake.command import DEFAULT_LEDGER, DEFAULT_OUT, _absolute, default_catalog
+from ..intake.command import DEFAULT_LEDGER, DEFAULT_OUT, absolute_uri, default_catalog
 from .auth import ENV_SECRET
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,12 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     from .query import CatalogIndex
 
     auth = AuthSettings.from_env(args.jwks)
-    ledger = _absolute(args.ledger)
-    catalog = _absolute(args.catalog) if args.catalog else default_catalog(ledger)
+    ledger = absolute_uri(args.ledger)
+    catalog = absolute_uri(args.catalog) if args.catalog else default_catalog(ledger)
     intake = None
     if not args.read_only:
         cfg = load_config(args.config)
-        settings = IntakeSettings(out=_absolute(args.out), ledger=ledger, catalog=catalog,
+        settings = IntakeSettings(out=absolute_uri(args.out), ledger=ledger, catalog=catalog,
                                   run_id=new_run_id(datetime.now(timezone.utc)), key_template=cfg.key_template,
                                   write_options=cfg.write_options())
         intake = Intake(settings, args.spool)

@@ -59,7 +59,7 @@ def add_listen_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _absolute(uri: str) -> str:
+def absolute_uri(uri: str) -> str:
     """Local paths made absolute: output URIs in the ledger and catalogue must not depend on the cwd."""
     return uri if storage.is_s3(uri) else os.path.abspath(uri)
 
@@ -77,8 +77,8 @@ def _settings(args: argparse.Namespace, run_id: str) -> Any:
     if args.max_backlog < 1 or args.stow_batch < 1 or args.retry_max <= 0 or args.drain_timeout < 0:
         raise ConfigError("bad_limit", "--max-backlog and --stow-batch must be at least 1, --retry-max positive")
     cfg = load_config(args.config)
-    out, ledger = _absolute(args.out), _absolute(args.ledger)
-    catalog = _absolute(args.catalog) if args.catalog else default_catalog(ledger)
+    out, ledger = absolute_uri(args.out), absolute_uri(args.ledger)
+    catalog = absolute_uri(args.catalog) if args.catalog else default_catalog(ledger)
     # The forwarder retries for ever with its own backoff; the client only retries a request once.
     stow = (StowSettings(args.stow_url, batch_count=args.stow_batch, max_retries=1, backoff_base=0.5,
                          backoff_max=2.0, timeout=(5.0, 120.0)) if args.stow_url else None)

@@ -1,4 +1,4 @@
-"""Test instances and a ``dicom-reassembly listen`` process, for the network tests (listen, serve, bench).
+"""Test instances and a ``dicom-reassembly listen`` process, for the network tests (listen, serve).
 
 Instances are pydicom's bundled test files (no download) with new UIDs and patient IDs, saved as Part 10
 in the source's transfer syntax. ``ListenProcess`` runs the real command as a subprocess on a free port.
@@ -12,10 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pydicom
-import pytest
 from conftest import free_port, require_tool
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -153,18 +151,3 @@ class ListenProcess:
         while self.spooled() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not self.spooled(), f"{len(self.spooled())} instance(s) still in the spool:\n{self.log()[-3000:]}"
-
-
-@pytest.fixture()
-def listen_factory(tmp_path: object) -> Iterator[object]:
-    """Start listen processes in a temp folder; every one still running is killed at the end."""
-    started: list[ListenProcess] = []
-
-    def start(*args: str, workdir: str | None = None, port: int | None = None) -> ListenProcess:
-        proc = ListenProcess(workdir or str(tmp_path), *args, port=port).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
