@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pydicom
 import pytest
 import requests
-from conftest import dcmftest_ok
+from conftest import dciodvfy_errors, dcmftest_ok
 from network_helpers import (
     SOURCES,
     ListenProcess,
@@ -192,6 +192,7 @@ def test_stored_file_holds_the_dataset_bytes_as_sent(listen_factory: Any, tmp_pa
         out = os.path.join(scp.out, f"{ds.SOPInstanceUID}.dcm")
         assert dataset_bytes(out) == dataset_bytes(src)
         assert dcmftest_ok(out)
+        assert dciodvfy_errors(out) <= dciodvfy_errors(src)  # no error the sent file lacked
         assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
 
 
