@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_parser(sub)
     add_cost_parser(sub)
+    from .dicomweb.command import add_serve_parser, add_token_parser
+    from .intake.command import add_listen_parser
+
+    add_listen_parser(sub)
+    add_serve_parser(sub)
+    add_token_parser(sub)
     return p
 
 
