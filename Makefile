@@ -22,7 +22,7 @@ SPARK_SUBMIT = $(VENV)/bin/spark-submit --master 'local[2]' \
 $(VENV)/.installed: setup.py requirements-test.txt
 	$(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e . "$(SPARK4)" -r requirements-test.txt
+	$(PY) -m pip install -q -e ".[network]" "$(SPARK4)" -r requirements-test.txt
 	touch $@
 
 ## setup: .venv with the package and spark-submit
@@ -62,7 +62,7 @@ test-fast: setup
 $(VENV35)/.installed: setup.py
 	$(PY_BOOT) -m venv $(VENV35)
 	$(VENV35)/bin/python -m pip install -q --upgrade pip
-	$(VENV35)/bin/python -m pip install -q -e . "$(SPARK35)" -r requirements-test.txt
+	$(VENV35)/bin/python -m pip install -q -e ".[network]" "$(SPARK35)" -r requirements-test.txt
 	touch $@
 
 ## test-spark35: the Spark tests again under pyspark 3.5 (EMR 7's line)

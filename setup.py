@@ -22,6 +22,16 @@ setup(
     ],
     extras_require={
         "spark": ["pyspark>=3.5,<5"],
+        # listen and serve (issue 21): kept off the EMR nodes, which only reassemble.
+        "network": [
+            "pynetdicom>=2.1",  # the C-STORE SCP of `listen` (event.encoded_dataset needs 2.1)
+            "fastapi>=0.110",  # the DICOMweb service of `serve`
+            "uvicorn>=0.29",  # its HTTP server
+            "pyjwt[crypto]>=2.8",  # per-patient bearer tokens: HS256, and RS256 with cryptography
+            "duckdb>=1.0",  # QIDO-RS over the Parquet catalogue
+            "pillow>=10",  # rendered PNG
+            "python-multipart>=0.0.18",  # STOW-RS bodies parsed as they stream in
+        ],
     },
     entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli:main"]},
 )

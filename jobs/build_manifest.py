@@ -47,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes)
             df.write.mode("append").parquet(args.manifest)
-        total = sum(a["size"] for a in listing)
         print(f"manifest: {args.manifest}")
-        print(f"archives listed: {len(listing)} ({total} bytes); indexed this run: {len(todo)}; "
-              f"unchanged and skipped: {len(listing) - len(todo)}")
+        for line in mf.listing_summary(listing, todo):
+            print(line)
         if todo:
             from pyspark.sql import functions as F
 

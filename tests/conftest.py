@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -169,3 +170,95 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
+
+
+# Root reads any file whatever its mode, through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, and CI runs as root.
+# Tests of "permission denied" take those two capabilities away, so the refusal is the kernel's, root or not.
+_DAC_CAPABILITIES = (1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+_CAP_VERSION_3 = 0x20080522
+_PR_CAPBSET_DROP = 24
+
+
+def _libc():  # noqa: ANN202 - a ctypes library handle
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def permissions_enforced() -> Iterator[None]:
+    """File modes bind in this thread, root included, until the block ends.
+
+    Drops the DAC capabilities from this thread's effective set and restores them
+    after (they stay permitted). Capabilities are per thread on Linux: the moto
+    server and Spark keep theirs.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    import ctypes
+
+    libc = _libc()
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; low then high 32 bits
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    saved = data[0]
+    data[0] = saved & ~sum(1 << c for c in _DAC_CAPABILITIES)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    try:
+        yield
+    finally:
+        data[0] = saved
+        libc.capset(header, data)
+
+
+def permissions_enforced_in_child() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which a subprocess obeys file modes, root included (None when not root).
+
+    The DAC capabilities leave the child's bounding set before exec, so root's
+    program starts without them.
+    """
+    if os.geteuid() != 0:
+        return None
+    libc = _libc()  # loaded before the fork: the child only makes the calls
+
+    def drop() -> None:
+        for cap in _DAC_CAPABILITIES:
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise OSError("prctl(PR_CAPBSET_DROP) failed: the test needs CAP_SETPCAP when run as root")
+
+    return drop
+
+
+@contextlib.contextmanager
+def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
+    """Until the block ends, our S3 calls run as an IAM user who may list and read ``bucket`` except
+    ``denied_keys`` (GetObject is denied on them), and the moto server enforces IAM: S3's real AccessDenied."""
+    import json
+    import uuid
+
+    import boto3
+    from moto.core.authorization import enable_iam_authentication
+
+    from dicom_reassembly import storage
+
+    iam = boto3.client("iam", region_name="us-east-1")
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read-but-not-those", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
+             "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+            {"Effect": "Deny", "Action": "s3:GetObject", "Resource": [f"arn:aws:s3:::{bucket}/{k}" for k in denied_keys]},
+        ]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    settings = storage.S3Settings(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"],
+                                  region="us-east-1", max_attempts=1)
+    with enable_iam_authentication():
+        storage.set_default_s3_settings(settings)
+        try:
+            yield
+        finally:
+            storage.set_default_s3_settings(None)

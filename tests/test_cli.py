@@ -8,15 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import dcmftest_ok
+from conftest import dcmftest_ok, permissions_enforced_in_child
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 CLI = os.path.join(os.path.dirname(sys.executable), "dicom-reassembly")
 
 
-def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=dict(os.environ))
+def run(*args: str, cwd: str | None = None, preexec_fn=None) -> subprocess.CompletedProcess:  # noqa: ANN001
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=dict(os.environ),
+                          preexec_fn=preexec_fn)
 
 
 def _one_error_line(r: subprocess.CompletedProcess) -> str:
@@ -89,6 +90,33 @@ def test_uid_explains_invalid_input_in_one_line(damaged_delivery, tmp_path, case
     uid = next(u for u, i in expected["instances"].items() if i.get("case") == case)
     r = run("uid", uid, "--text", os.path.join(root, "text"), "--images", os.path.join(root, "images"), "--out", str(tmp_path))
     assert _one_error_line(r).startswith(f"error: {reason}")
+
+
+def test_uid_scan_goes_on_past_unreadable_archives_and_says_why_it_found_nothing(sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    root, expected = sample_delivery
+    uid, inst = _first(expected, payload="j2k")
+    text, images = tmp_path / "text", tmp_path / "images"
+    shutil.copytree(os.path.join(root, "text"), text)
+    shutil.copytree(os.path.join(root, "images"), images)
+    # Listed first, ahead of the archives that hold the instance: they must not end the scan.
+    os.symlink(tmp_path / "gone.tar", text / "0-broken.tar")
+    os.symlink(tmp_path / "gone.tar", images / "0-broken.tar")
+    out = tmp_path / "out"
+    r = run("uid", uid, "--text", str(text), "--images", str(images), "--out", str(out),
+            preexec_fn=permissions_enforced_in_child())
+    assert r.returncode == 0, r.stderr
+    assert dcmftest_ok(str(out / f"{uid}.dcm"))
+    # The archive holding the header may not be read (the process runs without root's override, as CI's root):
+    # that is not "no such header", and the broken link is named too.
+    os.chmod(text / os.path.basename(inst["header"][0]), 0)
+    line = _one_error_line(run("uid", uid, "--text", str(text), "--images", str(images), "--out", str(tmp_path / "no"),
+                               preexec_fn=permissions_enforced_in_child()))
+    assert line.startswith("error: header_not_found"), line
+    assert "2 archives could not be read" in line and "access_denied: permission denied" in line, line
+    assert "0-broken.tar: broken_link" in line, line
+    assert not (tmp_path / "no").exists()
 
 
 def test_uid_rejects_a_malformed_uid(tmp_path) -> None:  # noqa: ANN001

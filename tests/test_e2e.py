@@ -173,3 +173,28 @@ def test_unreachable_output_bucket_exits_nonzero_before_any_work(s3, sample_deli
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no_such_bucket" in errors[0], output
     assert "Traceback" not in output and not (tmp_path / "ledger").exists()
+
+
+def test_build_manifest_counts_what_it_does_not_index_and_a_rerun_keeps_them(sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    import gzip
+    import shutil
+
+    root, _ = sample_delivery
+    text, images = tmp_path / "text", tmp_path / "images"
+    shutil.copytree(os.path.join(root, "text"), text)
+    shutil.copytree(os.path.join(root, "images"), images)
+    (text / "README.txt").write_bytes(b"delivery notes\n")
+    (images / "extra.tar.gz").write_bytes(gzip.compress((images / "images-000.tar").read_bytes(), mtime=0))
+    os.symlink(tmp_path / "gone.tar", images / "broken.tar")
+    manifest = str(tmp_path / "manifest")
+    args = ("--text", str(text), "--images", str(images), "--manifest", manifest)
+    r = submit("build_manifest.py", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "objects listed: 9 (" in r.stdout, r.stdout
+    assert "6 archives, 2 other objects (not_an_archive or compressed_archive), 1 unreadable while listing" in r.stdout
+    for kind, error in (("archive", "not_an_archive"), ("archive", "compressed_archive"), ("archive", "broken_link")):
+        assert any(line.split() == [kind, error, "1"] for line in r.stdout.splitlines()), r.stdout
+    # Unchanged on the next run: nothing is indexed again, and the summary still counts them.
+    r = submit("build_manifest.py", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "indexed this run: 0; unchanged and skipped: 9" in r.stdout and "2 other objects" in r.stdout, r.stdout

@@ -324,3 +324,74 @@ def test_local_runs_use_the_c1_only_jit_everywhere_they_start_a_jvm(spark) -> No
         submit = next(line for line in f if "--driver-java-options" in line)
     assert f'"{LOCAL_JIT_OPTIONS} -Dlog4j2' in submit
     assert JAVA_OPTIONS.startswith(LOCAL_JIT_OPTIONS + " ")
+
+
+# ---------------------------------------------------------------- what the walk or the listing cannot index
+
+
+def test_objects_that_are_not_indexed_reach_the_ledger_and_conservation_holds(spark, sample_delivery, tmp_path) -> None:  # noqa: ANN001
+    import gzip
+    import io
+    import json
+    import tarfile
+
+    from conftest import permissions_enforced, read_tar_member
+
+    root, expected = sample_delivery
+    uid0, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "j2k")
+    header = json.loads(read_tar_member(os.path.join(root, inst["header"][0]), inst["header"][1]))
+    pixels = read_tar_member(os.path.join(root, inst["pixels"][0]), inst["pixels"][1])
+    uid = "2.25.1600000000000000000000000000000001"  # a new instance: the sample's header and pixels under a new UID
+    header["00080018"]["Value"] = [uid]
+
+    def tar(path: os.PathLike | None, members: list[tuple[str, bytes | None]]) -> bytearray:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                if data is None:
+                    info.type, info.linkname = tarfile.SYMTYPE, "elsewhere"
+                    tf.addfile(info)
+                else:
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        raw = bytearray(buf.getvalue())
+        if path is not None:
+            path.write_bytes(raw)
+        return raw
+
+    def set_size(raw: bytearray, at: int, field: bytes) -> bytes:
+        raw[at + 124: at + 136] = field
+        raw[at + 148: at + 156] = b" " * 8
+        raw[at + 148: at + 156] = b"%06o\0 " % sum(raw[at: at + 512])
+        return bytes(raw)
+
+    text, images = tmp_path / "text", tmp_path / "images"
+    (text / "locked").mkdir(parents=True)
+    images.mkdir()
+    tar(text / "t.tar", [(f"{uid}.json", json.dumps(header).encode())])
+    (text / "README.txt").write_bytes(b"notes")
+    (text / "more.tar.gz").write_bytes(gzip.compress(tar(None, [("1.2.3.4.json", b"{}")]), mtime=0))
+    tar(text / "locked" / "hidden.tar", [("1.2.3.5.json", b"{}")])
+    os.chmod(text / "locked", 0)
+    # The "Why" cases: a symlink whose ustar size field claims 1 MiB ahead of the instance's pixels; a base-256 size.
+    (images / "i.tar").write_bytes(set_size(tar(None, [("odd-link", None), (f"{uid}.j2c", pixels)]), 0,
+                                            b"%011o\0" % (1 << 20)))
+    (images / "b256.tar").write_bytes(set_size(tar(None, [("1.2.3.6.j2c", b"x" * 600)]), 0, b"\x80" + b"\xff" * 11))
+    os.symlink(tmp_path / "gone.tar", images / "broken.tar")
+    base = str(tmp_path / "run")
+    with permissions_enforced():  # the listing runs here, on the driver: root may not read the locked folder either
+        build_manifest(spark, str(text), str(images), os.path.join(base, "manifest"))
+    summary = _run(spark, base, os.path.join(base, "dcm"))
+    assert summary["unaccounted_members"] == 0
+    rows = _ledger(spark, base, summary["run_id"])
+    assert [r["status"] for r in rows if r["sop_instance_uid"] == uid] == ["written"]
+    assert dcmftest_ok(os.path.join(base, "dcm", f"{uid}.dcm"))
+    archive_rows = {os.path.basename(r["header_archive"] or r["pixel_archive"]): (r["status"], r["reason"].split(":")[0])
+                    for r in rows if r["header_member"] is None and r["pixel_member"] is None}
+    assert archive_rows == {
+        "README.txt": ("unreadable_archive", "not_an_archive"), "more.tar.gz": ("unreadable_archive", "compressed_archive"),
+        "locked": ("unreadable_archive", "access_denied"), "b256.tar": ("unreadable_archive", "corrupt_header"),
+        "broken.tar": ("unreadable_archive", "broken_link")}
+    assert {r["pixel_member"]: r["status"] for r in rows if r["pixel_member"]} == {
+        "odd-link": "invalid_pixels", f"{uid}.j2c": "written"}

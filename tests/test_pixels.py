@@ -17,7 +17,7 @@ from openjpeg.utils import encode_array
 from pydicom import dcmread
 
 from dicom_reassembly import pixels
-from dicom_reassembly.errors import PixelError
+from dicom_reassembly.errors import HeaderError, PixelError
 from dicom_reassembly.part10 import assemble
 
 UID = "1.2.826.0.1.3680043.10.1234.1"
@@ -101,20 +101,24 @@ def _jp2(cs: bytes, arr: np.ndarray, xl_jp2c: bool = False) -> bytes:
 
 
 def _header(frames: int | None = None, bits: int = 16, rows: int = ROWS, cols: int = COLS,
-            samples: int = 1, lossy: str | None = None, sop_class: str = SC_IMAGE) -> str:
+            samples: int = 1, lossy: str | None = None, sop_class: str = SC_IMAGE, stored: int | None = None,
+            signed: int = 0, photometric: str | None = None) -> str:
+    stored = stored or (12 if bits == 16 else bits)
     h: dict = {
         "00080016": {"vr": "UI", "Value": [sop_class]},
         "00080018": {"vr": "UI", "Value": [UID]},
         "00080060": {"vr": "CS", "Value": ["OT"]},
         "00280002": {"vr": "US", "Value": [samples]},
-        "00280004": {"vr": "CS", "Value": ["MONOCHROME2" if samples == 1 else "RGB"]},
+        "00280004": {"vr": "CS", "Value": [photometric or ("MONOCHROME2" if samples == 1 else "RGB")]},
         "00280010": {"vr": "US", "Value": [rows]},
         "00280011": {"vr": "US", "Value": [cols]},
         "00280100": {"vr": "US", "Value": [bits]},
-        "00280101": {"vr": "US", "Value": [12 if bits == 16 else bits]},
-        "00280102": {"vr": "US", "Value": [11 if bits == 16 else bits - 1]},
-        "00280103": {"vr": "US", "Value": [0]},
+        "00280101": {"vr": "US", "Value": [stored]},
+        "00280102": {"vr": "US", "Value": [stored - 1]},
+        "00280103": {"vr": "US", "Value": [signed]},
     }
+    if samples > 1:
+        h["00280006"] = {"vr": "US", "Value": [0]}
     if frames is not None:
         h["00280008"] = {"vr": "IS", "Value": [frames]}
     if lossy is not None:
@@ -468,11 +472,13 @@ def test_empty_pixels() -> None:
     assert exc.value.status == "invalid_pixels"
 
 
-@pytest.mark.parametrize("n", [ROWS * COLS * 2 - 2, ROWS * COLS * 2 + 2, ROWS * COLS * 2 + 1])
-def test_native_length_mismatch(n: int) -> None:
+@pytest.mark.parametrize("n", [ROWS * COLS * 2 - 2, ROWS * COLS * 2 - 1, 1])
+def test_native_shorter_than_needed_is_a_length_mismatch(n: int) -> None:
     with pytest.raises(PixelError) as exc:
         assemble(_header(), b"\x01" * n, UID)
     assert exc.value.reason == "native_length_mismatch"
+    assert exc.value.status == "invalid_pixels"
+    assert f"{n} bytes" in exc.value.detail and str(ROWS * COLS * 2) in exc.value.detail
 
 
 @pytest.mark.parametrize("cut", [40, 200, -3])
@@ -508,3 +514,294 @@ def test_payload_may_be_any_buffer() -> None:
     assert [(f.end - f.start) for f in p.frames] == [len(s) for s in streams]
     obj = assemble(_header(frames=2, sop_class=MF_SC_WORD), view, UID)
     assert [f[: len(s)] for f, s in zip(_fragments(_read(obj.tobytes()).PixelData), streams, strict=True)] == streams
+
+
+# ---------------------------------------------------------------- pad bytes after EOC (issue 16)
+
+
+def _odd_j2k(seed: int) -> tuple[np.ndarray, bytes]:
+    """An image and its lossless codestream of odd length (openjpeg's lengths vary with content)."""
+    for s in range(seed, seed + 60):
+        arr = _image(s)
+        cs = _j2k(arr)
+        if len(cs) % 2 == 1:
+            return arr, cs
+    raise AssertionError("no odd-length codestream")
+
+
+def _even_j2k(seed: int) -> tuple[np.ndarray, bytes]:
+    for s in range(seed, seed + 60):
+        arr = _image(s)
+        cs = _j2k(arr)
+        if len(cs) % 2 == 0:
+            return arr, cs
+    raise AssertionError("no even-length codestream")
+
+
+@pytest.mark.parametrize("pad", [b"\x00", b"\xff"], ids=["00", "ff"])
+def test_pad_byte_after_eoc_is_accepted_and_the_fragment_stays_even(pad: bytes, tmp_path) -> None:  # noqa: ANN001
+    """A fragment cut from a DICOM file ends ``FF D9 FF`` (or ``FF D9 00``); round 1 refused the 0xFF."""
+    arr, cs = _odd_j2k(130)
+    assert cs.endswith(b"\xff\xd9")
+    p = pixels.classify(cs + pad, ROWS * COLS * 2)
+    assert p.kind == "j2k" and [(f.start, f.end) for f in p.frames] == [(0, len(cs))]
+    obj = assemble(_header(), cs + pad, UID)
+    path = tmp_path / "pad.dcm"
+    path.write_bytes(obj.tobytes())
+    assert dcmftest_ok(str(path))
+    ds = dcmread(path)
+    (fragment,) = _fragments(ds.PixelData)
+    assert fragment == cs + b"\x00"  # padded to even with 0x00, whatever the source's pad byte was
+    np.testing.assert_array_equal(ds.pixel_array, arr)
+
+
+def test_pad_bytes_between_concatenated_codestreams() -> None:
+    """Frames cut from a multi-frame file each keep their pad byte; the payload is their concatenation."""
+    (a1, c1), (a2, c2) = _odd_j2k(140), _odd_j2k(200)
+    payload = c1 + b"\xff" + c2 + b"\x00"
+    p = pixels.classify(payload)
+    assert [(f.start, f.end) for f in p.frames] == [(0, len(c1)), (len(c1) + 1, len(c1) + 1 + len(c2))]
+    ds = _read(assemble(_header(frames=2, sop_class=MF_SC_WORD), payload, UID).tobytes())
+    assert _fragments(ds.PixelData) == [c1 + b"\x00", c2 + b"\x00"]
+    np.testing.assert_array_equal(ds.pixel_array, np.stack([a1, a2]))
+    # A writer that padded the concatenated payload (odd + even codestream) to even length.
+    _, even = _even_j2k(260)
+    assert [(f.start, f.end) for f in pixels.classify(c1 + even + b"\xff").frames] == [
+        (0, len(c1)), (len(c1), len(c1) + len(even))]
+
+
+def test_bytes_after_eoc_that_are_not_a_pad_byte_are_refused() -> None:
+    _, odd = _odd_j2k(130)
+    _, even = _even_j2k(130)
+    for payload in (odd + b"\x01",             # not 0x00 or 0xFF
+                    odd + b"\xff\xff",         # two bytes are not padding
+                    odd + b"\x00\x00",
+                    even + b"\x00",            # pads nothing to even: the codestream already is
+                    odd + b"\xff" + b"\x00" + odd):  # a pad byte must be followed by the end or a codestream
+        assert pixels.split_codestreams(payload) is None
+        with pytest.raises(PixelError) as exc:
+            pixels.classify(payload, ROWS * COLS * 2)
+        assert exc.value.reason == "unrecognised_payload"
+
+
+# ---------------------------------------------------------------- SIZ of every codestream against the header
+
+
+def _signed_image(seed: int, bits: int) -> np.ndarray:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1))
+    return np.random.default_rng(seed).integers(lo, hi, (ROWS, COLS), dtype=np.int16)
+
+
+def test_siz_is_read_for_every_codestream() -> None:
+    grey = np.random.default_rng(1).integers(0, 1 << 13, (ROWS, COLS + 8), dtype=np.uint16)
+    rgb = np.random.default_rng(2).integers(0, 256, (ROWS + 8, COLS, 3), dtype=np.uint8)
+    signed = _signed_image(3, 16)
+    streams = [encode_array(grey, bits_stored=13), encode_array(rgb, bits_stored=8, photometric_interpretation=1),
+               encode_array(signed, bits_stored=16)]
+    frames = pixels.classify(b"".join(streams)).frames
+    assert [(f.width, f.height, f.components, f.precision, f.signed) for f in frames] == [
+        (COLS + 8, ROWS, 1, (13,), (False,)),
+        (COLS, ROWS + 8, 3, (8, 8, 8), (False, False, False)),
+        (COLS, ROWS, 1, (16,), (True,)),
+    ]
+
+
+def _with_siz_field(cs: bytes, offset: int, fmt: str, value: int) -> bytes:
+    """The codestream with one SIZ field (``offset`` from the SIZ marker) replaced."""
+    marker, siz, _ = _main_header_segments(cs)[0]
+    assert marker == 0xFF51
+    at = siz + offset
+    return cs[:at] + struct.pack(fmt, value) + cs[at + struct.calcsize(fmt):]
+
+
+@pytest.mark.parametrize(("offset", "fmt", "value"), [
+    (38, ">H", 2),         # Csiz says 2 components, the segment holds 1
+    (38, ">H", 0),         # no component
+    (14, ">I", COLS),      # XOsiz = Xsiz: an empty image area
+    (40, ">B", 0x7F),      # 128-bit samples
+], ids=["csiz-too-many", "csiz-zero", "empty-area", "precision-128"])
+def test_an_inconsistent_siz_is_a_damaged_codestream(offset: int, fmt: str, value: int) -> None:
+    damaged = _with_siz_field(_j2k(_image(150)), offset, fmt, value)
+    with pytest.raises(PixelError) as exc:
+        pixels.classify(damaged, ROWS * COLS * 2)
+    assert exc.value.reason == "unrecognised_payload"
+
+
+def test_a_64x64_codestream_under_a_128x128_header_is_invalid_pixels() -> None:
+    """Round 1 wrote it: it passes dcmftest, but no viewer can decode it."""
+    cs = encode_array(np.random.default_rng(4).integers(0, 4096, (64, 64), dtype=np.uint16), bits_stored=12)
+    with pytest.raises(PixelError) as exc:
+        assemble(_header(rows=128, cols=128), cs, UID)
+    assert exc.value.reason == "geometry_mismatch" and exc.value.status == "invalid_pixels"
+    assert exc.value.detail == "codestream is 64x64 but the header says Columns 128 x Rows 128"
+
+
+@pytest.mark.parametrize(("header", "reason", "detail"), [
+    (dict(rows=COLS, cols=ROWS), "geometry_mismatch",
+     f"codestream 2 of 2 is {COLS}x{ROWS} but the header says Columns {ROWS} x Rows {COLS}"),
+    (dict(samples=3), "geometry_mismatch", "codestream 2 of 2 has 1 components but SamplesPerPixel is 3"),
+    (dict(bits=8), "precision_exceeds_bits_allocated", "codestream 2 of 2 has 12-bit samples but BitsAllocated is 8"),
+])
+def test_every_codestream_must_match_the_header(header: dict, reason: str, detail: str) -> None:
+    # The first frame matches the header; the second is the one that does not.
+    rows, cols = header.get("rows", ROWS), header.get("cols", COLS)
+    samples, bits = header.get("samples", 1), header.get("bits", 16)
+    if samples == 3:
+        first = encode_array(np.zeros((rows, cols, 3), dtype=np.uint8), bits_stored=8)
+    elif bits == 8:
+        first = encode_array(np.zeros((rows, cols), dtype=np.uint8), bits_stored=8)
+    else:
+        first = encode_array(np.zeros((rows, cols), dtype=np.uint16), bits_stored=12)
+    with pytest.raises(PixelError) as exc:
+        assemble(_header(frames=2, sop_class=MF_SC_WORD, **header), first + _j2k(_image(160)), UID)
+    assert (exc.value.reason, exc.value.detail) == (reason, detail)
+
+
+def test_j2k_without_rows_cannot_be_checked() -> None:
+    h = json.loads(_header())
+    del h["00280010"]
+    with pytest.raises(HeaderError) as exc:
+        assemble(json.dumps(h), _j2k(_image(161)), UID)
+    assert exc.value.reason == "missing_geometry"
+
+
+def test_precision_other_than_bits_stored_is_written_with_a_note(tmp_path) -> None:  # noqa: ANN001
+    """A 16-bit signed codestream under BitsStored 14, as real files carry it: decoders follow the codestream."""
+    arr = _signed_image(170, 14)
+    cs = encode_array(arr, bits_stored=16)
+    obj = assemble(_header(stored=14, signed=1), cs, UID)
+    assert obj.notes == ["j2k_precision_differs: codestream precision 16 but BitsStored 14, written as is"]
+    path = tmp_path / "p.dcm"
+    path.write_bytes(obj.tobytes())
+    assert dcmftest_ok(str(path))
+    np.testing.assert_array_equal(dcmread(path).pixel_array, arr)
+
+
+def test_signedness_other_than_pixel_representation_is_written_with_a_note() -> None:
+    """13-bit unsigned samples under PixelRepresentation 1."""
+    arr = np.random.default_rng(171).integers(0, 1 << 12, (ROWS, COLS), dtype=np.uint16)
+    cs = encode_array(arr, bits_stored=13)
+    obj = assemble(_header(stored=13, signed=1), cs, UID)
+    assert obj.notes == [
+        "j2k_signedness_differs: codestream samples unsigned but PixelRepresentation 1, written as is"]
+    # One note per kind, however many frames carry it.
+    multi = assemble(_header(frames=2, stored=12, signed=1, sop_class=MF_SC_WORD), cs + cs, UID)
+    assert multi.notes == ["j2k_precision_differs: codestream precision 13 but BitsStored 12, written as is",
+                           "j2k_signedness_differs: codestream samples unsigned but PixelRepresentation 1, written as is"]
+
+
+def test_a_codestream_that_matches_its_header_has_no_note() -> None:
+    assert assemble(_header(), _j2k(_image(172)), UID).notes == []
+    assert assemble(_header(), _image(172).tobytes(), UID).notes == []
+
+
+# ---------------------------------------------------------------- native lengths as real files carry them
+
+
+@pytest.mark.parametrize(("geometry", "photometric", "length"), [
+    ((4, 6, 3, 8, 1), "YBR_FULL_422", 48),       # 2 samples per pixel: Y Y CB CR per pair
+    ((4, 6, 3, 8, 2), "YBR_PARTIAL_422", 96),
+    ((4, 5, 3, 8, 1), "YBR_FULL_422", 44),       # an odd last pixel still has its CB and CR
+    ((4, 6, 3, 8, 1), "YBR_PARTIAL_420", 36),    # 1.5 samples per pixel: CB CR per 2x2 block
+    ((3, 5, 3, 8, 1), "YBR_PARTIAL_420", 27),    # 15 Y + 2 x (2 x 3) chroma
+    ((4, 6, 3, 16, 1), "YBR_FULL_422", 96),
+    ((4, 6, 3, 8, 1), "YBR_FULL", 72),           # not subsampled
+    ((4, 6, 3, 8, 1), " ybr_full_422 ", 48),     # CS values may arrive padded
+])
+def test_native_length_of_subsampled_photometric_interpretations(
+        geometry: tuple[int, int, int, int, int], photometric: str, length: int) -> None:
+    assert pixels.native_length(*geometry, photometric) == length
+
+
+def _ybr422(ybr: np.ndarray) -> bytes:
+    """YBR_FULL_422 bytes of a YBR_FULL image: Y1 Y2 CB1 CR1 for each pair, chroma of the pair's first pixel."""
+    pairs = ybr.reshape(ybr.shape[0], ybr.shape[1] // 2, 2, 3)
+    return np.concatenate([pairs[..., 0], pairs[:, :, 0, 1:]], axis=-1).tobytes()
+
+
+def test_ybr_full_422_native_is_two_samples_per_pixel(tmp_path) -> None:  # noqa: ANN001
+    """Round 1 expected 3 samples per pixel and refused it as native_length_mismatch."""
+    ybr = np.random.default_rng(180).integers(0, 256, (ROWS, COLS, 3), dtype=np.uint8)
+    payload = _ybr422(ybr)
+    assert len(payload) == ROWS * COLS * 2
+    obj = assemble(_header(bits=8, samples=3, photometric="YBR_FULL_422"), payload, UID)
+    assert obj.notes == []
+    path = tmp_path / "422.dcm"
+    path.write_bytes(obj.tobytes())
+    assert dcmftest_ok(str(path))
+    ds = dcmread(path)
+    assert ds.PixelData == payload
+    # The decoder repeats each pair's chroma for both pixels.
+    expected = ybr.copy()
+    expected[:, 1::2, 1:] = ybr[:, 0::2, 1:]
+    ds.pixel_array_options(as_rgb=False)  # compare the YBR samples themselves, before any colour conversion
+    np.testing.assert_array_equal(ds.pixel_array, expected)
+
+
+@pytest.mark.parametrize(("photometric", "n"), [("YBR_PARTIAL_422", ROWS * COLS * 2),
+                                                ("YBR_PARTIAL_420", ROWS * COLS * 3 // 2)])
+def test_other_subsampled_native_data_is_written_as_it_is(photometric: str, n: int, tmp_path) -> None:  # noqa: ANN001
+    payload = np.random.default_rng(181).integers(0, 256, n, dtype=np.uint8).tobytes()
+    obj = assemble(_header(bits=8, samples=3, photometric=photometric), payload, UID)
+    path = tmp_path / "sub.dcm"
+    path.write_bytes(obj.tobytes())
+    assert dcmftest_ok(str(path))
+    assert dcmread(path).PixelData == payload
+    with pytest.raises(PixelError) as exc:
+        assemble(_header(bits=8, samples=3, photometric=photometric), payload[:-2], UID)
+    assert exc.value.reason == "native_length_mismatch"
+
+
+def test_real_ybr_full_422_file_is_reassembled_pixel_exact(tmp_path) -> None:  # noqa: ANN001
+    from conftest import dciodvfy_errors
+    from pydicom.data import get_testdata_file
+
+    from dicom_reassembly.sample_data import header_json
+
+    source_path = get_testdata_file("SC_ybr_full_422_uncompressed.dcm", download=False)
+    src = dcmread(source_path)
+    assert src.PhotometricInterpretation == "YBR_FULL_422" and len(src.PixelData) == src.Rows * src.Columns * 2
+    obj = assemble(header_json(src), src.PixelData, str(src.SOPInstanceUID))
+    path = tmp_path / "real422.dcm"
+    path.write_bytes(obj.tobytes())
+    assert dcmftest_ok(str(path))
+    assert not dciodvfy_errors(str(path)) - dciodvfy_errors(source_path)
+    np.testing.assert_array_equal(dcmread(path).pixel_array, src.pixel_array)
+
+
+@pytest.mark.parametrize("extra", [2, 5, 1], ids=["even", "odd", "one-byte"])
+def test_native_longer_than_needed_is_written_unchanged_with_a_note(extra: int, tmp_path) -> None:  # noqa: ANN001
+    """Readers such as pydicom take the bytes they need; round 1 refused it as native_length_mismatch."""
+    arr = _image(190)
+    tail = bytes(range(1, extra + 1))
+    payload = arr.tobytes() + tail
+    obj = assemble(_header(), payload, UID)
+    n, need = len(payload), ROWS * COLS * 2
+    padded = " and padded to even length" if n & 1 else ""
+    assert obj.notes == [f"native_longer_than_needed: {n} bytes, {extra} more than the {need} its geometry needs, "
+                         f"written unchanged{padded}"]
+    path = tmp_path / "long.dcm"
+    path.write_bytes(obj.tobytes())
+    assert dcmftest_ok(str(path))
+    ds = dcmread(path)
+    assert ds["PixelData"].VR == "OW"
+    assert ds.PixelData == payload + b"\x00" * (n & 1)  # every byte kept; an odd value gets its pad byte
+    with pytest.warns(UserWarning):  # pydicom says it trims the excess
+        np.testing.assert_array_equal(ds.pixel_array, arr)
+
+
+def test_native_longer_than_needed_differs_for_dciodvfy_only_in_the_length(tmp_path) -> None:  # noqa: ANN001
+    """dciodvfy reports the extra bytes, and nothing else: the note in the ledger says the same."""
+    from conftest import dciodvfy_errors
+    from pydicom.data import get_testdata_file
+
+    from dicom_reassembly.sample_data import header_json
+
+    source_path = get_testdata_file("MR_small.dcm", download=False)
+    src = dcmread(source_path)
+    obj = assemble(header_json(src), src.PixelData + b"\x00" * 6, str(src.SOPInstanceUID))
+    path = tmp_path / "long-mr.dcm"
+    path.write_bytes(obj.tobytes())
+    n = len(src.PixelData)
+    assert dciodvfy_errors(str(path)) - dciodvfy_errors(source_path) == {
+        f"Error - PixelData has incorrect value length - expected {n} dec - got {n + 6} dec"}

@@ -482,3 +482,16 @@ def test_plan_first_campaign_skips_header_parsing_when_nothing_can_be_located(s3
     none.write_text(json.dumps([{"dicom_tag": ["0008", "0060"], "operation": "IN", "reference": ["XA"]}]))
     plan = plan_restore(f"s3://{bucket}/text", f"s3://{bucket}/images", manifest, str(none), always_evaluate=True)
     assert plan.selection.selected == 0 and plan.to_restore() == []
+
+
+def test_plan_goes_on_past_what_the_listing_cannot_read(tmp_path) -> None:  # noqa: ANN001
+    import os
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "text" / "t1.tar").write_bytes(b"x" * 10)
+    (tmp_path / "images" / "p1.tar").write_bytes(b"x" * 20)
+    os.symlink(tmp_path / "gone.tar", tmp_path / "images" / "p0.tar")
+    plan = plan_restore(str(tmp_path / "text"), str(tmp_path / "images"))
+    assert [(storage.basename(o.uri), o.size) for o in plan.objects] == [("t1.tar", 10), ("p1.tar", 20)]
+    assert any("p0.tar: broken_link" in n for n in plan.notes), plan.notes

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import permissions_enforced, s3_access_denied
 
 from dicom_reassembly import storage
 from dicom_reassembly.errors import NotFoundError, NotRestoredError, StorageError
@@ -249,3 +250,76 @@ def test_conditional_write_refuses_to_replace_and_sends_our_checksum(s3: Any, bu
         assert sent[0]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
     finally:
         client.meta.events.unregister("provide-client-params.s3.PutObject", capture)
+
+
+# ---------------------------------------------------------------- errors keep their cause; listings go on
+
+
+def _tree(root: Any) -> None:
+    for rel in ("a.tar", "sub/b.tar", "locked/c.tar", "elsewhere/d.tar", "readme.txt"):
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"x" * 10)
+    os.symlink(os.path.join(root, "gone.tar"), os.path.join(root, "broken.tar"))
+    os.symlink(os.path.join(root, "loop.tar"), os.path.join(root, "loop.tar"))
+    os.symlink(os.path.join(root, "elsewhere"), os.path.join(root, "sub", "linked"))
+    os.chmod(os.path.join(root, "locked"), 0)
+
+
+def test_local_listing_reports_what_it_cannot_use_and_goes_on(tmp_path: Any) -> None:
+    _tree(tmp_path)
+    with permissions_enforced():
+        listed = [(os.path.relpath(o.uri, tmp_path), o.size, o.error) for o in storage.list_objects(str(tmp_path), (".tar",))]
+    # Folders it cannot read or follow are listed whatever the suffix: archives may be inside.
+    assert listed == [("a.tar", 10, None), ("broken.tar", 0, "broken_link"), ("elsewhere/d.tar", 10, None),
+                      ("locked", 0, "access_denied"), ("loop.tar", 0, "broken_link"), ("sub/b.tar", 10, None),
+                      ("sub/linked", 0, "not_an_archive")]
+    with permissions_enforced():
+        details = {os.path.basename(o.uri): o.error_detail for o in storage.list_objects(str(tmp_path)) if o.error}
+    assert "gone.tar" in details["broken.tar"] and "permission denied" in details["locked"]
+    assert "not followed" in details["linked"]
+    # A prefix that cannot be listed at all is one clear error, not an empty delivery.
+    with permissions_enforced(), pytest.raises(StorageError) as exc:
+        list(storage.list_objects(os.path.join(tmp_path, "locked")))
+    assert exc.value.reason == "access_denied"
+
+
+def test_local_reads_keep_their_cause(tmp_path: Any) -> None:
+    _tree(tmp_path)
+    denied = os.path.join(tmp_path, "denied.bin")
+    storage.write_bytes(denied, b"secret")
+    os.chmod(denied, 0)
+    cases = {denied: (StorageError, "access_denied"), os.path.join(tmp_path, "broken.tar"): (NotFoundError, "broken_link"),
+             os.path.join(tmp_path, "loop.tar"): (NotFoundError, "broken_link"),
+             os.path.join(tmp_path, "missing.tar"): (NotFoundError, "not_found"),
+             os.path.join(tmp_path, "locked", "c.tar"): (StorageError, "access_denied")}
+    with permissions_enforced():
+        for path, (kind, reason) in cases.items():
+            for read in (storage.read_bytes, lambda p: storage.read_range(p, 0, 4), storage.open_read):
+                with pytest.raises(kind) as exc:
+                    read(path)
+                assert (exc.value.reason, exc.value.uri) == (reason, path)
+            if reason == "not_found":
+                assert storage.head(path) is None
+            elif path == denied:  # its size is no secret: only reading it is refused
+                assert storage.head(path) is not None
+            else:
+                with pytest.raises(kind) as exc:
+                    storage.head(path)
+                assert exc.value.reason == reason
+
+
+def test_s3_reads_keep_their_cause(s3: Any, bucket: str) -> None:
+    for key in ("t/open.tar", "t/secret.tar"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x" * 100)
+    with s3_access_denied(bucket, ["t/secret.tar"]):
+        assert [o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(f"s3://{bucket}/t")] == ["open.tar", "secret.tar"]
+        assert storage.read_range(f"s3://{bucket}/t/open.tar", 0, 4) == b"xxxx"
+        for read in (storage.read_bytes, lambda u: storage.read_range(u, 0, 4), storage.head):
+            with pytest.raises(StorageError) as exc:
+                read(f"s3://{bucket}/t/secret.tar")
+            assert exc.value.reason == "access_denied"
+        with pytest.raises(NotFoundError) as exc:
+            storage.read_bytes(f"s3://{bucket}/t/missing.tar")
+        assert exc.value.reason == "not_found"

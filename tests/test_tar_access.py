@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import random
+import subprocess
 import tarfile
 import uuid
 from typing import Any
 
 import pytest
+from conftest import permissions_enforced, require_tool
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dicom_reassembly import storage
 from dicom_reassembly.errors import ArchiveError, NotRestoredError
-from dicom_reassembly.tar_access import Damage, Member, iter_members, read_member
+from dicom_reassembly.tar_access import (
+    MAX_EXTENDED_HEADER,
+    Damage,
+    Member,
+    _StreamSource,
+    iter_members,
+    read_member,
+    walk,
+)
 
 LONG_DIR = "text/" + "d" * 90 + "/"  # > 100 characters with the file name; ustar can still split it
 LONG_BASENAME = "1.2.826.0.1.3680043.10.1234." + "9" * 90 + ".json"  # > 100 characters on its own
 
 _TYPE_NAMES = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symlink",
-               tarfile.LNKTYPE: "hardlink", tarfile.FIFOTYPE: "fifo"}
+               tarfile.LNKTYPE: "hardlink", tarfile.FIFOTYPE: "fifo", tarfile.CHRTYPE: "char_device",
+               tarfile.BLKTYPE: "block_device"}
 _TYPES = {v: k for k, v in _TYPE_NAMES.items()}
 
 
@@ -220,6 +235,11 @@ def test_corrupt_header_after_good_members(tmp_path: Any) -> None:
     ("tar.tar.gz", gzip.compress(_tar_bytes(tarfile.GNU_FORMAT, [("1.2.3.json", _content(1, 5000))]), mtime=0),
      "compressed_archive"),
     ("tiny.tar.gz", gzip.compress(b"tiny", mtime=0), "compressed_archive"),
+    ("gzip-inside.tar", gzip.compress(_tar_bytes(tarfile.GNU_FORMAT, [("1.2.3.json", b"{}")]), mtime=0),
+     "compressed_archive"),
+    ("bzip2-inside.tar", bz2.compress(_tar_bytes(tarfile.GNU_FORMAT, [("1.2.3.json", b"{}")])), "compressed_archive"),
+    ("xz-inside.tar", lzma.compress(_tar_bytes(tarfile.GNU_FORMAT, [("1.2.3.json", b"{}")])), "compressed_archive"),
+    ("zstd-inside.tar", b"\x28\xb5\x2f\xfd" + random.Random(3).randbytes(2000), "compressed_archive"),
 ])
 def test_unreadable_archives(tmp_path: Any, name: str, payload: bytes, reason: str) -> None:
     path = _write(tmp_path, name, payload)
@@ -294,3 +314,245 @@ def test_headers_only_indexing_of_small_members_coalesces_reads(s3: Any, bucket:
 
     assert storage.io_counter.gets <= len(data) // DEFAULT_COALESCE_GAP + 10 < len(members) // 10, storage.io_counter.gets
     assert storage.io_counter.bytes_read <= 2 * len(data)
+
+
+# ---------------------------------------------------------------- hostile headers: tarfile's rules, never an exception
+
+
+def _patch_header(data: bytearray, offset: int, *, size: bytes | None = None, type_: bytes | None = None) -> None:
+    """Overwrite a header's size field (12 bytes) or type flag, then recompute its checksum as a tar writer would."""
+    if size is not None:
+        data[offset + 124: offset + 136] = size
+    if type_ is not None:
+        data[offset + 156: offset + 157] = type_
+    data[offset + 148: offset + 156] = b" " * 8
+    data[offset + 148: offset + 156] = b"%06o\0 " % sum(data[offset: offset + 512])
+
+
+def _octal(n: int) -> bytes:
+    return b"%011o\0" % n
+
+
+def _base256(n: int) -> bytes:
+    """GNU's base-256 number field: 0x80 then 11 big-endian bytes (0xFF first for a negative number)."""
+    return (b"\x80" + n.to_bytes(11, "big")) if n >= 0 else (256**12 + n).to_bytes(12, "big")
+
+
+class _BytesSource:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        return self.data[offset: offset + n]
+
+
+def _every_source(tmp_path: Any, s3: Any, bucket: str, data: bytes) -> dict[str, list[Member | Damage]]:
+    """The walk of one archive through each source: local seek and stream, S3 ranged reads and stream."""
+    path = _write(tmp_path, f"{uuid.uuid4().hex}.tar", data)
+    uri = _upload(s3, bucket, f"{uuid.uuid4().hex}.tar", data)
+    return {"local": list(iter_members(path)), "local-stream": list(iter_members(path, with_data=True)),
+            "s3": list(iter_members(uri)), "s3-stream": list(iter_members(uri, with_data=True))}
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "directory", "fifo", "char_device", "block_device"])
+def test_a_non_regular_member_has_no_data_whatever_its_size_field_says(tmp_path: Any, s3: Any, bucket: str,
+                                                                       kind: str) -> None:
+    # The member after the odd one is the instance's pixels: skipping 1 MiB lost it as orphan_pixels, silently.
+    members = [("1.2.3.1.json", _content(1, 700)), (f"odd-{kind}", kind), ("1.2.3.1.j2c", _content(2, 3000)),
+               ("1.2.3.2.json", _content(3, 10))]
+    data = bytearray(_tar_bytes(tarfile.USTAR_FORMAT, members))
+    _patch_header(data, _by_tarfile(bytes(data))[1][1], size=_octal(1 << 20))
+    expected = _by_tarfile(bytes(data))
+    assert [(name, size) for name, _, _, size, _, _ in expected][1:3] == [(f"odd-{kind}", 1 << 20), ("1.2.3.1.j2c", 3000)]
+    for source, items in _every_source(tmp_path, s3, bucket, bytes(data)).items():
+        assert not _damages(items), source
+        assert _ours(items) == expected, source
+        if source.endswith("stream"):
+            assert [m.data for m in items if isinstance(m, Member) and m.regular] == [
+                members[0][1], members[2][1], members[3][1]], source
+
+
+def test_an_unknown_member_type_is_skipped_with_its_data_as_tarfile_does(tmp_path: Any, s3: Any, bucket: str) -> None:
+    members = [("1.2.3.1.json", _content(1, 700)), ("volume-label", _content(2, 1500)), ("1.2.3.1.j2c", _content(3, 900))]
+    data = bytearray(_tar_bytes(tarfile.GNU_FORMAT, members))
+    _patch_header(data, 1536, type_=b"Z")
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tf:
+        expected = [(ti.name, ti.offset, ti.offset_data, ti.size) for ti in tf.getmembers()]
+    assert len(expected) == 3
+    for source, items in _every_source(tmp_path, s3, bucket, bytes(data)).items():
+        assert [(m.name, m.header_offset, m.data_offset, m.size) for m in items] == expected, source
+        assert [(m.regular, m.type_name) for m in items] == [(True, "file"), (False, "type_Z"), (True, "file")]
+
+
+@pytest.mark.parametrize(("field", "kind", "detail"), [
+    (_base256(256**11 - 1), "file", "does not fit in 63 bits"),
+    (_base256(-1), "file", "is negative"),
+    (_base256(1 << 40), "file", "past the end of the archive"),
+    (_base256(256**11 - 1), "symlink", "does not fit in 63 bits"),
+], ids=["huge", "negative", "past-the-end", "huge-on-a-symlink"])
+def test_an_untrustworthy_base256_size_is_corrupt_header_after_the_members_before_it(
+        tmp_path: Any, s3: Any, bucket: str, field: bytes, kind: str, detail: str) -> None:
+    members = [("1.2.3.1.json", _content(1, 700)), ("1.2.3.1.j2c", _content(2, 900) if kind == "file" else "symlink"),
+               ("1.2.3.2.json", _content(3, 10))]
+    data = bytearray(_tar_bytes(tarfile.GNU_FORMAT, members))
+    _patch_header(data, 1536, size=field)
+    for source, items in _every_source(tmp_path, s3, bucket, bytes(data)).items():
+        assert [m.name for m in items if isinstance(m, Member)] == ["1.2.3.1.json"], source
+        assert [(d.reason, d.offset) for d in _damages(items)] == [("corrupt_header", 1536)], source
+        assert detail in items[-1].detail
+
+
+def test_a_base256_size_within_the_archive_is_read_as_gnu_tar_writes_it(tmp_path: Any, s3: Any, bucket: str) -> None:
+    # GNU tar writes base-256 for members of 8 GiB and more; the field itself is legitimate.
+    members = [("1.2.3.1.json", _content(1, 700)), ("1.2.3.1.j2c", _content(2, 900)), ("1.2.3.2.json", _content(3, 10))]
+    data = bytearray(_tar_bytes(tarfile.GNU_FORMAT, members))
+    _patch_header(data, 1536, size=_base256(900))
+    expected = _by_tarfile(bytes(data))
+    for source, items in _every_source(tmp_path, s3, bucket, bytes(data)).items():
+        assert _ours(items) == expected and not _damages(items), source
+        if source.endswith("stream"):
+            assert items[1].data == members[1][1]
+
+
+def test_extended_headers_that_cannot_be_trusted_are_corrupt_header(tmp_path: Any) -> None:
+    members = [("1.2.3.1.json", _content(1, 700)), ("sub/" + "x" * 150 + "/1.2.3.2.json", _content(2, 10))]
+    data = bytearray(_tar_bytes(tarfile.GNU_FORMAT, members))
+    long_name_header = _by_tarfile(bytes(data))[1][1]
+    _patch_header(data, long_name_header, size=_octal(MAX_EXTENDED_HEADER + 1))
+    items = list(iter_members(_write(tmp_path, "huge-long-name.tar", bytes(data))))
+    assert [m.name for m in items if isinstance(m, Member)] == ["1.2.3.1.json"]
+    assert [(d.reason, d.offset) for d in _damages(items)] == [("corrupt_header", long_name_header)]
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo("1.2.3.1.json"), io.BytesIO(b""))
+        info = tarfile.TarInfo("1.2.3.2.json")
+        info.size, info.pax_headers = 10, {"size": "ten"}
+        tf.addfile(info, io.BytesIO(b"0123456789"))
+    items = list(iter_members(_write(tmp_path, "pax-size.tar", buf.getvalue())))
+    assert [m.name for m in items if isinstance(m, Member)] == ["1.2.3.1.json"]
+    assert [d.reason for d in _damages(items)] == ["corrupt_header"] and "PAX size 'ten'" in items[-1].detail
+
+
+def _sparse_file(path: str) -> bytes:
+    """A sparse file of six data runs separated by holes (more than the four an old GNU header holds)."""
+    content = bytearray(1 << 20)
+    with open(path, "wb") as f:
+        for i in range(6):
+            run = _content(10 + i, 1000 + i)
+            f.seek(i * 150_000 + 7)
+            f.write(run)
+            content[i * 150_000 + 7: i * 150_000 + 7 + len(run)] = run
+        f.truncate(1 << 20)
+    return bytes(content)
+
+
+@pytest.mark.parametrize("fmt", [["--format=gnu"], ["--format=pax", "--sparse-version=0.0"],
+                                 ["--format=pax", "--sparse-version=0.1"], ["--format=pax", "--sparse-version=1.0"]],
+                         ids=["gnu", "pax-0.0", "pax-0.1", "pax-1.0"])
+def test_gnu_sparse_members_are_listed_as_tarfile_lists_them_and_never_read(tmp_path: Any, fmt: list[str]) -> None:
+    tar = require_tool("tar")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.2.3.1.json").write_bytes(_content(1, 700))
+    sparse = _sparse_file(str(src / "holes.bin"))
+    (src / "1.2.3.1.j2c").write_bytes(_content(2, 3000))
+    archive = str(tmp_path / "sparse.tar")
+    subprocess.run([tar, "--sparse", *fmt, "-cf", archive, "-C", str(src), "1.2.3.1.json", "holes.bin", "1.2.3.1.j2c"],
+                   check=True, timeout=60)
+    with tarfile.open(archive) as tf:
+        infos = tf.getmembers()
+        assert [ti.issparse() for ti in infos] == [False, True, False], "tar did not store the file as sparse"
+        assert tf.extractfile("holes.bin").read() == sparse
+        expected = [(ti.name, ti.offset, ti.offset_data, ti.size) for ti in infos]
+    for with_data in (False, True):
+        items = list(iter_members(archive, with_data=with_data))
+        assert not _damages(items)
+        assert [(m.name, m.header_offset, m.data_offset, m.size) for m in items] == expected
+        assert [(m.regular, m.type_name) for m in items] == [(True, "file"), (False, "sparse"), (True, "file")]
+        if with_data:
+            assert [m.data for m in items] == [_content(1, 700), None, _content(2, 3000)]
+
+
+def _hostile_base() -> tuple[bytes, list[int]]:
+    """An archive of GNU and PAX records (long names, links, a directory), and the offset of every header in it."""
+    gnu = _tar_bytes(tarfile.GNU_FORMAT, _mixed_members(tarfile.GNU_FORMAT))
+    pax = _tar_bytes(tarfile.PAX_FORMAT, _mixed_members(tarfile.PAX_FORMAT))
+    data = gnu.rstrip(b"\0")
+    data += b"\0" * ((-len(data)) % 512) + pax  # one archive: the GNU records, then the PAX ones
+    headers = [i for i in range(0, len(data), 512) if _is_header(data[i: i + 512])]
+    return data, headers
+
+
+def _is_header(block: bytes) -> bool:
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+_HOSTILE, _HEADERS = _hostile_base()
+_FIELDS = {"name": (0, 100), "mode": (100, 108), "size": (124, 136), "mtime": (136, 148), "chksum": (148, 156),
+           "type": (156, 157), "linkname": (157, 257), "magic": (257, 265), "prefix": (345, 500),
+           "sparse": (386, 500)}
+_INTERESTING = [b"\x80" + b"\xff" * 11, b"\xff" * 12, b"\x80" + (1 << 40).to_bytes(11, "big"), b"77777777777\0",
+                b"00004000000\0", b"-0000000001\0", b"2", b"5", b"S", b"L", b"x", b"g", b"K", b"X", b"Z", b"\0" * 12]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.sampled_from(_HEADERS), st.sampled_from(sorted(_FIELDS)),
+                                st.one_of(st.sampled_from(_INTERESTING), st.binary(min_size=1, max_size=16)),
+                                st.booleans()), min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.integers(0, len(_HOSTILE))))
+def test_hostile_header_bytes_end_the_walk_with_damage_never_an_exception(edits: list, cut: int | None) -> None:
+    data = bytearray(_HOSTILE)
+    for header, field, value, fix_checksum in edits:
+        start, end = _FIELDS[field]
+        data[header + start: header + min(end, start + len(value))] = value[: end - start]
+        if fix_checksum:
+            _patch_header(data, header)
+    if cut is not None:
+        del data[cut:]
+    raw = bytes(data)
+    for with_data, source in ((False, _BytesSource(raw)), (True, _StreamSource(io.BytesIO(raw)))):
+        items = list(walk(source, len(raw), with_data))
+        members = [m for m in items if isinstance(m, Member)]
+        assert all(isinstance(i, Member) for i in items[:-1]) and len(items) - len(members) <= 1
+        offsets = [m.header_offset for m in members]
+        assert offsets == sorted(set(offsets))
+        for m in members:
+            assert 0 <= m.header_offset < m.data_offset <= len(raw) and 0 <= m.size < 2**63
+            if m.regular and not m.truncated:
+                assert m.data_offset + m.size <= len(raw)
+                assert m.data is None if not with_data else len(m.data) == m.size
+        try:  # where tarfile can list the archive, the walk lists the same members, up to where it stops
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+                reference = [(ti.name, ti.offset, ti.offset_data, ti.size) for ti in tf.getmembers()]
+        except (tarfile.TarError, ValueError, OverflowError, UnicodeError):
+            continue
+        ours = [(m.name, m.header_offset, m.data_offset, m.size) for m in members]
+        assert ours == reference[: len(ours)]
+        if not _damages(items):
+            assert ours == reference
+
+
+# ---------------------------------------------------------------- errors keep their cause
+
+
+def test_unreadable_archives_keep_their_cause(tmp_path: Any) -> None:
+    data = _tar_bytes(tarfile.GNU_FORMAT, [("1.2.3.json", b"{}")])
+    denied = _write(tmp_path, "denied.tar", data)
+    os.chmod(denied, 0)
+    broken = str(tmp_path / "broken.tar")
+    os.symlink(str(tmp_path / "gone.tar"), broken)
+    loop = str(tmp_path / "loop.tar")
+    os.symlink(loop, loop)
+    vanished = _write(tmp_path, "vanished.tar", data)
+    size = len(data)
+    os.unlink(vanished)  # listed with its size, then gone before it is read
+    with permissions_enforced():
+        for path, reason in ((denied, "access_denied"), (broken, "broken_link"), (loop, "broken_link"),
+                             (vanished, "not_found")):
+            for kwargs in ({}, {"size": size}, {"size": size, "with_data": True}):
+                assert [(type(d), d.reason) for d in iter_members(path, **kwargs)] == [(Damage, reason)], (path, kwargs)

@@ -99,6 +99,8 @@ def cmd_uid(args: argparse.Namespace) -> int:
     obj = assemble(header.data, pixels.data, uid, pixels.member_name)
     target = storage.join_uri(args.out, f"{uid}.dcm")
     storage.write_parts(target, obj.parts, obj.size, obj.sha256)
+    for note in obj.notes:  # written, as the pipeline writes it; its ledger row carries the same notes
+        print(f"warning: {note}", file=sys.stderr)
     print(target)
     log.info("header %s:%s pixels %s:%s ts %s", header.archive_uri, header.member_name,
              pixels.archive_uri, pixels.member_name, obj.transfer_syntax)
@@ -175,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_parser(sub)
     add_cost_parser(sub)
+    from .dicomweb.command import add_serve_parser, add_token_parser
+    from .intake.command import add_listen_parser
+
+    add_listen_parser(sub)
+    add_serve_parser(sub)
+    add_token_parser(sub)
     return p
 
 

@@ -12,6 +12,7 @@ from typing import Any
 STATUSES = (
     "written", "skipped_existing", "filtered_out", "duplicate", "conflict", "orphan_header", "orphan_pixels",
     "invalid_header", "invalid_pixels", "unreadable_archive", "not_restored", "failed",
+    "received",  # stored by the network intake (listen, serve's STOW-RS), not reassembled
 )
 
 LEDGER_FIELDS: list[tuple[str, str]] = [

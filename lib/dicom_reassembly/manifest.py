@@ -16,7 +16,7 @@ from typing import Any
 
 from . import storage, tar_access
 from .dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
-from .errors import ConfigError, HeaderError, NotRestoredError
+from .errors import ConfigError, HeaderError, NotRestoredError, ReassemblyError
 from .header_rules import MAX_HEADER_BYTES
 from .uids import member_uid, uid_problem
 
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 HEADER_SUFFIXES = (".json",)
 PIXEL_SUFFIXES = (".j2c", ".j2k", ".jp2", ".jph", ".jhc", ".raw", ".bin", ".pixels")
+# Names of compressed files (.tar.gz included), for objects whose content cannot be read; content decides otherwise.
+COMPRESSED_SUFFIXES = ((".gz", "gzip"), (".tgz", "gzip"), (".bz2", "bzip2"), (".tbz2", "bzip2"), (".xz", "xz"),
+                       (".txz", "xz"), (".zst", "zstd"), (".tzst", "zstd"))
 # Archive errors worth retrying on the next indexing run.
 RETRYABLE_ARCHIVE_ERRORS = ("not_restored", "read_error", "s3_error", "s3_unreachable", "not_found", "access_denied")
 
@@ -79,6 +82,11 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
         "archive_etag": archive.get("etag"), "archive_mtime": archive.get("mtime"),
         "index_run": index_run, "indexed_at": indexed_at,
     }
+    if archive.get("error") or not archive.get("is_archive", True):
+        # Listed but not indexed as a tar: one archive-level row says why, so nothing in the prefix goes unseen.
+        error, detail = (archive["error"], archive.get("error_detail")) if archive.get("error") else read_other_object(archive)
+        yield _row(**base, kind="archive", member_type="archive", size=archive["size"], error=error, error_detail=detail)
+        return
     with_data = archive["role"] == "text"
     error = detail = None
     members = 0
@@ -108,7 +116,8 @@ def _member_row(base: dict[str, Any], m: tar_access.Member, max_header_bytes: in
     row: dict[str, Any] = dict(base, member_name=m.name, header_offset=m.header_offset, data_offset=m.data_offset,
                                size=m.size, kind=kind, member_type=m.type_name)
     if not m.regular:
-        return _row(**row, error="non_regular_member", error_detail=f"{m.type_name} member skipped")
+        why = "its data is stored in pieces" if m.type_name == "sparse" else "no data follows its header"
+        return _row(**row, error="non_regular_member", error_detail=f"{m.type_name} member skipped ({why})")
     if m.truncated:
         row["sop_instance_uid"] = member_uid(m.name)
         return _row(**row, error="truncated_archive", error_detail="the archive ends inside this member's data")
@@ -147,15 +156,66 @@ def _header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BY
     return cols
 
 
+def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
+    """(reason, detail) for a listed object whose name is not an archive's: decided by its first bytes.
+
+    ``compressed_archive`` when it starts with a compression format's magic
+    number, ``not_an_archive`` otherwise; a read that fails keeps its cause
+    (``access_denied``, ``broken_link``, ``not_found``, ...).
+    """
+    uri = archive["uri"]
+    named = "its name is not in archive_suffixes, so it is not indexed"
+    by_name = next((f for s, f in COMPRESSED_SUFFIXES if uri.lower().endswith(s)), None)
+    try:
+        head = storage.read_range(uri, 0, min(archive["size"], tar_access.BLOCK))
+    except NotRestoredError:  # not worth a restore: its name already says it is no archive of ours
+        if by_name:
+            return "compressed_archive", f"{by_name} by its name, in Glacier and not read ({named})"
+        return "not_an_archive", f"in Glacier and not read ({named})"
+    except ReassemblyError as exc:
+        return exc.reason, exc.detail
+    except Exception as exc:  # a dropped connection costs this row's detail, not the job
+        return "read_error", f"{type(exc).__name__}: {str(exc)[:200]}"
+    compression = tar_access.compression_of(head)
+    if compression:
+        return "compressed_archive", f"{compression} data: decompress it to a .tar to have it indexed ({named})"
+    if not head:
+        return "not_an_archive", f"an empty object ({named})"
+    if tar_access.is_tar_header(head):
+        return "not_an_archive", f"a tar by its content, but {named}: rename it or add its suffix to archive_suffixes"
+    return "not_an_archive", f"not a tar ({archive['size']} bytes; {named})"
+
+
 def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",)) -> list[dict[str, Any]]:
-    """List both prefixes (paginated on S3) into archive dicts tagged with their role."""
+    """List both prefixes (paginated on S3) into archive dicts tagged with their role.
+
+    Every object is listed, not only archives: those whose name ends in one of
+    ``suffixes`` (every object when it is empty) have ``is_archive`` and are
+    walked as tars; the others, and the entries the listing could not read
+    (``error``), each get one archive-level manifest row with a reason.
+    """
     out = []
     if text.rstrip("/") == images.rstrip("/") or text.startswith(images.rstrip("/") + "/") or images.startswith(text.rstrip("/") + "/"):
         raise ConfigError("overlapping_prefixes", f"--text {text} and --images {images} overlap: each archive needs one role")
     for role, prefix in (("text", text), ("images", images)):
-        for obj in storage.list_objects(prefix, suffixes):
-            out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime})
+        for obj in storage.list_objects(prefix):
+            out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime,
+                        "is_archive": not suffixes or obj.uri.endswith(suffixes),
+                        "error": obj.error, "error_detail": obj.error_detail})
     return out
+
+
+def listing_summary(listing: list[dict[str, Any]], todo: list[dict[str, Any]]) -> list[str]:
+    """The job summary's lines about the listing: archives by name, other objects, entries it could not read.
+
+    Each of them has a manifest row; the job prints this run's rows by reason after these lines.
+    """
+    other = sum(1 for a in listing if not a["error"] and not a["is_archive"])
+    unreadable = sum(1 for a in listing if a["error"])
+    total = sum(a["size"] for a in listing)
+    return [f"objects listed: {len(listing)} ({total} bytes): {len(listing) - other - unreadable} archives, "
+            f"{other} other objects (not_an_archive or compressed_archive), {unreadable} unreadable while listing; "
+            f"indexed this run: {len(todo)}; unchanged and skipped: {len(listing) - len(todo)}"]
 
 
 def archives_to_index(listing: list[dict[str, Any]], indexed: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -164,8 +224,10 @@ def archives_to_index(listing: list[dict[str, Any]], indexed: Iterable[dict[str,
     todo = []
     for a in listing:
         prev = known.get(a["uri"])
+        prev_error = (prev or {}).get("error") or ""
         if (prev is None or prev["archive_size"] != a["size"] or prev["archive_etag"] != a["etag"]
-                or prev.get("archive_role") != a["role"] or (prev.get("error") or "") in RETRYABLE_ARCHIVE_ERRORS):
+                or prev.get("archive_role") != a["role"] or prev_error in RETRYABLE_ARCHIVE_ERRORS
+                or (prev_error == "not_an_archive" and a.get("is_archive"))):  # archive_suffixes now names it
             todo.append(a)
     return todo
 

@@ -5,6 +5,14 @@ bytes exactly, otherwise by pydicom (it knows every VR and character set),
 which stays the reference. The Pixel Data element is framed here around views
 of the payload, so the pixel bytes are written straight from the archive
 buffer without a Python copy.
+
+Each JPEG 2000 codestream's SIZ is checked against the header: its size,
+component count and the number of codestreams must equal Columns, Rows,
+SamplesPerPixel and NumberOfFrames, and its precision must fit BitsAllocated,
+or the instance is ``invalid_pixels``. A precision other than BitsStored, or a
+signedness other than PixelRepresentation, is common in real files and decoders
+follow the codestream: the object is written with a note (``Part10.notes``),
+as it is for native data longer than its geometry needs.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import hashlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.charset import default_encoding
@@ -35,7 +43,11 @@ PIXEL_DATA = 0x7FE00010
 
 @dataclass
 class Part10:
-    """A written-to-be object: its buffers, total size, SHA-256 and transfer syntax."""
+    """A written-to-be object: its buffers, total size, SHA-256 and transfer syntax.
+
+    ``notes`` are one-line remarks on what was accepted as the source had it
+    (they go to the ledger row's reason).
+    """
 
     sop_instance_uid: str
     parts: list[Any]
@@ -43,6 +55,7 @@ class Part10:
     sha256: str
     transfer_syntax: str
     frames: int
+    notes: list[str] = field(default_factory=list)
 
     def tobytes(self) -> bytes:
         """The whole object as one bytes value (tests and small objects only)."""
@@ -50,14 +63,50 @@ class Part10:
 
 
 def _geometry(tags: dict[str, Any]) -> tuple[int | None, int]:
-    """(expected native length or None, bits allocated) from the header's key tags."""
+    """(length native data needs or None, bits allocated) from the header's key tags."""
     rows, cols = tags.get("rows"), tags.get("columns")
     bits = tags.get("bits_allocated")
     if not rows or not cols or not bits:
         return None, bits or 0
     samples = tags.get("samples_per_pixel") or 1
     frames = tags.get("number_of_frames") or 1
-    return pixels.native_length(rows, cols, samples, bits, frames), bits
+    return pixels.native_length(rows, cols, samples, bits, frames, tags.get("photometric_interpretation")), bits
+
+
+def _codestream_notes(frames: list[pixels.Codestream], tags: dict[str, Any]) -> list[str]:
+    """Check each codestream's SIZ against the header; return notes, raise PixelError on a mismatch.
+
+    Precision and signedness that differ from BitsStored and PixelRepresentation are
+    notes, not errors: real files carry them and decoders follow the codestream.
+    """
+    rows, cols, bits = tags.get("rows"), tags.get("columns"), tags.get("bits_allocated")
+    if not rows or not cols or not bits:
+        raise HeaderError("missing_geometry", "JPEG 2000 pixels need Rows, Columns and BitsAllocated to be checked")
+    samples = tags.get("samples_per_pixel") or 1
+    declared = tags.get("number_of_frames") or 1
+    if len(frames) != declared:
+        raise PixelError("frame_count_mismatch", f"{len(frames)} codestreams but NumberOfFrames is {declared}")
+    stored, representation = tags.get("bits_stored"), tags.get("pixel_representation")
+    notes: dict[str, None] = {}  # ordered and without repeats: one note per kind, not per frame
+    for i, f in enumerate(frames, 1):
+        where = f"codestream {i} of {len(frames)}" if len(frames) > 1 else "codestream"
+        if (f.width, f.height) != (cols, rows):
+            raise PixelError("geometry_mismatch",
+                             f"{where} is {f.width}x{f.height} but the header says Columns {cols} x Rows {rows}")
+        if f.components != samples:
+            raise PixelError("geometry_mismatch",
+                             f"{where} has {f.components} components but SamplesPerPixel is {samples}")
+        if max(f.precision) > bits:
+            raise PixelError("precision_exceeds_bits_allocated",
+                             f"{where} has {max(f.precision)}-bit samples but BitsAllocated is {bits}")
+        if stored and set(f.precision) != {stored}:
+            precision = "/".join(map(str, sorted(set(f.precision))))
+            notes[f"j2k_precision_differs: codestream precision {precision} but BitsStored {stored}, written as is"] = None
+        if representation in (0, 1) and set(f.signed) != {bool(representation)}:
+            kind = "signed" if all(f.signed) else "unsigned" if not any(f.signed) else "mixed signed and unsigned"
+            notes[f"j2k_signedness_differs: codestream samples {kind} but PixelRepresentation {representation}, "
+                  "written as is"] = None
+    return list(notes)
 
 
 def build_file_meta(meta: FileMetaDataset, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
@@ -133,16 +182,15 @@ def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel
     expected, bits = _geometry(tags)
     payload_kind = pixels.classify(payload, expected)
     ts = pixels.transfer_syntax(payload_kind, tags.get("lossy_image_compression"))
+    notes = list(payload_kind.notes)
     if payload_kind.encapsulated:
+        notes += _codestream_notes(payload_kind.frames, tags)
         n_frames = len(payload_kind.frames)
-        declared = tags.get("number_of_frames") or 1
-        if n_frames != declared:
-            raise PixelError("frame_count_mismatch", f"{n_frames} codestreams but NumberOfFrames is {declared}")
         pixel_parts, extended = pixels.encapsulate_frames(payload, payload_kind.frames, max_bot_offset)
     else:
         if expected is None:
             raise HeaderError("missing_geometry", "native pixels need Rows, Columns and BitsAllocated")
-        pixel_parts = pixels.native_element(payload, expected, bits)
+        pixel_parts = pixels.native_element(payload, payload_kind.length, bits)
         n_frames = tags.get("number_of_frames") or 1
         extended = None
     if body is not None:
@@ -157,4 +205,4 @@ def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel
     for p in parts:
         h.update(p)
         size += len(p)
-    return Part10(uid, parts, size, h.hexdigest(), ts, n_frames)
+    return Part10(uid, parts, size, h.hexdigest(), ts, n_frames, notes)

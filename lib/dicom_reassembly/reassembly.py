@@ -436,7 +436,8 @@ def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext
             status = "written"
             common.update(output_bytes=obj.size, output_checksum=f"sha256:{obj.sha256}")
         common["transfer_syntax"] = obj.transfer_syntax
-        row = ledger_row(ctx.run_id, status, None, **common)
+        # What was accepted as the source had it (e.g. J2K precision other than BitsStored) stays on record.
+        row = ledger_row(ctx.run_id, status, "; ".join(obj.notes) or None, **common)
         if stow_queue is not None:
             stow_queue.add(item["sop_instance_uid"], obj, row)
             return []

@@ -164,7 +164,10 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     """
     text = list(storage.list_objects(text_uri, suffixes))
     images = list(storage.list_objects(images_uri, suffixes))
-    notes: list[str] = []
+    unreadable = [o for o in [*text, *images] if o.error]
+    notes: list[str] = [f"{len(unreadable)} listed entries cannot be read and are left out, e.g. "
+                        f"{unreadable[0].uri}: {unreadable[0].error}: {unreadable[0].error_detail}"] if unreadable else []
+    text, images = [o for o in text if not o.error], [o for o in images if not o.error]
     spec = _as_spec(criteria)
     if manifest is None:
         if spec is not None:
