@@ -203,8 +203,8 @@ def output_key(template: str, item: dict[str, Any]) -> str:
     fields = {
         "sop_instance_uid": uid,
         # Header values reach the key: only well-formed ones, so none can climb out of --out.
-        "study_instance_uid": safe_uid(item.get("study_instance_uid"), "unknown-study"),
-        "series_instance_uid": safe_uid(item.get("series_instance_uid"), "unknown-series"),
+        "study_instance_uid": safe_uid(item.get("study_instance_uid"), "unknown_study"),
+        "series_instance_uid": safe_uid(item.get("series_instance_uid"), "unknown_series"),
         "modality": modality if _MODALITY.fullmatch(modality) else "OT",
         "uid_hash": hashlib.sha256(uid.encode()).hexdigest()[:4],
     }
