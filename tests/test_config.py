@@ -400,3 +400,18 @@ def test_a_colliding_key_template_flag_is_refused_before_spark(monkeypatch: pyte
                                   "--key-template", "{study_instance_uid}{sop_instance_uid}.dcm"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "{study_instance_uid} and {sop_instance_uid} touch" in err[0]
+
+
+def test_the_emr_and_restore_config_readers_have_the_same_bounds(tmp_path: Any) -> None:
+    from dicom_reassembly.emr import read_emr_config
+    from dicom_reassembly.restore import read_restore_config
+
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"cluster": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"_comment": "x" * (1024 * 1024)}))
+    for read in (read_emr_config, read_restore_config):
+        for path, reason in ((deep, "config_too_deep"), (big, "config_too_large")):
+            with pytest.raises(ConfigError) as err:
+                read(str(path))
+            assert err.value.reason == reason and "\n" not in str(err.value)
