@@ -1,4 +1,8 @@
-"""Job configuration: a JSON file from conf/ plus command-line overrides, frozen."""
+"""Job configuration: a JSON file from conf/ plus command-line overrides, frozen.
+
+Everything is checked before Spark starts, each failure one line: unknown keys (with the closest known one),
+types, every number's range, the choices, and a key template that could give two instances one key.
+"""
 
 from __future__ import annotations
 
@@ -95,8 +99,10 @@ class Config:
 
     # Output
     key_template: str = "{sop_instance_uid}.dcm"
+    # Writes never replace another instance's object (a conflict row). True: the same object already at the key is
+    # skipped_existing, a different one of the same instance a conflict; False: that one is replaced.
     skip_existing: bool = True
-    existing_check: str = "conditional"  # S3: "conditional" PUT (If-None-Match) or "head" before each PUT
+    existing_check: str = "conditional"  # S3: a conditional PUT (If-None-Match), or a HEAD first, then one
     checksum_algorithm: str = "SHA256"
     sse: str | None = None
     sse_kms_key_id: str | None = None
