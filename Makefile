@@ -13,9 +13,9 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 DATA := data
 OUT := out
-# The driver options are session.local_driver_java_options: C1 only, since C2 does not pay back in a short local job.
-SPARK_SUBMIT = $(VENV)/bin/spark-submit --master 'local[2]' \
-  --driver-java-options "-XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile=file:$(abspath conf/log4j2.properties)"
+# The venv's spark-submit is conf/venv-spark-submit: Spark settings come from conf/spark-defaults.conf (local[2],
+# C1-only JIT) and conf/log4j2.properties, the same for make, a hand run and the tests (tests/conftest.py).
+SPARK_SUBMIT := $(VENV)/bin/spark-submit
 
 .PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist wheelhouse notebook clean
 
@@ -25,8 +25,14 @@ $(VENV)/.installed: setup.py requirements-test.txt
 	$(PY) -m pip install -q -e . "$(SPARK4)" -r requirements-test.txt
 	touch $@
 
+# pyspark's own spark-submit works only with the venv activated; ours works either way (see the script).
+# Installed after every pip install, which would put pyspark's back.
+$(VENV)/.spark-submit: conf/venv-spark-submit $(VENV)/.installed
+	@install -m 755 conf/venv-spark-submit $(VENV)/bin/spark-submit
+	@touch $@
+
 ## setup: .venv with the package and spark-submit
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.spark-submit
 
 ## system-deps: the Debian tools the tests call (dcmtk, dicom3tools, Orthanc, PostgreSQL, JDBC driver, OpenJPH)
 system-deps:
@@ -65,8 +71,12 @@ $(VENV35)/.installed: setup.py
 	$(VENV35)/bin/python -m pip install -q -e . "$(SPARK35)" -r requirements-test.txt
 	touch $@
 
+$(VENV35)/.spark-submit: conf/venv-spark-submit $(VENV35)/.installed
+	@install -m 755 conf/venv-spark-submit $(VENV35)/bin/spark-submit
+	@touch $@
+
 ## test-spark35: the Spark tests again under pyspark 3.5 (EMR 7's line)
-test-spark35: $(VENV35)/.installed
+test-spark35: $(VENV35)/.installed $(VENV35)/.spark-submit
 	PYSPARK_PYTHON=$(abspath $(VENV35)/bin/python) PYSPARK_DRIVER_PYTHON=$(abspath $(VENV35)/bin/python) \
 	  $(VENV35)/bin/python -m pytest tests -q -m spark
 
