@@ -128,3 +128,18 @@ def test_inspect_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001
     with open(get_testdata_file("CT_small.dcm", download=False), "rb") as f:
         good.write_bytes(f.read())
     assert _one_error_line(run("inspect", str(good), "NoSuchKeyword")).startswith("error: unknown_tag")
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"This is a log file, not an image.\n" * 10, "not a DICOM Part 10 file: no 'DICM' marker after the 128-byte preamble"),
+    (b"", "not a DICOM Part 10 file: an empty file"),
+    (None, "a directory, not a .dcm file"),
+])
+def test_inspect_says_in_its_own_words_why_a_file_is_not_dicom(tmp_path, content, says) -> None:  # noqa: ANN001
+    path = tmp_path / "x.dcm"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    line = _one_error_line(run("inspect", str(path)))
+    assert line == f"error: not_dicom: {says} ({path})"
