@@ -339,3 +339,17 @@ def test_pair_refuses_bad_input_in_one_line(damaged_delivery, sample_delivery, t
     assert r.returncode == 3
     assert _one_error_line(r) == (f"error: conflict: {tmp_path / 'out' / (uid + '.dcm')} already holds an object "
                                   f"whose SOP Instance UID cannot be read; not replaced by {uid}")
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"This is a log file, not an image.\n" * 10, "not a DICOM Part 10 file: no 'DICM' marker after the 128-byte preamble"),
+    (b"", "not a DICOM Part 10 file: an empty file"),
+    (None, "a directory, not a .dcm file"),
+])
+def test_inspect_says_in_its_own_words_why_a_file_is_not_dicom(tmp_path, content, says) -> None:  # noqa: ANN001
+    path = tmp_path / "x.dcm"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    line = _one_error_line(run("inspect", str(path)))
+    assert line == f"error: not_dicom: {says} ({path})"

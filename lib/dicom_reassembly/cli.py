@@ -185,7 +185,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ds = dcmread(args.file, stop_before_pixels=False)
     except FileNotFoundError:
         raise NotFoundError("not_found", "no such file", uri=args.file) from None
-    except (InvalidDicomError, OSError, ValueError) as exc:
+    except IsADirectoryError:
+        raise NotFoundError("not_dicom", "a directory, not a .dcm file", uri=args.file) from None
+    except InvalidDicomError:
+        # pydicom's text suggests force=True; a file without the Part 10 preamble is simply not one of ours.
+        empty = os.path.getsize(args.file) == 0
+        why = "an empty file" if empty else "no 'DICM' marker after the 128-byte preamble"
+        raise NotFoundError("not_dicom", f"not a DICOM Part 10 file: {why}", uri=args.file) from None
+    except (OSError, ValueError) as exc:
         raise NotFoundError("not_dicom", str(exc).splitlines()[0][:200], uri=args.file) from exc
     print(f"PatientName: {ds.get('PatientName', '')}")
     print(f"StudyDate: {ds.get('StudyDate', '')}")
