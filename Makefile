@@ -17,7 +17,7 @@ OUT := out
 SPARK_SUBMIT = $(VENV)/bin/spark-submit --master 'local[2]' \
   --driver-java-options "-XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile=file:$(abspath conf/log4j2.properties)"
 
-.PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist wheelhouse notebook clean
+.PHONY: setup system-deps demo test test-fast fuzz test-spark35 lint bench dist wheelhouse notebook clean
 
 $(VENV)/.installed: setup.py requirements-test.txt
 	$(PY_BOOT) -m venv $(VENV)
@@ -58,6 +58,11 @@ test: system-deps setup
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not e2e"
+
+## fuzz: the property-based suite (tests/test_properties.py) with many random examples: FUZZ_EXAMPLES per test
+## (default 1000); a failure is kept in .hypothesis/ and replayed first on the next run
+fuzz: setup system-deps
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_properties.py -q -m "not spark"
 
 $(VENV35)/.installed: setup.py
 	$(PY_BOOT) -m venv $(VENV35)
