@@ -19,16 +19,18 @@ import os
 import re
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from conftest import dcmftest_ok
 
 from dicom_reassembly import manifest as mf
+from dicom_reassembly.config import Config
 from dicom_reassembly.ledger import LEDGER_NAMES, row_dict
 from dicom_reassembly.pipeline import HEADER_COLUMNS, MEMBER_COLUMNS
-from dicom_reassembly.reassembly import PENDING, PLAN_NAMES, WriteContext, plan_instance, reassemble_partition
+from dicom_reassembly.reassembly import PENDING, PLAN_NAMES, plan_instance, reassemble_partition
+from dicom_reassembly.run import ReassembleRun
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 RUN_ID = "plain"
@@ -47,10 +49,10 @@ class PlainRun:
     warned: list[str]  # warnings that escaped the run (onto a user's stderr)
 
 
-def build_manifest_rows(root: str) -> list[dict[str, Any]]:
-    """build_manifest: list both prefixes, index every archive."""
-    archives = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
-    return [dict(zip(mf.FIELD_NAMES, row)) for a in archives for row in mf.index_archive(a, "run-1", NOW)]
+def build_manifest_rows(root: str, cfg: Config) -> list[dict[str, Any]]:
+    """jobs/build_manifest.py: list both prefixes, index every archive."""
+    archives = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"), cfg.archive_suffixes)
+    return [dict(zip(mf.FIELD_NAMES, row)) for a in archives for row in mf.index_archive(a, "run-1", NOW, cfg.coalesce_gap)]
 
 
 def members_by_uid(manifest: list[dict[str, Any]]) -> list[tuple[str | None, list[dict], list[dict]]]:
@@ -125,13 +127,21 @@ def work_items(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pending, key=lambda r: (r["pixel_archive"], r["pixel_offset"]))
 
 
-def run_plain(root: str, out: str, key_template: str = "{sop_instance_uid}.dcm") -> PlainRun:
-    """Both jobs on the delivery under ``root``; objects go to ``out``."""
+def run_plain(root: str, out: str, key_template: str | None = None) -> PlainRun:
+    """Both jobs on the delivery under ``root`` with the default configuration; objects go to ``out``.
+
+    ``key_template`` goes to the executors as it is, as if it had slipped past
+    ``check_key_template``: the write itself must still never replace another instance.
+    """
+    cfg = Config(upload_threads=2)
+    ctx = ReassembleRun(spark=None, manifest_uri="", out=out, ledger_uri="", runs_uri="", computations_uri="",
+                        cfg=cfg).context(RUN_ID)
+    if key_template is not None:
+        ctx = replace(ctx, key_template=key_template)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        manifest = build_manifest_rows(root)
+        manifest = build_manifest_rows(root, cfg)
         plan = plan_rows(members_by_uid(manifest))
-        ctx = WriteContext(run_id=RUN_ID, out=out, key_template=key_template, upload_threads=2)
         written = [row_dict(t) for t in reassemble_partition(work_items(plan), ctx)]
     ledger = [_ledger(r) for r in plan if r["status"] != PENDING] + [_ledger(r) for r in manifest_damage(manifest)]
     # User warnings are what pydicom says about the data: the issue wants them in reasons, not on stderr.
