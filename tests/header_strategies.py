@@ -37,10 +37,10 @@ class HeaderSpec:
     param: int = 0  # a drawn number some mods use (a cut position, a depth, a size)
 
 
-
-
 @dataclass(eq=False)
 class Header(ShortRepr):
+    """A header member's bytes, the spec they come from, and their intent."""
+
     data: bytes
     spec: HeaderSpec
     intent: str
@@ -49,8 +49,6 @@ class Header(ShortRepr):
     def __repr__(self) -> str:
         mods = ",".join(self.spec.mods) or "plain"
         return f"Header({mods}, {self.spec.form}, {len(self.data)}B, {self.intent})"
-
-
 
 
 # Header mods by what the issue-16 rules make of them.

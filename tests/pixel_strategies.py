@@ -38,13 +38,6 @@ class Geometry:
         n = self.rows * self.columns * samples * self.frames
         return (n + 7) // 8 if self.bits_allocated == 1 else n * (self.bits_allocated // 8)
 
-    def shape(self) -> tuple[int, ...]:
-        """The decoded array's shape (pydicom drops single frames and samples)."""
-        return ((self.frames,) if self.frames > 1 else ()) + (self.rows, self.columns) + (
-            (self.samples,) if self.samples > 1 else ())
-
-
-
 
 @dataclass(eq=False)
 class Pixels(ShortRepr):
@@ -57,8 +50,6 @@ class Pixels(ShortRepr):
 
     def __repr__(self) -> str:
         return f"Pixels({self.label}, {len(self.payload)}B, {self.intent})"
-
-
 
 
 def _rng(*key: Any) -> np.random.Generator:

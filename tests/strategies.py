@@ -42,6 +42,8 @@ PIXEL_EXTENSIONS = (".j2c", ".j2k", ".raw", ".pixels")
 
 @dataclass(eq=False)
 class Instance(ShortRepr):
+    """One UID's members and the statuses its ledger rows must have (None: only the invariants)."""
+
     uid: str
     shape: str
     headers: list[Header]
@@ -56,6 +58,8 @@ class Instance(ShortRepr):
 
 @dataclass(eq=False)
 class ArchiveSpec(ShortRepr):
+    """One tar file: its entries in order, at most one damage, and how many zero blocks end it."""
+
     role: str  # text | images
     name: str
     entries: list[Entry]
@@ -68,6 +72,8 @@ class ArchiveSpec(ShortRepr):
 
 @dataclass(eq=False)
 class Delivery(ShortRepr):
+    """Instances spread over archives, and the key template the run writes them under."""
+
     instances: list[Instance]
     archives: list[ArchiveSpec]
     key_template: str = DEFAULT_TEMPLATE

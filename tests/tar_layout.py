@@ -24,7 +24,8 @@ MTIME = 1_700_000_000
 TYPEFLAGS = {"file": b"0", "hardlink": b"1", "symlink": b"2", "char_device": b"3", "block_device": b"4",
              "directory": b"5", "fifo": b"6", "contiguous": b"7"}
 NON_REGULAR = ("symlink", "hardlink", "directory", "fifo", "char_device", "block_device")
-# Damage that sits between two entries, and damage to one entry's own header.
+# Damage that sits between two entries, and damage to one entry's own header. A lone zero block ends tarfile's
+# walk without a word; GNU tar warns ("A lone zero block at N"): the members after it may only go with an error.
 INSERTED = ("garbage", "lone_zero_block")
 IN_HEADER = ("bad_checksum", "base256_size", "base256_huge", "base256_negative", "size_past_end")
 DAMAGE_KINDS = (*INSERTED, *IN_HEADER, "truncate")
