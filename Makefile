@@ -24,7 +24,7 @@ RUN_ID ?=
 # Local paths go to the notebook absolute: its kernel runs in notebooks/ and would resolve them from there.
 uri = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
 
-.PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist wheelhouse notebook clean
+.PHONY: setup system-deps demo test test-fast fuzz test-spark35 lint bench dist wheelhouse notebook clean
 
 $(VENV)/.installed: setup.py requirements-test.txt
 	@echo "setup: creating $(VENV) with the package, pyspark and the test tools (a few minutes, once)"
@@ -83,6 +83,11 @@ test: system-deps setup
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not e2e"
+
+## fuzz: the property-based suite (tests/test_properties.py) with many random examples: FUZZ_EXAMPLES per test
+## (default 1000); a failure is kept in .hypothesis/ and replayed first on the next run
+fuzz: setup system-deps
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_properties.py -q -m "not spark"
 
 $(VENV35)/.installed: setup.py
 	$(PY_BOOT) -m venv $(VENV35)
