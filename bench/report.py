@@ -231,7 +231,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"\n**Free page reporting:** this VM hands freed memory back to its host ({total:.2f} GB since it "
                      f"started, {during:.2f} GB during this run). Writes into memory the host took back pay a host fault per "
                      f"page, whenever it was handed back, so tar -x and the pipeline both slow down by however much of it "
-                     f"they touch (README, \"Why it is not steady\").")
+                     f"they touch (bench/README.md, \"Why it is not steady\").")
     lines += ["", "## Delivery", ""]
     if t:
         lines.append(f"{_f(t.get('instances'))} instances in {_f(t.get('text_archives'))} header archives and "

@@ -17,12 +17,14 @@ import html
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from traitlets.config import Config
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CSS = """
@@ -53,11 +55,17 @@ def execute_notebook(path: str, env: Mapping[str, str] | None = None, timeout: i
     kernel_env = {**os.environ, **(env or {})}
     # The debugger's frozen-modules warning is noise in a headless run.
     kernel_env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    client = NotebookClient(nb, timeout=timeout, kernel_name=name, resources={"metadata": {"path": workdir}})
-    try:
-        client.execute(env=kernel_env)
-    except CellExecutionError as exc:
-        return nb, exc
+    # The kernel talks to this process over Unix sockets (ZeroMQ's IPC transport) in a private folder instead of
+    # TCP on localhost, which any local user could reach (ipykernel warns about it); a short path keeps the
+    # sockets under the 107-byte limit of a Unix socket name.
+    with tempfile.TemporaryDirectory(prefix="nb-") as ipc_dir:
+        config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(ipc_dir, "kernel")}})
+        client = NotebookClient(nb, timeout=timeout, kernel_name=name, resources={"metadata": {"path": workdir}},
+                                config=config)
+        try:
+            client.execute(env=kernel_env)
+        except CellExecutionError as exc:
+            return nb, exc
     return nb, None
 
 

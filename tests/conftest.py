@@ -11,11 +11,28 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dicom_reassembly.session import local_driver_java_options
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Every JVM the tests start (the shared session, spark-submit) gets the options local runs use.
-JAVA_OPTIONS = local_driver_java_options(os.path.join(ROOT, "conf", "log4j2.properties"))
+# Every JVM the tests start (the shared session, spark-submit) reads conf/ as its Spark configuration directory,
+# as `make demo` and a hand run do through the venv's spark-submit (conf/venv-spark-submit): spark-defaults.conf
+# (local[2], the C1-only JIT) and log4j2.properties (warnings only).
+SPARK_CONF_DIR = os.path.join(ROOT, "conf")
+os.environ["SPARK_CONF_DIR"] = SPARK_CONF_DIR
+
+
+def read_spark_defaults(path: str = os.path.join(SPARK_CONF_DIR, "spark-defaults.conf")) -> dict[str, str]:
+    """A spark-defaults.conf as spark-submit reads it: ``key value`` lines, ``#`` comments."""
+    settings = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, _, value = line.partition(" ")
+                settings[key] = value.strip()
+    return settings
+
+
+# The driver options for commands that name them (spark-submit in test_e2e): spark-defaults.conf's, not a copy.
+JAVA_OPTIONS = read_spark_defaults()["spark.driver.extraJavaOptions"]
 
 
 def free_port() -> int:
@@ -84,7 +101,6 @@ def spark(moto_server: str):  # noqa: ANN201
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = get_session("dicom-reassembly-tests", master="local[2]",
                           extra={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false",
-                                 "spark.driver.extraJavaOptions": JAVA_OPTIONS,
                                  **jdbc_session_settings()})
     yield session
     session.stop()

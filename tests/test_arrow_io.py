@@ -17,12 +17,14 @@ from conftest import free_port
 
 from dicom_reassembly import arrow_io, storage
 from dicom_reassembly.errors import ConfigError, NotFoundError, StorageError
-from dicom_reassembly.lookup import find_by_manifest
+from dicom_reassembly.lookup import manifest_members
 
 SCHEMA = pa.schema([("archive_uri", pa.string()), ("archive_role", pa.string()), ("index_run", pa.string()),
                     ("member_name", pa.string()), ("data_offset", pa.int64()), ("size", pa.int64()),
                     ("kind", pa.string()), ("sop_instance_uid", pa.string()), ("error", pa.string()),
-                    ("header_json", pa.string())])
+                    ("header_json", pa.string()), ("archive_size", pa.int64()), ("error_detail", pa.string()),
+                    ("header_sha256", pa.string()), ("study_instance_uid", pa.string()),
+                    ("series_instance_uid", pa.string()), ("modality", pa.string())])
 
 # Archive a: indexed twice (run 1, then run 2). Archive b: run 1, plus a run 3 that died before writing b's
 # archive row. Archive c: only a run whose archive row has no index_run (it cannot be anyone's newest).
@@ -187,9 +189,9 @@ def test_lookup_by_manifest_reads_the_members_of_the_newest_index(s3: Any, bucke
            member(i, "2", "pixels", f"{uid}.j2c", images_at[f"{uid}.j2c"])]
     died = [member(t, "3", "header", f"{uid}.json", text_at["padding.json"])]
     manifest = _write_s3(s3, bucket, "manifest", [old, new, died])
-    got_header, got_pixels = find_by_manifest(uid, manifest)
-    assert (got_header.archive_uri, got_header.data) == (t, header)
-    assert (got_pixels.archive_uri, got_pixels.data) == (i, pixels)
-    with pytest.raises(NotFoundError) as err:
-        find_by_manifest("1.2.3.404", manifest)
-    assert err.value.reason == "header_not_found"
+    got = manifest_members(uid, manifest)
+    assert [(h["archive_uri"], h["data_offset"], h["size"]) for h in got.headers] == [(t, *text_at[f"{uid}.json"])]
+    assert [(p["archive_uri"], p["data_offset"], p["size"]) for p in got.pixels] == [(i, *images_at[f"{uid}.j2c"])]
+    assert storage.read_range(t, *text_at[f"{uid}.json"]) == header
+    none = manifest_members("1.2.3.404", manifest)
+    assert (none.headers, none.pixels) == ([], [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 
 import pyarrow as pa
@@ -218,3 +219,41 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys) -> None:  # noqa: AN
     assert all(x["as_of"] and x["source"] for x in data["lines"])
     assert run_cli(["cost"]) == 2
     assert "bad_workload" in capsys.readouterr().err
+
+
+def _bench_report(tmp_path, per_core: float) -> str:  # noqa: ANN001
+    p = tmp_path / "report.json"
+    p.write_text(json.dumps({"derived": {"reassembly": {"per_core_mb_s": per_core}}}))
+    return str(p)
+
+
+def test_a_tiny_delivery_is_priced_at_a_billion_instances_and_figures_are_rounded(tmp_path, capsys) -> None:  # noqa: ANN001
+    manifest = write_manifest(str(tmp_path / "m"))
+    report = _bench_report(tmp_path, 98.9885)
+    assert run_cli(["cost", "--manifest", manifest, "--bench-report", report]) == 0
+    out = capsys.readouterr().out
+    assert "Throughput 99 MB/s per core" in out and "98.98" not in out
+    note = next(ln for ln in out.splitlines() if "too few to price" in ln)
+    assert note.startswith("Note: 3 instances are too few to price meaningfully")
+    assert "at 1.00 billion instances" in note and "--instances N" in note
+    # The note's figures are those of an explicit --instances 1e9 run of the same delivery.
+    json_out = tmp_path / "scaled.json"
+    assert run_cli(["cost", "--manifest", manifest, "--bench-report", report, "--instances", "1e9",
+                    "--json-out", str(json_out)]) == 0
+    scaled_table = capsys.readouterr().out
+    assert "too few to price" not in scaled_table
+    scaled = json.loads(json_out.read_text())
+    assert f"USD {scaled['one_time_total']:,.2f} once" in note
+    assert f"USD {scaled['monthly_total']:,.2f} per month" in note
+    assert scaled["workload"]["instances"] == 10**9
+    # The scaled delivery keeps the manifest's proportions: members per archive and bytes per instance.
+    w = scaled["workload"]
+    assert w["pixel_member_bytes"] == 20000 * 10**9 and w["header_member_bytes"] == 1000 * 10**9
+    assert w["header_archives"] == w["pixel_archives"] == math.ceil(10**9 / 3)
+
+
+def test_costs_under_a_cent_are_not_shown_as_zero(tmp_path, capsys) -> None:  # noqa: ANN001
+    assert run_cli(["cost", "--manifest", write_manifest(str(tmp_path / "m")), "--bench-report",
+                    no_bench(tmp_path)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| PUT: one per written instance")]
+    assert rows and rows[0].endswith("| < 0.01 |")  # 3 PUTs at 0.005 per 1,000

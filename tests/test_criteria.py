@@ -385,6 +385,8 @@ def test_validation_errors(bad: Any, reason: str, fragment: str) -> None:
     ("criteria", "criteria_bad_document"),
     ({"crit": []}, "criteria_bad_document"),
     ({"criteria": {"dicom_tag": MODALITY}}, "criteria_bad_document"),
+    ({"parameters": [crit(MODALITY, "EQUALS", "CT")]}, "criteria_bad_document"),
+    ({"parameters": {"input_s3_parameters": None}}, "criteria_bad_document"),
 ])
 def test_bad_documents(doc: Any, reason: str) -> None:
     with pytest.raises(CriteriaError) as info:
@@ -462,6 +464,63 @@ def test_load_orchestrator_file(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert spec.bucket == "deliveries"
     assert SECRET not in caplog.text and KEY_ID not in caplog.text
     assert "loaded 1 criteria" in caplog.text
+
+
+def test_the_orchestrators_parameters_wrapper_is_accepted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The Prefect flow-run request shape (issue 19): the brief's parameters object inside ``parameters``, next to
+    the flow's other parameters."""
+    doc = {"parameters": {"input_s3_parameters": S3_PARAMS, "criteria": [crit(MODALITY, "IN", ["CT", "MR"])],
+                          "text": "s3://in/text", "images": "s3://in/images", "out": "s3://out/dcm",
+                          "work": "s3://work/c1", "poll_seconds": 60}}
+    path = tmp_path / "flow-run.json"
+    path.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="dicom_reassembly"):
+        spec = load_criteria(str(path))
+    assert spec.criteria[0].reference == ("CT", "MR") and spec.bucket == "deliveries"
+    assert spec.s3 is not None and spec.s3.secret_access_key == SECRET
+    assert caplog.text == ""  # the flow's own parameters are not typos
+    assert parse_criteria(doc).sha256() == parse_criteria(doc["parameters"]).sha256()
+    with caplog.at_level(logging.WARNING, logger="dicom_reassembly"):
+        parse_criteria({"parameters": {"criteria": [], "critera": []}, "id": 1})
+    assert '"critera"' in caplog.text and '"id"' in caplog.text
+
+
+def test_a_deeply_nested_criteria_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """The regression: json.loads recursed into a document nested thousands deep and raised RecursionError."""
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps({"criteria": [crit(MODALITY, "IN", "@")]}).replace('"@"', "[" * 100_000 + "]" * 100_000))
+    with pytest.raises(CriteriaError) as info:
+        load_criteria(str(path))
+    assert info.value.reason == "criteria_too_deep"
+    assert str(info.value) == f"criteria_too_deep: the criteria file is nested deeper than 32 levels ({path})"
+
+
+def test_a_criteria_file_larger_than_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    with open(path, "wb") as f:
+        f.truncate(16 * 1024 * 1024 + 1)  # sparse: nothing past the cap is ever read
+    with pytest.raises(CriteriaError) as info:
+        load_criteria(str(path))
+    assert info.value.reason == "criteria_too_large" and "larger than 16777216 bytes" in str(info.value)
+
+
+def test_the_reassemble_job_refuses_deep_criteria_in_one_line_before_spark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+    import os
+
+    import dicom_reassembly.session as session
+
+    monkeypatch.setattr(session, "get_session", lambda *a, **k: pytest.fail("Spark was started"))
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 50_000 + "]" * 50_000)
+    job = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "reassemble.py")
+    spec = importlib.util.spec_from_file_location("job_reassemble", job)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rc = module.main(["--manifest", "m", "--out", "o", "--ledger", "l", "--criteria", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: criteria_too_deep:")
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:

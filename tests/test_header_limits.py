@@ -27,7 +27,7 @@ from dicom_reassembly.header_rules import MAX_HEADER_BYTES
 CLI = os.path.join(os.path.dirname(sys.executable), "dicom-reassembly")
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 ROOT = "1.2.826.0.1.3680043.10.1234."
-GOOD, DEEP, LARGE, BITS12, WARNS = (ROOT + s for s in ("1", "2", "3", "4", "5"))
+GOOD, DEEP, LARGE, BITS12, WARNS, NUL_STUDY = (ROOT + s for s in ("1", "2", "3", "4", "5", "6"))
 CHUNK_LIMIT = 1 << 20  # _StreamSource steps over data in reads of at most this
 
 
@@ -69,10 +69,11 @@ def _delivery(tmp_path: Any, large_bytes: int) -> tuple[str, str]:
     bits12 = _header(BITS12, **{"00280100": {"vr": "US", "Value": [12]}})
     warns = _header(WARNS, **{"00080020": {"vr": "DA", "Value": ["2024-01-31"]},  # pydicom warns: not a DA
                               "00081140": {"vr": "SQ", "Value": [{"00080005": {"vr": "CS", "Value": ["ISO_IR 100"]}}]}})
+    nul_study = _header(NUL_STUDY, **{"0020000D": {"vr": "UI", "Value": [ROOT + "\x0099"]}})
     _tar(text / "part-1.tar", {f"{GOOD}.json": json.dumps(_header(GOOD)).encode(), f"{DEEP}.json": _deep(DEEP),
                                f"{LARGE}.json": _large(LARGE, large_bytes), f"{BITS12}.json": json.dumps(bits12).encode(),
-                               f"{WARNS}.json": json.dumps(warns).encode()})
-    _tar(images / "part-1.tar", {f"{u}.raw": bytes(range(16)) for u in (GOOD, DEEP, LARGE, BITS12, WARNS)})
+                               f"{WARNS}.json": json.dumps(warns).encode(), f"{NUL_STUDY}.json": json.dumps(nul_study).encode()})
+    _tar(images / "part-1.tar", {f"{u}.raw": bytes(range(16)) for u in (GOOD, DEEP, LARGE, BITS12, WARNS, NUL_STUDY)})
     return str(text), str(images)
 
 
@@ -126,7 +127,8 @@ def test_index_archive_rows_for_deep_large_and_invalid_headers(tmp_path: Any) ->
     assert errors[f"{LARGE}.json"] == ("too_large", f"header is {MAX_HEADER_BYTES + 1} bytes, above max_header_bytes "
                                                     f"({MAX_HEADER_BYTES})")
     assert errors[f"{BITS12}.json"][0] == "invalid_bits_allocated"
-    assert errors["archive"] == (None, "5 members")
+    assert errors[f"{NUL_STUDY}.json"][0] == "invalid_uid_value"  # not invalid_uid: the member still joins its pixels
+    assert errors["archive"] == (None, "6 members")
     for name in (f"{DEEP}.json", f"{LARGE}.json"):
         assert rows[name]["header_json"] is None and rows[name]["sop_instance_uid"] == name[:-5]
     assert rows[f"{GOOD}.json"]["header_json"] is not None
@@ -179,7 +181,8 @@ def _manifest(tmp_path: Any, text: str, images: str) -> str:
 def test_uid_command_refuses_deep_and_large_headers_in_one_line(tmp_path: Any, via: str) -> None:
     text, images = _delivery(tmp_path, large_bytes=MAX_HEADER_BYTES + 1)
     where = ["--manifest", _manifest(tmp_path, text, images)] if via == "manifest" else ["--text", text, "--images", images]
-    for uid, reason in ((DEEP, "too_deep"), (LARGE, "too_large"), (BITS12, "invalid_bits_allocated")):
+    for uid, reason in ((DEEP, "too_deep"), (LARGE, "too_large"), (BITS12, "invalid_bits_allocated"),
+                        (NUL_STUDY, "invalid_uid_value")):
         r = _run("uid", uid, *where, "--out", str(tmp_path / "out"))
         assert r.returncode == 2, r.stderr  # bad input; a RecursionError was exit 1
         assert "Traceback" not in r.stderr + r.stdout
@@ -209,4 +212,5 @@ def test_build_manifest_df_applies_max_header_bytes(spark: Any, tmp_path: Any) -
     rows = build_manifest_df(spark, archives, run, at, 2, 64 * 1024, max_header_bytes=64 << 10).collect()
     errors = {r["member_name"]: r["error"] for r in rows if r["kind"] == "header"}
     assert errors == {f"{GOOD}.json": None, f"{DEEP}.json": "too_deep", f"{LARGE}.json": "too_large",
-                      f"{BITS12}.json": "invalid_bits_allocated", f"{WARNS}.json": None}
+                      f"{BITS12}.json": "invalid_bits_allocated", f"{WARNS}.json": None,
+                      f"{NUL_STUDY}.json": "invalid_uid_value"}

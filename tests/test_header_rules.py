@@ -148,7 +148,7 @@ def test_a_multi_valued_identity_uid_is_refused(tag: str, name: str) -> None:
 ])
 def test_a_top_level_uid_must_follow_the_uid_syntax(tag: str, value: str, problem: str) -> None:
     exc = _refused(_header(**{tag: {"vr": "UI", "Value": [value]}}))
-    assert exc.reason == "invalid_uid" and f"({tag[:4]},{tag[4:]}) {value!r} {problem}" in exc.detail
+    assert exc.reason == "invalid_uid_value" and f"({tag[:4]},{tag[4:]}) {value!r} {problem}" in exc.detail
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # reading the legacy UID back
@@ -158,7 +158,7 @@ def test_a_nested_uid_is_refused_only_for_what_corrupts_its_encoding(tmp_path: A
                                                      "00081155": {"vr": "UI", "Value": [uid]}}]}}
 
     exc = _refused(_header(**refs("1.2.3\x004")))
-    assert exc.reason == "invalid_uid"
+    assert exc.reason == "invalid_uid_value"
     assert exc.detail.startswith("ReferencedSOPInstanceUID (0008,1155) in item 1 of ReferencedImageSequence (0008,1140)")
     # A reference is copied as the source had it: a legacy leading zero must still match the object it names.
     # Surrounding spaces are not content: both encoders strip them, as pydicom's UID does.

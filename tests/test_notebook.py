@@ -273,6 +273,39 @@ def test_builtin_html_renders_markdown_tables_and_images() -> None:
     assert "careful &lt;b&gt;" in page
 
 
+def test_size_histograms_have_tick_labels_that_do_not_run_into_each_other() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    archives = [("text", 51_200), ("text", 61_440), ("text", 92_160), ("images", 61_440), ("images", 409_600),
+                ("images", 819_200)]
+    rows = [{"archive_uri": f"a{i}.tar", "archive_role": role, "archive_size": size, "kind": "archive", "size": size}
+            for i, (role, size) in enumerate(archives)]
+    rows += [{"archive_uri": "a0.tar", "archive_role": "text", "archive_size": 0, "kind": "header", "size": 1000 + 450 * i}
+             for i in range(30)]
+    rows += [{"archive_uri": "a3.tar", "archive_role": "images", "archive_size": 0, "kind": "pixels", "size": 200 * 2 ** i}
+             for i in range(12)]
+    fig = analysis.plot_size_distributions(pd.DataFrame(rows))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()), key=lambda b: b.x0)
+        assert len(boxes) >= 3, ax.get_title()
+        overlaps = [(a.x1, b.x0) for a, b in zip(boxes, boxes[1:]) if a.x1 > b.x0]
+        assert not overlaps, f"{ax.get_title()}: {[t.get_text() for t in ax.get_xticklabels()]}"
+
+
+def test_the_kernel_talks_to_the_runner_over_unix_sockets_not_tcp(tmp_path, capfd) -> None:  # noqa: ANN001
+    cell = "from ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\nprint(app.transport, app.ip)"
+    path = str(tmp_path / "kernel.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), path)
+    nb, error = _runner().execute_notebook(path)
+    assert error is None, error
+    transport, ip = nb.cells[0].outputs[0].text.split()
+    assert transport == "ipc"
+    assert not os.path.exists(os.path.dirname(ip))  # the sockets' private folder is removed afterwards
+    assert "without encryption" not in capfd.readouterr().err
+
+
 # ------------------------------------------------------------------------------- the notebook, end to end
 
 

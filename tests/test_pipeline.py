@@ -314,16 +314,22 @@ def test_the_jvm_plan_for_clean_pairs_equals_the_python_plan(spark) -> None:  # 
 
 
 def test_local_runs_use_the_c1_only_jit_everywhere_they_start_a_jvm(spark) -> None:  # noqa: ANN001
-    """The shared session, the Makefile's spark-submit and the benchmark all start the JVM with the same options."""
-    from bench.measure import JAVA_OPTIONS
+    """conf/spark-defaults.conf defines the local JVM options once: the shared session gets them from it (the fixture
+    names none), make and a hand run through the venv's spark-submit, which points SPARK_CONF_DIR at conf/
+    (tests/test_readme.py checks its launch command); the benchmark names the same options."""
+    from conftest import JAVA_OPTIONS, read_spark_defaults
+
+    from bench.measure import JAVA_OPTIONS as BENCH_JAVA_OPTIONS
     from dicom_reassembly.session import LOCAL_JIT_OPTIONS
 
+    assert read_spark_defaults()["spark.driver.extraJavaOptions"] == LOCAL_JIT_OPTIONS == JAVA_OPTIONS
     jvm_args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
     assert LOCAL_JIT_OPTIONS in jvm_args
+    assert BENCH_JAVA_OPTIONS.startswith(LOCAL_JIT_OPTIONS + " ")
     with open(os.path.join(ROOT, "Makefile")) as f:
-        submit = next(line for line in f if "--driver-java-options" in line)
-    assert f'"{LOCAL_JIT_OPTIONS} -Dlog4j2' in submit
-    assert JAVA_OPTIONS.startswith(LOCAL_JIT_OPTIONS + " ")
+        makefile = f.read()
+    assert "SPARK_SUBMIT := $(VENV)/bin/spark-submit\n" in makefile and "--driver-java-options" not in makefile
+    assert "install -m 755 conf/venv-spark-submit $(VENV)/bin/spark-submit" in makefile
 
 
 # ---------------------------------------------------------------- what the walk or the listing cannot index

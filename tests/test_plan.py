@@ -268,7 +268,7 @@ def test_output_keys_never_leave_the_output_prefix() -> None:
     item = {"sop_instance_uid": "1.2.3", "study_instance_uid": "../../etc", "series_instance_uid": "1.2.3.4",
             "modality": "../x"}
     assert output_key("{modality}/{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.dcm", item) == (
-        "OT/unknown-study/1.2.3.4/1.2.3.dcm")
+        "OT/unknown_study/1.2.3.4/1.2.3.dcm")
 
 
 def test_members_above_the_memory_threshold_are_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001

@@ -111,6 +111,31 @@ def test_regenerating_into_a_previous_delivery_is_allowed_but_foreign_dirs_are_r
         write_sample_delivery(str(tmp_path / "x"), copies=0)
 
 
+def test_pick_prints_written_uids_of_different_modalities_and_writes_nothing(clean, capsys) -> None:  # noqa: ANN001
+    root, expected = clean
+    before = _tree(root)
+    assert main([root, "--pick", "3"]) == 0
+    picked = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert len(picked) == 3
+    assert all(expected["instances"][uid]["status"] == "written" for uid in picked)
+    assert len({expected["instances"][uid]["modality"] for uid in picked}) == 3
+    assert _tree(root) == before
+    assert main([root, "--pick", "1"]) == 0
+    assert capsys.readouterr().out.split()[0] == picked[0]
+
+
+def test_pick_without_a_delivery_and_a_foreign_folder_each_say_so_in_one_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    assert main([str(tmp_path / "none"), "--pick", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no_sample_delivery:")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "text").mkdir()
+    assert main([str(tmp_path / "theirs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: output_not_empty:") and "--overwrite" in err[0]
+    assert (tmp_path / "theirs" / "text").is_dir()
+
+
 # ---------------------------------------------------------------- clean delivery
 
 

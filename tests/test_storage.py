@@ -86,6 +86,73 @@ def test_local_write_remakes_a_folder_removed_since_the_last_write(tmp_path: Any
     assert storage.read_bytes(target) == b"two"
 
 
+def _race(write: Any, contenders: list[bytes]) -> list[Any]:
+    """Run ``write(data)`` for each contender at once; each result is None (it wrote) or the exception raised."""
+    import threading
+
+    barrier = threading.Barrier(len(contenders))
+    results: list[Any] = [None] * len(contenders)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            write(contenders[i])
+        except Exception as exc:  # collected for the assertions
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(contenders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_a_create_exclusive_local_write_never_replaces(tmp_path: Any) -> None:
+    from dicom_reassembly.errors import AlreadyExistsError
+
+    target = os.path.join(tmp_path, "out", "1.2.3.dcm")
+    storage.write_parts(target, [b"first"], 5, "0" * 64, if_absent=True)
+    with pytest.raises(AlreadyExistsError):
+        storage.write_parts(target, [b"second"], 6, "0" * 64, if_absent=True)
+    assert storage.read_bytes(target) == b"first"
+    assert _leftovers(os.path.dirname(target)) == []
+    storage.write_parts(target, [b"third"], 5, "0" * 64)  # a plain write still replaces
+    assert storage.read_bytes(target) == b"third"
+
+
+def test_local_writers_racing_for_one_name_leave_one_winner(tmp_path: Any) -> None:
+    from dicom_reassembly.errors import AlreadyExistsError
+
+    target = os.path.join(tmp_path, "race.dcm")
+    contenders = [bytes([i]) * (200_000 + i) for i in range(8)]  # large enough that writes overlap
+    results = _race(lambda d: storage.write_parts(target, [d], len(d), "0" * 64, if_absent=True), contenders)
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1 and all(isinstance(r, AlreadyExistsError) for r in results if r is not None)
+    assert storage.read_bytes(target) == contenders[winners[0]]
+    assert _leftovers(tmp_path) == []
+
+
+def test_without_hard_links_a_local_write_is_still_exclusive(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from dicom_reassembly.errors import AlreadyExistsError
+
+    def no_links(*_a: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = os.path.join(tmp_path, "1.2.3.dcm")
+    storage.write_parts(target, [b"fi", b"rst"], 5, "0" * 64, if_absent=True)
+    with pytest.raises(AlreadyExistsError):
+        storage.write_parts(target, [b"second"], 6, "0" * 64, if_absent=True)
+    assert storage.read_bytes(target) == b"first"
+    other = os.path.join(tmp_path, "1.2.4.dcm")
+    with pytest.raises(TypeError):  # a failed in-place write removes what it created
+        storage.write_parts(other, [b"x" * 1000, _Boom()], 1000, "0" * 64, if_absent=True)
+    assert not os.path.exists(other) and _leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------- local listing and reads
 
 
@@ -223,6 +290,32 @@ def test_s3_settings_repr_hides_the_secret() -> None:
         assert "AKIAEXAMPLEKEYID" not in text
         assert "eu-west-1" in text
     assert settings.secret_access_key == secret  # still usable, only hidden
+
+
+def test_s3_metadata_joins_the_checksum(s3: Any, bucket: str) -> None:
+    uri = f"s3://{bucket}/m/1.2.3.dcm"
+    storage.write_parts(uri, [b"data"], 4, hashlib.sha256(b"data").hexdigest(), metadata={"sop-instance-uid": "1.2.3"})
+    meta = s3.head_object(Bucket=bucket, Key="m/1.2.3.dcm")["Metadata"]
+    assert meta == {"sop-instance-uid": "1.2.3", "sha256": hashlib.sha256(b"data").hexdigest()}
+
+
+def test_a_conditional_multipart_write_never_replaces(s3: Any, bucket: str) -> None:
+    from dicom_reassembly.errors import AlreadyExistsError
+
+    opts = WriteOptions(multipart_threshold=5 * 1024 * 1024)
+    first = [b"H" * 100, memoryview(bytes(range(256)) * (40 * 1024)), b"T" * 7]  # 10 MiB: two parts
+    whole = b"".join(bytes(p) for p in first)
+    uri = f"s3://{bucket}/mp/big.dcm"
+    storage.write_parts(uri, first, len(whole), hashlib.sha256(whole).hexdigest(), opts, if_absent=True,
+                        metadata={"sop-instance-uid": "1.2"})
+    head = s3.head_object(Bucket=bucket, Key="mp/big.dcm")
+    assert head["ETag"].strip('"').endswith("-2") and head["Metadata"]["sop-instance-uid"] == "1.2"
+    assert storage.read_bytes(uri) == whole
+    other = b"O" * (6 * 1024 * 1024)
+    with pytest.raises(AlreadyExistsError):
+        storage.write_parts(uri, [other], len(other), hashlib.sha256(other).hexdigest(), opts, if_absent=True)
+    assert storage.read_bytes(uri) == whole
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the refused upload was aborted
 
 
 def test_conditional_write_refuses_to_replace_and_sends_our_checksum(s3: Any, bucket: str) -> None:

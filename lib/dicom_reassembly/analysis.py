@@ -500,6 +500,13 @@ def _hist(ax: Any, series: Mapping[str, Any], title: str, xlabel: str) -> None:
     for label, values in data.items():
         note = f"; {empty[label]} empty, not shown" if empty[label] else ""
         ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)}{note})")
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    if xlabel == "bytes":  # 400 kB rather than 400000: six-digit tick labels ran into each other
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
+    if ax.get_xscale() == "linear":
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")

@@ -79,32 +79,93 @@ def run_spark_job(app_name: str, extra: dict[str, str], body: Callable[[Any], in
         spark.stop()
 
 
-def cmd_uid(args: argparse.Namespace) -> int:
-    """Reassemble one instance by SOP Instance UID."""
-    from . import storage
-    from .lookup import find_by_manifest, find_by_scan
-    from .part10 import assemble
+EXIT_CONFLICT = 3
+UID_EPILOG = """\
+Every copy of the instance's members is found and decided on as the pipeline decides:
+identical copies are written once (pixel copies compared by content), copies that differ
+are a conflict, a header without pixels or pixels without a header is an orphan.
+The object goes to OUT/<SOPInstanceUID>.dcm, never over another object: the same object
+already there is fine, a different one is a conflict (--replace replaces an earlier,
+different object of the same instance).
 
-    uid = args.uid
+exit codes:
+  0  written, or the same object was already there: its path is printed
+  1  storage failed (unreachable, access denied, a write error)
+  2  bad input: no member named for the UID, an orphan header or orphan pixels, an invalid
+     header or pixel member (with the ledger's reason code), an unreadable archive
+  3  conflict: copies that differ, or a different object at the output key (one line
+     naming every location)
+"""
+PAIR_EPILOG = """\
+The same rules as `uid`, for one header and one pixel member. The object goes to
+OUT/<SOPInstanceUID>.dcm, never over another object: the same object already there is
+fine, a different one is a conflict (--replace replaces an earlier, different object of the
+same instance).
+
+exit codes:
+  0  written, or the same object was already there: its path is printed
+  1  storage failed (unreachable, access denied, a write error)
+  2  bad input: a file missing, an invalid header or pixel member (with the ledger's reason
+     code)
+  3  conflict: a different object at the output key
+"""
+
+
+def cmd_uid(args: argparse.Namespace) -> int:
+    """Reassemble one instance by SOP Instance UID, from every copy of its members."""
+    from .lookup import manifest_members, scan_members
     from .uids import uid_problem
 
+    uid = args.uid
     problem = uid_problem(uid)
     if problem:
         print(f"error: invalid_uid: {uid!r} is {problem}", file=sys.stderr)
         return EXIT_INPUT
-    if args.manifest:
-        header, pixels = find_by_manifest(uid, args.manifest)
+    members = manifest_members(uid, args.manifest) if args.manifest else scan_members(uid, args.text, args.images)
+    return _reassemble(uid, members, args.out, args.replace)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """Reassemble one loose header file and pixel file, with the same rules as ``uid``."""
+    from .lookup import pair_members
+
+    uid, members = pair_members(args.header, args.pixels)
+    return _reassemble(uid, members, args.out, args.replace)
+
+
+def _reassemble(uid: str, members: Any, out: str, replace: bool) -> int:
+    """Decide, write, and report in one line: the path on stdout, or the reason on stderr; notes for the rest."""
+    from .instance import location, outcome, reassemble_members
+
+    result = outcome(reassemble_members(uid, members, out, replace=replace))
+    row = result.row
+    for other in result.others:
+        print(f"note: {other['status']}: {other['reason'] or ''} ({location(other)})", file=sys.stderr)
+    if row is None:
+        print(f"error: header_not_found: no member named for {uid} {members.headers_where} or "
+              f"{members.pixels_where}", file=sys.stderr)
+        return EXIT_INPUT
+    status, reason = row["status"], row["reason"] or ""
+    if status in ("written", "skipped_existing"):
+        if status == "skipped_existing":
+            print(f"note: skipped_existing: {row['output_uri']} already holds this object", file=sys.stderr)
+        for note in filter(None, (reason or "").split("; ")):  # written as the source had it: the ledger says so too
+            print(f"warning: {note}", file=sys.stderr)
+        print(row["output_uri"])
+        log.info("%s: %s, transfer syntax %s", uid, location(row), row["transfer_syntax"])
+        return 0
+    if status == "orphan_header":
+        message = f"pixels_not_found: no pixel member for {uid} {members.pixels_where} ({location(row)})"
+    elif status == "orphan_pixels":
+        message = f"header_not_found: no header member for {uid} {members.headers_where} ({location(row)})"
+    elif status == "conflict":
+        message = f"conflict: {reason}"
     else:
-        header, pixels = find_by_scan(uid, args.text, args.images)
-    obj = assemble(header.data, pixels.data, uid, pixels.member_name)
-    target = storage.join_uri(args.out, f"{uid}.dcm")
-    storage.write_parts(target, obj.parts, obj.size, obj.sha256)
-    for note in obj.notes:  # written, as the pipeline writes it; its ledger row carries the same notes
-        print(f"warning: {note}", file=sys.stderr)
-    print(target)
-    log.info("header %s:%s pixels %s:%s ts %s", header.archive_uri, header.member_name,
-             pixels.archive_uri, pixels.member_name, obj.transfer_syntax)
-    return 0
+        message = f"{reason} ({location(row)})"
+    print(f"error: {message}", file=sys.stderr)
+    if status == "conflict":
+        return EXIT_CONFLICT
+    return EXIT_STORAGE if status == "failed" else EXIT_INPUT
 
 
 def _tag_of(spec: str) -> int:
@@ -132,7 +193,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ds = dcmread(args.file, stop_before_pixels=False)
     except FileNotFoundError:
         raise NotFoundError("not_found", "no such file", uri=args.file) from None
-    except (InvalidDicomError, OSError, ValueError) as exc:
+    except IsADirectoryError:
+        raise NotFoundError("not_dicom", "a directory, not a .dcm file", uri=args.file) from None
+    except InvalidDicomError:
+        # pydicom's text suggests force=True; a file without the Part 10 preamble is simply not one of ours.
+        empty = os.path.getsize(args.file) == 0
+        why = "an empty file" if empty else "no 'DICM' marker after the 128-byte preamble"
+        raise NotFoundError("not_dicom", f"not a DICOM Part 10 file: {why}", uri=args.file) from None
+    except (OSError, ValueError) as exc:
         raise NotFoundError("not_dicom", str(exc).splitlines()[0][:200], uri=args.file) from exc
     print(f"PatientName: {ds.get('PatientName', '')}")
     print(f"StudyDate: {ds.get('StudyDate', '')}")
@@ -156,13 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
     sub = p.add_subparsers(dest="command", required=True)
 
-    u = sub.add_parser("uid", help="reassemble one instance by SOP Instance UID")
+    u = sub.add_parser("uid", help="reassemble one instance by SOP Instance UID", epilog=UID_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     u.add_argument("uid", help="the SOP Instance UID")
     u.add_argument("--text", default="data/text", help="header archives: folder or s3:// prefix (default data/text)")
     u.add_argument("--images", default="data/images", help="pixel archives: folder or s3:// prefix (default data/images)")
     u.add_argument("--out", default=".", help="output folder or s3:// prefix (default: current directory)")
-    u.add_argument("--manifest", help="locate both members from this manifest with two ranged reads")
+    u.add_argument("--manifest", help="find the members in this manifest instead of walking every archive "
+                                      "(faster: only the pixel member is read)")
+    u.add_argument("--replace", action="store_true", help="replace an earlier, different object of this instance")
     u.set_defaults(func=cmd_uid)
+
+    pr = sub.add_parser("pair", help="reassemble one loose header file and pixel file",
+                        description="Reassemble HEADER.json (DICOM JSON) and PIXELS (a J2K/HTJ2K codestream or "
+                                    "native pixel bytes) into OUT/<SOPInstanceUID>.dcm, the UID taken from the "
+                                    "header. The file names need not be UIDs: the pair is what you say it is.",
+                        epilog=PAIR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("header", metavar="HEADER.json", help="the header: DICOM JSON, local or s3://")
+    pr.add_argument("pixels", metavar="PIXELS", help="the pixel data, local or s3://")
+    pr.add_argument("--out", default=".", help="output folder or s3:// prefix (default: current directory)")
+    pr.add_argument("--replace", action="store_true", help="replace an earlier, different object of this instance")
+    pr.set_defaults(func=cmd_pair)
 
     i = sub.add_parser("inspect", help="print key tags of a .dcm file")
     i.add_argument("file")

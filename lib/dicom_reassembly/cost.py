@@ -31,6 +31,10 @@ TAR_OVERHEAD_PER_MEMBER = 768  # a 512-byte header block plus, on average, half 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_PRICES = "conf/prices.json"
 DEFAULT_BENCH_REPORT = "bench/results/report.json"
+# Below this one-time total (in the prices' currency) a table is all rounding: the CLI adds the delivery's price at
+# SCALE_PREVIEW_INSTANCES, the order of magnitude this project is built for.
+MEANINGFUL_TOTAL = 1.0
+SCALE_PREVIEW_INSTANCES = 10**9
 
 
 # ------------------------------------------------------------------------------------------------ prices
@@ -263,6 +267,17 @@ def _summarise_manifest(dataset: Any, uri: str) -> Workload:
             sums[kind][1] += int(count or 0)
     return Workload(header_archives, pixel_archives, header_bytes, pixel_bytes, sums["header"][1], sums["header"][0],
                     sums["pixels"][0], source=f"manifest {uri}")
+
+
+def scale_workload(workload: Workload, instances: int) -> Workload:
+    """The same delivery at ``instances`` instances: archive counts and byte totals scaled in proportion."""
+    if instances < 1 or workload.instances < 1:
+        raise ConfigError("bad_workload", "scaling needs a positive instance count on both sides")
+    f = instances / workload.instances
+    return Workload(max(1, math.ceil(workload.header_archives * f)), max(1, math.ceil(workload.pixel_archives * f)),
+                    round(workload.header_archive_bytes * f), round(workload.pixel_archive_bytes * f), int(instances),
+                    round(workload.header_member_bytes * f), round(workload.pixel_member_bytes * f),
+                    source=f"{workload.source}, scaled to {instances:,} instances")
 
 
 def merge_listing(workload: Workload, header_archives: int, header_bytes: int, pixel_archives: int,
@@ -510,29 +525,60 @@ def _qty(q: float) -> str:
         return f"{q / 1e9:,.2f} billion"
     if q >= 1e6:
         return f"{q / 1e6:,.2f} million"
-    return f"{q:,.0f}" if q >= 100 or q == int(q) else f"{q:,.2f}"
+    if q >= 100 or q == int(q):
+        return f"{q:,.0f}"
+    return f"{q:,.2f}" if q >= 1 else f"{q:.2g}"
 
 
-def format_cost_table(est: Estimate) -> str:
-    """The estimate as a Markdown table (one-time lines, then monthly storage per class)."""
+def _money(amount: float) -> str:
+    """Cents, but never a 0.00 for something that costs a little."""
+    return "< 0.01" if 0 < amount < 0.005 else f"{amount:,.2f}"
+
+
+def _rate(value: float) -> str:
+    """A throughput to the precision it is known: 98.9885 -> 99, 4.87 -> 4.9."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _hours(hours: float) -> str:
+    """Hours as "about 31 h", "about 2.5 h" or "under 0.1 h"."""
+    if hours < 0.1:
+        return "under 0.1 h"
+    return f"about {hours:,.0f} h" if hours >= 10 else f"about {hours:.1f} h"
+
+
+def format_cost_table(est: Estimate, at_scale: Estimate | None = None) -> str:
+    """The estimate as a Markdown table (one-time lines, then monthly storage per class).
+
+    ``at_scale``, the same delivery priced at more instances, is summed up in a note: a small delivery's table
+    is all rounding.
+    """
     cur = est.currency
     rows = [f"| Item | Quantity | Unit price | Cost ({cur}) |", "|---|---:|---:|---:|"]
     for line in est.lines:
-        rows.append(f"| {line.item} | {_qty(line.quantity)} {line.unit} | {line.unit_price} | {line.cost:,.2f} |")
-    rows.append(f"| **One-time total** | | | **{est.one_time_total:,.2f}** |")
+        rows.append(f"| {line.item} | {_qty(line.quantity)} {line.unit} | {line.unit_price} | {_money(line.cost)} |")
+    rows.append(f"| **One-time total** | | | **{_money(est.one_time_total)}** |")
     rows.append("")
     rows.append(f"| Destination storage class | GB | Per month ({cur}) | PUTs, one-time ({cur}) |")
     rows.append("|---|---:|---:|---:|")
     for r in est.storage:
         mark = " (chosen)" if r["storage_class"] == est.assumptions["destination_class"] else ""
-        rows.append(f"| {r['storage_class']}{mark} | {r['gb']:,.0f} | {r['monthly_total']:,.2f} | "
-                    f"{r['put_cost_one_time']:,.2f} |")
+        rows.append(f"| {r['storage_class']}{mark} | {_qty(r['gb'])} | {_money(r['monthly_total'])} | "
+                    f"{_money(r['put_cost_one_time'])} |")
     rows.append("")
     d = est.derived
-    rows.append(f"Region {est.region}, prices from {est.prices_file}. Throughput {d['per_core_mb_s']:g} MB/s per core "
-                f"({d['per_core_mb_s_source']}); {d['node_hours']:,.0f} worker node-hours, about "
-                f"{d['wall_clock_hours']:,.1f} h on {est.assumptions['worker_nodes']} worker nodes.")
+    rows.append(f"Region {est.region}, prices from {est.prices_file}. Throughput {_rate(d['per_core_mb_s'])} MB/s per "
+                f"core ({d['per_core_mb_s_source']}); {_hours(d['node_hours'])} of worker nodes, "
+                f"{_hours(d['wall_clock_hours'])} on {est.assumptions['worker_nodes']} worker nodes.")
     rows.extend(f"Note: {n}" for n in est.notes)
+    if at_scale is not None:
+        n = int(at_scale.workload["instances"])
+        rows.append(f"Note: {_qty(est.workload['instances'])} instances are too few to price meaningfully (one-time "
+                    f"total {cur} {est.one_time_total:.2g}). The same delivery at {_qty(n)} instances would cost "
+                    f"{cur} {_money(at_scale.one_time_total)} once and {cur} {_money(at_scale.monthly_total)} per "
+                    f"month in {at_scale.assumptions['destination_class']}, "
+                    f"{_hours(at_scale.derived['wall_clock_hours'])} on {at_scale.assumptions['worker_nodes']} "
+                    f"worker nodes; --instances N prices it at any size.")
     return "\n".join(rows)
 
 
@@ -549,7 +595,8 @@ def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
     src.add_argument("--listing", action="store_true", help="use the totals below (--archives, --bytes, --instances)")
     src.add_argument("--archives", type=int, help="number of archives (text + image)")
     src.add_argument("--bytes", type=float, help="bytes of all archives")
-    src.add_argument("--instances", type=float, help="number of instances")
+    src.add_argument("--instances", type=float,
+                     help="number of instances (with --listing); with --manifest, the same delivery scaled to N")
     src.add_argument("--avg-header-bytes", type=int, default=12 * 1024, help="average header JSON size (12 KiB)")
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--prices", default=DEFAULT_PRICES, help="prices file (default conf/prices.json)")
@@ -576,7 +623,11 @@ def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
 def handle_cost(args: argparse.Namespace) -> int:
     """Run ``cost``: print the table, write JSON. Errors reach the CLI, which prints one line."""
     est = _run(args)
-    print(format_cost_table(est))
+    at_scale = None
+    if est.one_time_total < MEANINGFUL_TOTAL and est.workload["instances"] < SCALE_PREVIEW_INSTANCES:
+        args = argparse.Namespace(**{**vars(args), "instances": float(SCALE_PREVIEW_INSTANCES)})
+        at_scale = _run(args)
+    print(format_cost_table(est, at_scale))
     if args.json_out:
         storage.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
                             storage.WriteOptions(content_type="application/json"))
@@ -598,6 +649,8 @@ def _run(args: argparse.Namespace) -> Estimate:
             workload = merge_listing(workload, ha, hb, pa_, pb)
         if workload.instances == 0:
             raise ConfigError("bad_workload", "the manifest has no header rows: nothing to estimate", uri=args.manifest)
+        if args.instances is not None:
+            workload = scale_workload(workload, int(args.instances))
     else:
         raise ConfigError("bad_workload", "give --manifest M, or --listing --archives N --bytes B --instances N")
     a = Assumptions(tier=args.tier, days=args.days, selected_fraction=args.selected_fraction,

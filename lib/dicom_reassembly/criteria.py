@@ -6,6 +6,9 @@ A criteria document is either a bare JSON list of criteria or an orchestrator ob
                              "region": "..."},
      "criteria": [{"dicom_tag": ["0008", "0020"], "operation": "GREATER", "reference": "2022-01-01"}]}
 
+or that object wrapped as the orchestrator's flow-run request carries it: ``{"parameters": {...}}``. A file is
+bounded in size and nesting (``json_document``) before it is parsed.
+
 Everything is validated when loading (no header is needed: the VR comes from the DICOM dictionary), so a bad
 criterion stops the job before any work. Criteria are compiled once (parsed dates, durations, sets) because
 evaluation runs once per header, on billions of headers.
@@ -27,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from . import json_document
 from .errors import CriteriaError, ReassemblyError
-from .storage import S3Settings, read_bytes
+from .storage import S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ _ALLOWED_OPERATIONS = {
 _CRITERION_FIELDS = frozenset(("dicom_tag", "operation", "reference"))
 _S3_FIELDS = frozenset(("endpoint", "bucket", "credentials", "region"))
 _TOP_LEVEL_FIELDS = frozenset(("input_s3_parameters", "criteria"))
+# The orchestrator's other flow parameters (issue 19) ride in the same object: not ours, and not typos.
+_FLOW_PARAMETERS = frozenset(("text", "images", "out", "work", "poll_seconds", "tranche", "stow_url", "emr"))
 
 # AS durations in 1/48 day: with M = 365.25/12 = 30.4375 days and Y = 365.25 days every unit is a whole number,
 # so comparisons are exact integers and 030Y == 360M holds without float tolerance.
@@ -459,15 +465,24 @@ def _parse_s3_parameters(raw: Any) -> tuple[S3Settings, str]:
 
 
 def parse_criteria(obj: Any) -> CriteriaSpec:
-    """Validate and compile an already-parsed criteria document (bare list or orchestrator object)."""
+    """Validate and compile an already-parsed criteria document (bare list or orchestrator object, bare or
+    wrapped in ``{"parameters": ...}``)."""
     s3: S3Settings | None = None
     bucket: str | None = None
+    if isinstance(obj, Mapping) and "parameters" in obj and "criteria" not in obj:
+        extra = sorted(str(k) for k in obj if k != "parameters")
+        if extra:
+            log.warning("criteria document: ignoring fields beside 'parameters': %s", ", ".join(_show(k, 40)
+                                                                                                for k in extra))
+        obj = obj["parameters"]
+        if not isinstance(obj, Mapping):
+            raise CriteriaError("criteria_bad_document", f"'parameters' must be an object, got {type(obj).__name__}")
     if isinstance(obj, list):
         raw_criteria: Any = obj
     elif isinstance(obj, Mapping):
         if "criteria" not in obj:
             raise CriteriaError("criteria_bad_document", "the parameters object has no 'criteria' list")
-        extra = sorted(str(k) for k in obj if k not in _TOP_LEVEL_FIELDS)
+        extra = sorted(str(k) for k in obj if k not in _TOP_LEVEL_FIELDS | _FLOW_PARAMETERS)
         if extra:
             # other orchestrator fields are not ours to reject, but a typo here must not pass silently
             log.warning("criteria document: ignoring unknown top-level fields %s", ", ".join(_show(k, 40)
@@ -490,7 +505,9 @@ def parse_criteria(obj: Any) -> CriteriaSpec:
 def load_criteria(source: str) -> CriteriaSpec:
     """Read, validate and compile a criteria file (local path or ``s3://``); raises ``CriteriaError``."""
     try:
-        data = read_bytes(source)
+        data = json_document.read_document_bytes(source)
+    except json_document.DocumentTooLarge as exc:
+        raise CriteriaError("criteria_too_large", f"the criteria file is {exc}", uri=source) from None
     except ReassemblyError as exc:
         raise CriteriaError("criteria_unreadable", f"cannot read the criteria file ({exc.reason})",
                             uri=source) from None
@@ -498,9 +515,11 @@ def load_criteria(source: str) -> CriteriaSpec:
         raise CriteriaError("criteria_unreadable", f"cannot read the criteria file "
                                                    f"({exc.strerror or type(exc).__name__})", uri=source) from None
     try:
-        obj = json.loads(data.decode("utf-8-sig"))
+        obj = json_document.loads_document(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise CriteriaError("criteria_not_json", "the criteria file is not UTF-8 text", uri=source) from None
+    except json_document.DocumentTooDeep as exc:
+        raise CriteriaError("criteria_too_deep", f"the criteria file is {exc}", uri=source) from None
     except json.JSONDecodeError as exc:
         # ``from None``: the decode error carries the whole document, credentials included
         raise CriteriaError("criteria_not_json", f"not valid JSON ({exc.msg} at line {exc.lineno} column "

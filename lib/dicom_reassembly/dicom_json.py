@@ -163,7 +163,8 @@ def check_identity(header: dict[str, Any], uid: str) -> tuple[str, str]:
     for name, value in (("SOPInstanceUID", sop_instance), ("SOPClassUID", sop_class)):
         problem = uid_problem(value)
         if problem:
-            raise HeaderError("invalid_uid", f"{name} {value!r} is {problem}")
+            # Not the manifest's invalid_uid, which says a member's name is no UID and keeps it out of the join.
+            raise HeaderError("invalid_uid_value", f"{name} {value!r} is {problem}")
     if sop_instance != uid:
         raise HeaderError("uid_mismatch", f"header SOPInstanceUID {sop_instance} differs from member UID {uid}")
     return sop_class, sop_instance

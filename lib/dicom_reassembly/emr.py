@@ -146,9 +146,17 @@ def emr_config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Emr
 
 def read_emr_config(path: str) -> EmrConfig:
     """Load and validate an EMR config file (JSON)."""
+    from .config import MAX_CONFIG_BYTES
+    from .json_document import DocumentTooDeep, loads_document
+
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError("config_too_large", f"larger than {MAX_CONFIG_BYTES} characters", uri=path)
+        data = loads_document(text)
+    except DocumentTooDeep as exc:
+        raise ConfigError("config_too_deep", str(exc), uri=path) from None
     except FileNotFoundError as exc:
         raise ConfigError("missing_config", "no such file", uri=path) from exc
     except OSError as exc:  # a directory, no permission, an I/O error

@@ -11,7 +11,8 @@ whose detail names the element. The rules:
   far inside the interpreter's default limit of 1000 frames;
 - no elements in groups 0001, 0003, 0005, 0007 or FFFF (PS3.5 7.1), at any level;
 - VM 1 for SOPClassUID, SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID;
-- UIDs at the top level follow PS3.5 9.1 exactly: they identify this object, its study,
+- UIDs (``invalid_uid_value``: the member's own name is a UID, so the instance still joins its pixels;
+  the manifest's ``invalid_uid`` is for member names) at the top level follow PS3.5 9.1 exactly: they identify this object, its study,
   series and frame of reference. Nested UIDs reference other objects and are copied as
   the source had them (a legacy leading zero must still match the object it names, and
   the source file carried the same value), so only what corrupts their encoding is
@@ -200,7 +201,7 @@ class _Check:
                     for v in values:
                         problem = (uid_problem(v) if top else encoding_problem(v)) if isinstance(v, str) and v else None
                         if problem:
-                            raise HeaderError("invalid_uid", f"{_where(path, key)} {v[:80]!r} is {problem}")
+                            raise HeaderError("invalid_uid_value", f"{_where(path, key)} {v[:80]!r} is {problem}")
                 elif kind == _ASCII:
                     for v in values:
                         if isinstance(v, str) and not v.isascii():

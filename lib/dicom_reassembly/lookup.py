@@ -1,12 +1,17 @@
-"""Find one instance's two members: by scanning the archives, or from the manifest."""
+"""Every copy of one instance's members: by scanning the archives, from the manifest, or a loose pair of files.
+
+The members come back as manifest rows (location, size, error, and for headers the JSON and its key tags), so
+``reassembly.plan_instance`` decides on them exactly as the pipeline does: duplicates, conflicts, orphans and
+invalid members alike.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from . import arrow_io, storage, tar_access
-from .dicom_json import too_large
 from .errors import ArchiveError, HeaderError, NotFoundError, ReassemblyError
 from .header_rules import MAX_HEADER_BYTES
 from .uids import member_uid
@@ -14,102 +19,138 @@ from .uids import member_uid
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar",)
+# The manifest columns plan_instance reads.
+MEMBER_COLUMNS = ["archive_uri", "archive_size", "member_name", "data_offset", "size", "kind", "error",
+                  "error_detail", "header_json", "header_sha256", "study_instance_uid", "series_instance_uid",
+                  "modality"]
 
 
 @dataclass
-class Located:
-    """One member found: its archive, name and bytes."""
+class Members:
+    """One UID's header and pixel members, and where they were looked for (for messages)."""
 
-    archive_uri: str
-    member_name: str
-    data: bytes
+    headers: list[dict[str, Any]] = field(default_factory=list)
+    pixels: list[dict[str, Any]] = field(default_factory=list)
+    headers_where: str = ""
+    pixels_where: str = ""
 
 
-def _scan(prefix: str, uid: str, want_header: bool, skipped: list[str] | None = None,
-          max_header_bytes: int = MAX_HEADER_BYTES) -> Located | None:
-    """Walk archives under ``prefix`` until a member named for ``uid`` of the right kind appears.
+def _scan(prefix: str, uid: str, role: str, skipped: list[str],
+          max_header_bytes: int = MAX_HEADER_BYTES) -> list[dict[str, Any]]:
+    """Every member named for ``uid`` in the archives under ``prefix``, as the manifest indexes it.
 
-    An archive that cannot be read or is damaged never stops the scan: it is
-    logged (INFO: a found instance needs no warning), noted in ``skipped`` as
-    ``uri: reason: detail``, and passed over. A header member above
-    ``max_header_bytes`` is the instance's error (HeaderError ``too_large``),
-    raised before its data is read.
+    An archive that cannot be read or is damaged never stops the scan: it is logged (INFO: a found
+    instance needs no warning), noted in ``skipped`` as ``uri: reason: detail``, and passed over; the
+    members before the damage still count. A header above ``max_header_bytes`` is not read: its row
+    says ``too_large``, as the manifest's would.
     """
-    from .manifest import member_kind
+    from .manifest import FIELD_NAMES, _member_row, member_kind
 
-    want = "header" if want_header else "pixels"
-    notes = skipped if skipped is not None else []
+    found = []
     for obj in storage.list_objects(prefix, ARCHIVE_SUFFIXES):
-        oversized: HeaderError | None = None
+        base = {"archive_uri": obj.uri, "archive_role": role, "archive_size": obj.size}
         try:
             if obj.error:
                 raise ArchiveError(obj.error, obj.error_detail or "", uri=obj.uri)
-            # Walked by the tar headers alone; only the matching member's data is read.
+            # Walked by the tar headers alone; only the matching members' data is read.
             for item in tar_access.iter_members(obj.uri, obj.size, with_data=False):
                 if isinstance(item, tar_access.Damage):
                     where = f"at offset {item.offset}: " if item.offset else ""
                     raise ArchiveError(item.reason, where + item.detail, uri=obj.uri)
-                if not item.regular or item.truncated or member_uid(item.name) != uid:
+                if not item.regular or member_uid(item.name) != uid:
                     continue
-                if member_kind(item.name) == want:
-                    if want_header and item.size > max_header_bytes:
-                        oversized = too_large(item.size, max_header_bytes)
-                        break
-                    return Located(obj.uri, item.name, tar_access.read_member(obj.uri, item.data_offset, item.size))
+                kind = member_kind(item.name)
+                if kind == "other":
+                    continue
+                if kind == "header" and role == "text" and not item.truncated:  # a text archive's headers are read
+                    if item.size > max_header_bytes:
+                        item.too_large = True
+                    else:
+                        item.data = tar_access.read_member(obj.uri, item.data_offset, item.size)
+                found.append(dict(zip(FIELD_NAMES, _member_row(base, item, max_header_bytes))))
         except ReassemblyError as exc:
             log.info("scan for %s passes over %s: %s", uid, obj.uri, exc.one_line())
-            notes.append(f"{obj.uri}: {exc.reason}: {exc.detail}")
-        if oversized is not None:
-            raise oversized
-    return None
+            skipped.append(f"{obj.uri}: {exc.reason}: {exc.detail}")
+    return found
 
 
 def _passed_over(skipped: list[str]) -> str:
-    """The note a not-found error carries when archives were passed over: they may hold the member."""
+    """The note a not-found message carries when archives were passed over: they may hold the member."""
     if not skipped:
         return ""
     shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
     return f" ({len(skipped)} archive{'s' if len(skipped) > 1 else ''} could not be read: {shown})"
 
 
-def find_by_scan(uid: str, text: str, images: str,
-                 max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[Located, Located]:
-    """Both halves of ``uid`` by scanning; NotFoundError names the missing half, and the archives passed over;
-    HeaderError ``too_large`` a header above ``max_header_bytes``."""
-    header_skipped: list[str] = []
-    header = _scan(text, uid, want_header=True, skipped=header_skipped, max_header_bytes=max_header_bytes)
-    if header is None:
-        raise NotFoundError("header_not_found", f"no header member {uid}.json under {text}{_passed_over(header_skipped)}")
-    pixels_skipped: list[str] = []
-    pixels = _scan(images, uid, want_header=False, skipped=pixels_skipped)
-    if pixels is None:
-        raise NotFoundError("pixels_not_found", f"no pixel member for {uid} under {images}{_passed_over(pixels_skipped)}")
-    return header, pixels
+def _split(rows: list[dict[str, Any]], headers_where: str, pixels_where: str) -> Members:
+    seen: set[tuple[str, int]] = set()
+    members = Members(headers_where=headers_where, pixels_where=pixels_where)
+    for r in rows:
+        at = (r["archive_uri"], r["data_offset"])
+        if at in seen or r.get("error") == "invalid_uid":  # one folder given as both prefixes; unjoinable rows
+            continue
+        seen.add(at)
+        if r["kind"] == "header":
+            members.headers.append(r)
+        elif r["kind"] == "pixels":
+            members.pixels.append(r)
+    return members
 
 
-def find_by_manifest(uid: str, manifest: str, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple[Located, Located]:
-    """Both halves of ``uid`` from the manifest: one lookup, then two ranged reads.
+def scan_members(uid: str, text: str, images: str) -> Members:
+    """Every copy of ``uid``'s members under both prefixes (each archive's tar headers are walked)."""
+    text_skipped: list[str] = []
+    image_skipped: list[str] = []
+    rows = _scan(text, uid, "text", text_skipped) + _scan(images, uid, "images", image_skipped)
+    return _split(rows, f"under {text}{_passed_over(text_skipped)}", f"under {images}{_passed_over(image_skipped)}")
+
+
+def manifest_members(uid: str, manifest: str) -> Members:
+    """Every copy of ``uid``'s members in the manifest (each archive's newest index); no archive is read.
 
     A missing, unreadable or foreign manifest raises as ``arrow_io.read_manifest_table`` does.
     """
     import pyarrow.dataset as pads
 
-    # A re-indexed archive appears once per index run: only its newest index counts.
-    table = arrow_io.read_manifest_table(manifest, ["archive_uri", "member_name", "data_offset", "size", "kind",
-                                                    "error"], filter=pads.field("sop_instance_uid") == uid)
-    rows = table.to_pylist()
+    table = arrow_io.read_manifest_table(manifest, MEMBER_COLUMNS, filter=pads.field("sop_instance_uid") == uid)
+    where = f"in the manifest {manifest}"
+    return _split(table.to_pylist(), where, where)
 
-    def pick(kind: str, missing: str) -> Located:
-        hits = [r for r in rows if r["kind"] == kind and not r["error"]]
-        bad = [r for r in rows if r["kind"] == "header" and r["error"]] if kind == "header" else []
-        if not hits and bad:  # indexed but unusable (too_large, too_deep, ...): say why, not "not found"
-            raise HeaderError(bad[0]["error"], "the manifest indexed this header as unusable",
-                              uri=f"{bad[0]['archive_uri']}:{bad[0]['member_name']}")
-        if not hits:
-            raise NotFoundError(missing, f"no {kind} member for {uid} in the manifest {manifest}")
-        r = sorted(hits, key=lambda r: (r["archive_uri"], r["data_offset"]))[0]
-        if kind == "header" and r["size"] > max_header_bytes:
-            raise too_large(r["size"], max_header_bytes)
-        return Located(r["archive_uri"], r["member_name"], tar_access.read_member(r["archive_uri"], r["data_offset"], r["size"]))
 
-    return pick("header", "header_not_found"), pick("pixels", "pixels_not_found")
+def pair_members(header_uri: str, pixels_uri: str) -> tuple[str, Members]:
+    """A loose header file and pixel file as one instance's members; the UID is the header's SOPInstanceUID.
+
+    File names do not matter: the pair is what the caller says it is. A header that cannot give a valid
+    UID raises HeaderError, with the reason code the manifest would record.
+    """
+    from .dicom_json import SOP_INSTANCE_UID, first_value, parse_header, too_large
+    from .manifest import _header_columns
+    from .uids import uid_problem
+
+    pixels = storage.head(pixels_uri)
+    if pixels is None:
+        raise NotFoundError("not_found", "no such pixel file", uri=pixels_uri)
+    header_info = storage.head(header_uri)
+    if header_info is not None and header_info.size > MAX_HEADER_BYTES:  # refused before it is read
+        exc = too_large(header_info.size, MAX_HEADER_BYTES)
+        raise HeaderError(exc.reason, exc.detail, uri=header_uri)
+    data = storage.read_bytes(header_uri)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HeaderError("malformed_json", f"not UTF-8: {exc}", uri=header_uri) from None
+    try:
+        uid = str(first_value(parse_header(text), SOP_INSTANCE_UID) or "").strip()
+    except HeaderError as exc:
+        raise HeaderError(exc.reason, exc.detail, uri=header_uri) from None
+    if not uid:
+        raise HeaderError("missing_sop_instance_uid", "SOPInstanceUID (0008,0018) is missing", uri=header_uri)
+    problem = uid_problem(uid)
+    if problem:
+        raise HeaderError("invalid_uid", f"SOPInstanceUID {uid!r} is {problem}", uri=header_uri)
+    header = {"archive_uri": header_uri, "archive_size": len(data), "member_name": storage.basename(header_uri),
+              "data_offset": 0, "size": len(data), "kind": "header", "error": None, "error_detail": None,
+              **_header_columns(data, uid)}
+    pixel = {"archive_uri": pixels_uri, "archive_size": pixels.size, "member_name": storage.basename(pixels_uri),
+             "data_offset": 0, "size": pixels.size, "kind": "pixels", "error": None, "error_detail": None}
+    return uid, Members([header], [pixel], header_uri, pixels_uri)

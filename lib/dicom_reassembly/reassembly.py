@@ -29,9 +29,10 @@ from itertools import groupby
 from typing import Any
 
 from . import storage, tar_access
-from .errors import AlreadyExistsError, ArchiveError, ReassemblyError
+from .errors import ArchiveError, ReassemblyError
 from .header_rules import MAX_HEADER_BYTES
 from .ledger import ledger_row
+from .output import write_once
 from .part10 import Part10, assemble
 from .uids import uid_problem
 
@@ -205,8 +206,8 @@ def output_key(template: str, item: dict[str, Any]) -> str:
     fields = {
         "sop_instance_uid": uid,
         # Header values reach the key: only well-formed ones, so none can climb out of --out.
-        "study_instance_uid": safe_uid(item.get("study_instance_uid"), "unknown-study"),
-        "series_instance_uid": safe_uid(item.get("series_instance_uid"), "unknown-series"),
+        "study_instance_uid": safe_uid(item.get("study_instance_uid"), "unknown_study"),
+        "series_instance_uid": safe_uid(item.get("series_instance_uid"), "unknown_series"),
         "modality": modality if _MODALITY.fullmatch(modality) else "OT",
         "uid_hash": hashlib.sha256(uid.encode()).hexdigest()[:4],
     }
@@ -410,34 +411,25 @@ class _Writer:
         self.pool.shutdown(wait=True)
 
 
-def _exists_same(uri: str, obj: Part10) -> bool:
-    info = storage.head_metadata(uri)
-    if info is None or info["size"] != obj.size:
-        return False
-    if storage.is_s3(uri):
-        return info["metadata"].get("sha256") == obj.sha256
-    h = hashlib.sha256()
-    with open(uri, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest() == obj.sha256
-
-
 def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext, stow_queue: Any,
          rate: _RateLimit) -> list[tuple]:
     """Write one object (or skip it when it already exists) and return its ledger row."""
     common = _ledger_values(item)
     try:
+        reason = None
         if ctx.out:
             uri = storage.join_uri(ctx.out, output_key(ctx.key_template, item))
-            status = _write_once(uri, obj, ctx, rate)
+            status, reason = _write_once(uri, obj, ctx, rate)
+            if status == "conflict":  # nothing of ours is at the key: the reason names it and what holds it
+                return [ledger_row(ctx.run_id, status, reason, **common)]
             common.update(output_uri=uri, output_bytes=obj.size, output_checksum=f"sha256:{obj.sha256}")
         else:
             status = "written"
             common.update(output_bytes=obj.size, output_checksum=f"sha256:{obj.sha256}")
         common["transfer_syntax"] = obj.transfer_syntax
         # What was accepted as the source had it (e.g. J2K precision other than BitsStored) stays on record.
-        row = ledger_row(ctx.run_id, status, "; ".join(obj.notes) or None, **common)
+        notes = "; ".join([*obj.notes, *([reason] if reason else [])]) or None
+        row = ledger_row(ctx.run_id, status, notes, **common)
         if stow_queue is not None:
             stow_queue.add(item["sop_instance_uid"], obj, row)
             return []
@@ -453,30 +445,17 @@ def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext
         payload.close()
 
 
-def _write_once(uri: str, obj: Part10, ctx: WriteContext, rate: _RateLimit) -> str:
-    """Write unless the same object is already there; return written or skipped_existing.
+def _write_once(uri: str, obj: Part10, ctx: WriteContext, rate: _RateLimit) -> tuple[str, str | None]:
+    """Write unless the key is taken: (written | skipped_existing | conflict, reason); see ``output.write_once``.
 
-    On S3 the default is a conditional PUT (If-None-Match), so a first run costs
-    one request per instance; only a refused PUT is followed by a HEAD. With
-    ``existing_check="head"`` the HEAD comes first, cheaper for re-runs over
-    mostly written outputs.
+    On S3 the default is a conditional PUT (If-None-Match), so a first run costs one request per instance;
+    only a refused PUT is followed by a HEAD. With ``existing_check="head"`` the HEAD comes first, cheaper
+    for re-runs over mostly written outputs. ``skip_existing=False`` replaces an object of the same
+    instance, never another instance's.
     """
-    if not ctx.skip_existing:
-        rate.wait()
-        storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options)
-        return "written"
-    if storage.is_s3(uri) and ctx.existing_check == "conditional":
-        rate.wait()
-        try:
-            storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options, if_absent=True)
-            return "written"
-        except AlreadyExistsError:
-            pass
-    if _exists_same(uri, obj):
-        return "skipped_existing"
-    rate.wait()
-    storage.write_parts(uri, obj.parts, obj.size, obj.sha256, ctx.write_options)
-    return "written"
+    outcome = write_once(uri, obj, replace_same_instance=not ctx.skip_existing, existing_check=ctx.existing_check,
+                         options=ctx.write_options, before_write=rate.wait)
+    return outcome.status, outcome.reason
 
 
 def _ledger_values(item: dict[str, Any]) -> dict[str, Any]:

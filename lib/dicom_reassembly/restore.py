@@ -759,8 +759,15 @@ def read_restore_config(path: str | None) -> RestoreConfig:
     """Read the ``restore`` section (or the top level) of a JSON config file."""
     if not path:
         return RestoreConfig()
+    from .config import MAX_CONFIG_BYTES
+    from .json_document import DocumentTooDeep, DocumentTooLarge, loads_document, read_document_bytes
+
     try:
-        raw = json.loads(storage.read_bytes(path))
+        raw = loads_document(read_document_bytes(path, MAX_CONFIG_BYTES).decode())
+    except DocumentTooLarge as exc:
+        raise ConfigError("config_too_large", str(exc), uri=path) from None
+    except DocumentTooDeep as exc:
+        raise ConfigError("config_too_deep", str(exc), uri=path) from None
     except ValueError as exc:
         raise ConfigError("bad_config", f"not JSON ({exc})", uri=path) from None
     except NotFoundError:

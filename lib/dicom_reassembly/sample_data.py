@@ -3,7 +3,8 @@
 A delivery is ``root/text/*.tar`` (``<SOPInstanceUID>.json`` DICOM JSON headers without group 0002 and Pixel Data),
 ``root/images/*.tar`` (``<SOPInstanceUID>.j2c`` pixel payloads: J2K codestreams, JP2 files or raw native bytes),
 ``root/sources/<uid>.dcm`` (the reference Part 10 file each written instance should reassemble to) and
-``root/expected.json`` (the intended outcome of every instance, member and archive).
+``root/expected.json`` (the intended outcome of every instance, member and archive). ``make demo`` writes it to
+``data/``, so ``data/text`` and ``data/images`` are where the partner's brief (and ``dicom-reassembly uid``) expect them.
 
 This module deliberately uses only pydicom, numpy, pylibjpeg-openjpeg and :mod:`tarfile`, never the reassembly code
 it is meant to test.
@@ -22,6 +23,7 @@ import os
 import random
 import shutil
 import struct
+import sys
 import tarfile
 import warnings
 from collections.abc import Sequence
@@ -406,7 +408,9 @@ def _prepare_root(root: str, overwrite: bool) -> None:
             except (OSError, ValueError):
                 ours = False
         if not (ours or overwrite):
-            raise ConfigError("output_not_empty", f"{root} is not empty and holds no generated delivery")
+            raise ConfigError("output_not_empty", f"{root} is not empty and holds no generated delivery (no "
+                                                  "expected.json of ours): move its contents away, or pass "
+                                                  "--overwrite to replace its text/, images/ and sources/")
         for sub in ("text", "images", "sources"):
             shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
         if os.path.exists(marker):
@@ -715,19 +719,56 @@ def write_sample_delivery(root: str, damaged: bool = False, copies: int = 2, *, 
     return expected
 
 
+def pick_uids(expected: dict[str, Any], count: int) -> list[tuple[str, dict[str, Any]]]:
+    """Up to ``count`` written instances to try by hand, one per modality first, in the generator's variant order."""
+    order = {v.key: i for i, v in enumerate(VARIANTS)}
+    written = sorted(((uid, e) for uid, e in expected.get("instances", {}).items() if e.get("status") == "written"),
+                     key=lambda item: (order.get(item[1].get("variant"), len(order)), item[0]))
+    picked: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for uid, entry in written:  # one per modality first, then whatever is left
+        if entry.get("modality") not in seen:
+            seen.add(entry.get("modality"))
+            picked.append((uid, entry))
+    picked += [item for item in written if item not in picked]
+    return picked[:count]
+
+
+def read_expected(root: str) -> dict[str, Any]:
+    """``root/expected.json`` of a delivery this module wrote."""
+    path = os.path.join(root, "expected.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            expected = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("no_sample_delivery", f"{path} does not exist: write the delivery first") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError("no_sample_delivery", f"{path} is unreadable: {exc}") from None
+    if not isinstance(expected, dict) or expected.get("generator") != GENERATOR:
+        raise ConfigError("no_sample_delivery", f"{path} was not written by {GENERATOR}")
+    return expected
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dicom_reassembly.sample_data OUT [--damaged] [--copies N] [--overwrite]``."""
+    """``python -m dicom_reassembly.sample_data OUT [--damaged] [--copies N] [--overwrite] | OUT --pick N``."""
     parser = argparse.ArgumentParser(prog="python -m dicom_reassembly.sample_data",
-                                     description="Write a deterministic partner-style sample delivery.")
+                                     description="Write a deterministic partner-style sample delivery: OUT/text/*.tar "
+                                                 "(headers), OUT/images/*.tar (pixels), OUT/sources, OUT/expected.json.")
     parser.add_argument("out", help="output directory (empty, absent, or a previous sample delivery)")
     parser.add_argument("--damaged", action="store_true", help="write the damaged delivery")
     parser.add_argument("--copies", type=int, default=2, help="copies of each source (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace text/ images/ sources/ in any directory")
+    parser.add_argument("--pick", type=int, metavar="N",
+                        help="write nothing: print N written UIDs of the delivery in OUT to try by hand")
     args = parser.parse_args(argv)
     try:
+        if args.pick is not None:
+            for uid, entry in pick_uids(read_expected(args.out), args.pick):
+                print(f"  {uid}  {entry.get('modality')}, {entry.get('payload')} pixels ({entry.get('source')})")
+            return 0
         expected = write_sample_delivery(args.out, damaged=args.damaged, copies=args.copies, overwrite=args.overwrite)
     except ConfigError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     statuses: dict[str, int] = {}
     for entry in expected["instances"].values():
@@ -749,6 +790,8 @@ __all__ = [
     "json_bytes",
     "main",
     "make_uid",
+    "pick_uids",
+    "read_expected",
     "wrap_jp2",
     "write_sample_delivery",
 ]

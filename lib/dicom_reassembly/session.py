@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 # Local jobs last seconds to minutes: HotSpot's C2 compiler spends about 25 s of CPU per job compiling code
-# that a short job barely reuses, so local runs stop at C1 (measurements: the README's "The JIT of local
-# runs"). Cluster executors live long enough to repay C2 and keep the JVM's default.
+# that a short job barely reuses, so local runs stop at C1 (measurements: bench/README.md's "The JIT of local
+# runs"). Cluster executors live long enough to repay C2 and keep the JVM's default. make, hand runs and the tests
+# take it from conf/spark-defaults.conf; the benchmark from here (tests/test_pipeline.py checks they agree).
 LOCAL_JIT_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 

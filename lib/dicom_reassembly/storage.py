@@ -17,7 +17,7 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -521,11 +521,11 @@ def sha256_hex(parts: list[bytes] | tuple[bytes, ...]) -> str:
     return h.hexdigest()
 
 
-def _s3_extra_args(opts: WriteOptions, sha256: str) -> dict[str, Any]:
-    extra: dict[str, Any] = {"ContentType": opts.content_type, "Metadata": {"sha256": sha256}}
+def _s3_extra_args(opts: WriteOptions, sha256: str, metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {"ContentType": opts.content_type, "Metadata": {**(metadata or {}), "sha256": sha256}}
     if opts.sse:
         extra["ServerSideEncryption"] = opts.sse
-        if opts.sse == "aws:kms" and opts.sse_kms_key_id:
+        if opts.sse.startswith("aws:kms") and opts.sse_kms_key_id:
             extra["SSEKMSKeyId"] = opts.sse_kms_key_id
     if opts.expected_bucket_owner:
         extra["ExpectedBucketOwner"] = opts.expected_bucket_owner
@@ -533,21 +533,26 @@ def _s3_extra_args(opts: WriteOptions, sha256: str) -> dict[str, Any]:
 
 
 def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteOptions = WriteOptions(),
-                if_absent: bool = False) -> None:
-    """Write an object made of byte strings (or memoryviews), atomically.
+                if_absent: bool = False, metadata: Mapping[str, str] | None = None) -> None:
+    """Write an object made of byte strings (or memoryviews), atomically: readers see all of it or nothing.
 
-    S3: one PutObject with a checksum S3 verifies, or a multipart upload above
-    ``opts.multipart_threshold``. Local: a temp file in the same folder, then a rename.
-    ``if_absent`` makes an S3 PutObject conditional (If-None-Match): it raises
-    AlreadyExistsError instead of replacing an object, with no HEAD beforehand.
+    S3: one PutObject with a checksum S3 verifies, or a multipart upload above ``opts.multipart_threshold``;
+    ``metadata`` joins the object's user metadata (beside ``sha256``). Local: a temp file in the same
+    folder, then a rename over whatever is there.
+
+    ``if_absent`` makes the write create-exclusive: it raises AlreadyExistsError instead of replacing an
+    object, with no check beforehand, so of two writers racing for one key exactly one succeeds. S3: a
+    conditional PutObject or CompleteMultipartUpload (If-None-Match: *). Local: the fully written temp
+    file is hard-linked to its name, which fails if the name exists; where the file system has no hard
+    links, the file is created with O_EXCL and written in place (a reader may then see it grow).
     """
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        extra = _s3_extra_args(opts, sha256)
+        extra = _s3_extra_args(opts, sha256, metadata)
         client = _client_for(uri)
-        if if_absent:
-            extra["IfNoneMatch"] = "*"
         if size < opts.multipart_threshold:
+            if if_absent:
+                extra["IfNoneMatch"] = "*"
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             if opts.checksum_algorithm.upper() == "SHA256":
                 # We hashed the object already: hand S3 the digest to verify instead of hashing twice.
@@ -556,9 +561,9 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
                 extra["ChecksumAlgorithm"] = opts.checksum_algorithm
             _s3_call(uri, client.put_object, Bucket=bucket, Key=key, Body=bytes(body) if isinstance(body, memoryview) else body,
                      **extra)
+        elif if_absent:
+            _write_multipart_if_absent(uri, client, bucket, key, parts, extra, opts)
         else:
-            if extra.pop("IfNoneMatch", None) and head_metadata(uri) is not None:
-                raise AlreadyExistsError("exists", "an object is already there", uri=uri)
             _write_multipart(uri, client, bucket, key, parts, extra, opts)
         return
     folder = os.path.dirname(uri) or "."
@@ -577,10 +582,39 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
             _write_all(fd, parts)
         finally:
             os.close(fd)
-        os.replace(tmp, uri)
-    except BaseException:
-        if os.path.exists(tmp):
+        if not if_absent:
+            os.replace(tmp, uri)
+            return
+        try:
+            os.link(tmp, uri)  # never replaces: EEXIST when the name is taken
+        except FileExistsError:
+            raise AlreadyExistsError("exists", "an object is already there", uri=uri) from None
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _write_exclusive_in_place(uri, parts)
+    finally:
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+# link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _write_exclusive_in_place(uri: str, parts: list[Any]) -> None:
+    """Create ``uri`` with O_EXCL and write it; a failed write removes what it created."""
+    try:
+        fd = os.open(uri, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise AlreadyExistsError("exists", "an object is already there", uri=uri) from None
+    try:
+        try:
+            _write_all(fd, parts)
+        finally:
+            os.close(fd)
+    except BaseException:
+        os.unlink(uri)
         raise
 
 
@@ -635,16 +669,47 @@ class _PartsReader:
         return b"".join(out)
 
 
+def _multipart_chunk(opts: WriteOptions) -> int:
+    return max(8 * 1024 * 1024, opts.multipart_threshold // 4)
+
+
 def _write_multipart(uri: str, client: Any, bucket: str, key: str, parts: list[Any],
                      extra: dict[str, Any], opts: WriteOptions) -> None:
     from boto3.s3.transfer import TransferConfig
 
-    cfg = TransferConfig(multipart_threshold=opts.multipart_threshold,
-                         multipart_chunksize=max(8 * 1024 * 1024, opts.multipart_threshold // 4),
+    cfg = TransferConfig(multipart_threshold=opts.multipart_threshold, multipart_chunksize=_multipart_chunk(opts),
                          max_concurrency=4, use_threads=True)
     extra = dict(extra, ChecksumAlgorithm=opts.checksum_algorithm)
     _s3_call(uri, client.upload_fileobj, Fileobj=_PartsReader(parts), Bucket=bucket, Key=key,
              ExtraArgs=extra, Config=cfg)
+
+
+def _write_multipart_if_absent(uri: str, client: Any, bucket: str, key: str, parts: list[Any],
+                               extra: dict[str, Any], opts: WriteOptions) -> None:
+    """A multipart upload completed with If-None-Match, part by part (boto3's transfer manager cannot pass it)."""
+    owner = {"ExpectedBucketOwner": extra["ExpectedBucketOwner"]} if "ExpectedBucketOwner" in extra else {}
+    algorithm = opts.checksum_algorithm.upper()
+    upload = _s3_call(uri, client.create_multipart_upload, Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm,
+                      **extra)["UploadId"]
+    try:
+        done = []
+        reader = _PartsReader(parts)
+        while chunk := reader.read(_multipart_chunk(opts)):
+            number = len(done) + 1
+            r = _s3_call(uri, client.upload_part, Bucket=bucket, Key=key, UploadId=upload, PartNumber=number,
+                         Body=chunk, ChecksumAlgorithm=algorithm, **owner)
+            part = {"PartNumber": number, "ETag": r["ETag"]}
+            if r.get(f"Checksum{algorithm}"):
+                part[f"Checksum{algorithm}"] = r[f"Checksum{algorithm}"]
+            done.append(part)
+        _s3_call(uri, client.complete_multipart_upload, Bucket=bucket, Key=key, UploadId=upload,
+                 MultipartUpload={"Parts": done}, IfNoneMatch="*", **owner)
+    except BaseException:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, **owner)
+        except Exception:  # the upload's parts expire with the bucket's lifecycle rule; the first error matters
+            log.debug("could not abort multipart upload on %s", uri)
+        raise
 
 
 def write_bytes(uri: str, data: bytes, opts: WriteOptions = WriteOptions()) -> None:

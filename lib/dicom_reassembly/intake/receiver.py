@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import catalog, storage
-from ..errors import AlreadyExistsError, ReassemblyError
+from ..errors import ReassemblyError
 from ..ledger import ledger_row, row_dict
+from ..output import write_once
 from ..part10 import Part10
-from ..reassembly import WriteContext, _exists_same, _RateLimit, _write_once, output_key
+from ..reassembly import output_key
 from .forwarder import Forwarder
 from .records import Recorder
 from .spool import Spool
@@ -84,9 +85,6 @@ class Intake:
         self.forwarder = (Forwarder(self.state, self.spool, settings.stow, settings.run_id, stow_auth,
                                     settings.queue_size, settings.retry_base, settings.retry_max)
                           if settings.stow is not None else None)
-        self._ctx = WriteContext(run_id=settings.run_id, out=settings.out, key_template=settings.key_template,
-                                 write_options=settings.write_options, skip_existing=True)
-        self._rate = _RateLimit(0.0)
 
     # -- lifecycle
 
@@ -175,13 +173,13 @@ class Intake:
         attributes = catalog.attributes_from_dataset(ds)
         del ds  # the pixels are not needed again: the file is written as it was spooled
         try:
-            status, size, checksum = self._write(path, uri, uid, ts)
+            status, conflict, size, checksum = self._write(path, uri, uid, ts)
         except ReassemblyError as exc:
             log.error("cannot store %s at %s: %s", uid, uri, exc)
             self._refuse(name, "failed", exc.one_line(), base)
             return Outcome(OUT_OF_RESOURCES, exc.one_line(), uid, uri, sop_class_uid)
         if status == CONFLICT:
-            reason = f"conflict: a different object with this SOP Instance UID is already at {uri}"
+            reason = f"conflict: {conflict}"
             self._refuse(name, CONFLICT, reason, base)
             return Outcome(0xC000, reason, uid, uri, sop_class_uid)
         base.update(output_uri=uri, output_bytes=size, output_checksum=checksum, transfer_syntax=ts)
@@ -209,8 +207,8 @@ class Intake:
         self.state.record([self._ledger(status, reason, base)])
         self.spool.remove(name)
 
-    def _write(self, path: str, uri: str, uid: str, ts: str) -> tuple[str, int, str]:
-        """Write the spool file to ``uri`` with reassembly's idempotent write: (status, bytes, checksum).
+    def _write(self, path: str, uri: str, uid: str, ts: str) -> tuple[str, str | None, int, str]:
+        """Write the spool file to ``uri`` with reassembly's create-exclusive write: (status, reason, bytes, checksum).
 
         The file is mapped, not read into memory. A different object already at the key is a conflict
         and is never replaced.
@@ -222,13 +220,8 @@ class Intake:
                 try:
                     sha = hashlib.sha256(view).hexdigest()
                     obj = Part10(uid, [view], size, sha, ts, 1)
-                    if storage.head(uri) is not None and not _exists_same(uri, obj):
-                        return CONFLICT, size, f"sha256:{sha}"
-                    try:
-                        status = _write_once(uri, obj, self._ctx, self._rate)
-                    except AlreadyExistsError:  # create-exclusive writes report a race with another writer
-                        status = "skipped_existing" if _exists_same(uri, obj) else CONFLICT
+                    outcome = write_once(uri, obj, options=self.settings.write_options)
                     obj.parts = []
                 finally:
                     view.release()
-        return status, size, f"sha256:{sha}"
+        return outcome.status, outcome.reason, size, f"sha256:{sha}"

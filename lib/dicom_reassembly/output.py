@@ -1,0 +1,132 @@
+"""An instance's object written to its key, never over another instance's.
+
+Every write is create-exclusive first (``storage.write_parts(if_absent=True)``: a conditional PUT on S3, a
+hard link locally), so of two writers racing for one key exactly one writes. When the key is taken:
+
+- the same object (size and SHA-256) is ``skipped_existing``;
+- an object of another instance, or one whose instance cannot be read, is a ``conflict`` naming both
+  instances, and stays as it is;
+- a different object of the same instance is replaced only when asked (``replace_same_instance``, the
+  jobs' ``skip_existing: false``, the CLI's ``--replace``); otherwise it is a ``conflict`` too.
+
+The instance an object holds is read from its S3 user metadata (``sop-instance-uid``, written with every
+object), else from its own header (the first 64 KiB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import storage
+from .errors import AlreadyExistsError, ReassemblyError
+from .part10 import Part10
+
+log = logging.getLogger(__name__)
+
+INSTANCE_METADATA = "sop-instance-uid"  # S3 user metadata: hyphens, because proxies may drop underscored headers
+HEADER_BYTES = 64 * 1024  # enough for the file meta and SOPInstanceUID, which come first
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What became of one write: ``written``, ``skipped_existing`` or ``conflict``, and why."""
+
+    status: str
+    reason: str | None = None
+
+
+def write_once(uri: str, obj: Part10, *, replace_same_instance: bool = False, existing_check: str = "conditional",
+               options: storage.WriteOptions | None = None,
+               before_write: Callable[[], None] = lambda: None) -> WriteOutcome:
+    """Write ``obj`` to ``uri`` unless the key holds something else; see the module docstring.
+
+    On S3, ``existing_check="head"`` looks first (a HEAD is cheaper than a refused PUT when re-running over
+    mostly written outputs); the write itself stays conditional either way. ``before_write`` is called before
+    each write request (a rate limit).
+    """
+    options = options or storage.WriteOptions()
+    uid = obj.sop_instance_uid
+    metadata = {INSTANCE_METADATA: uid}
+    if existing_check == "head" and storage.is_s3(uri):
+        found = storage.head_metadata(uri)
+        if found is not None:
+            return _settle(uri, obj, found, replace_same_instance, options, before_write)
+    for _ in range(3):  # the key can be freed and retaken between our tries; each turn settles or writes
+        before_write()
+        try:
+            storage.write_parts(uri, obj.parts, obj.size, obj.sha256, options, if_absent=True, metadata=metadata)
+            return WriteOutcome("written")
+        except AlreadyExistsError:
+            pass
+        found = storage.head_metadata(uri)
+        if found is not None:
+            return _settle(uri, obj, found, replace_same_instance, options, before_write)
+    return WriteOutcome("conflict", f"{uri} was taken and freed again while {uid} was being written")
+
+
+def _settle(uri: str, obj: Part10, found: dict[str, Any], replace_same_instance: bool,
+            options: storage.WriteOptions, before_write: Callable[[], None]) -> WriteOutcome:
+    """The outcome when ``uri`` already holds an object (``found``: its size and metadata)."""
+    uid = obj.sop_instance_uid
+    if not replace_same_instance and _same_object(uri, obj, found):
+        return WriteOutcome("skipped_existing")
+    theirs = instance_at(uri, found)
+    if theirs != uid:
+        held = f"SOP Instance UID {theirs}" if theirs else "an object whose SOP Instance UID cannot be read"
+        return WriteOutcome("conflict", f"{uri} already holds {held}; not replaced by {uid}")
+    if not replace_same_instance:
+        return WriteOutcome("conflict", f"{uri} holds a different object of {uid}; not replaced "
+                                        "(skip_existing false, or the CLI's --replace, replaces it)")
+    before_write()
+    storage.write_parts(uri, obj.parts, obj.size, obj.sha256, options, metadata={INSTANCE_METADATA: uid})
+    return WriteOutcome("written", "replaced an earlier, different object of this instance")
+
+
+def _same_object(uri: str, obj: Part10, found: dict[str, Any]) -> bool:
+    """Whether the object at ``uri`` is byte for byte ``obj``: its recorded SHA-256 on S3, its bytes locally."""
+    if found["size"] != obj.size:
+        return False
+    if storage.is_s3(uri):
+        return found["metadata"].get("sha256") == obj.sha256
+    h = hashlib.sha256()
+    try:
+        with open(uri, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return False
+    return h.hexdigest() == obj.sha256
+
+
+def instance_at(uri: str, found: dict[str, Any] | None = None) -> str | None:
+    """The SOP Instance UID of the object at ``uri``: from its metadata, else its header; None if unreadable."""
+    uid = ((found or {}).get("metadata") or {}).get(INSTANCE_METADATA)
+    if uid:
+        return str(uid)
+    try:
+        head = storage.read_range(uri, 0, HEADER_BYTES)
+    except (ReassemblyError, OSError) as exc:
+        log.info("cannot read the object at %s: %s", uri, exc)
+        return None
+    return instance_uid_of(head)
+
+
+def instance_uid_of(head: bytes) -> str | None:
+    """SOPInstanceUID (or the file meta's MediaStorageSOPInstanceUID) from the start of a Part 10 file."""
+    from pydicom import dcmread
+
+    try:
+        with warnings.catch_warnings():  # a foreign or cut file: None, not a flood of pydicom warnings
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(head), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+    except Exception:  # noqa: BLE001 - whatever pydicom makes of a foreign file, we only need "unknown"
+        return None
+    text = str(uid).strip() if uid else ""
+    return text or None
