@@ -119,7 +119,11 @@ def native_pixels(draw: st.DrawFn, g: Geometry, variants: bool = True) -> tuple[
         return Pixels(exact + pad, label, "valid", expected), g
     if variant == "long":
         extra = draw(st.binary(min_size=1, max_size=40))
-        return Pixels(exact + extra, f"{label} +{len(extra)}", "valid", expected), g
+        n = len(exact) + len(extra)
+        # Subsampled data as long as unsubsampled data is ambiguous (readers refuse it): refused, not written.
+        full = g.rows * g.columns * 3 * g.frames
+        ambiguous = g.photometric == "YBR_FULL_422" and n + n % 2 == full
+        return Pixels(exact + extra, f"{label} +{len(extra)}", "invalid" if ambiguous else "valid", expected), g
     if variant == "short":
         cut = draw(st.integers(1, len(exact)))
         return Pixels(exact[:-cut], f"{label} -{cut}", "invalid"), g

@@ -738,6 +738,32 @@ def test_ybr_full_422_native_is_two_samples_per_pixel(tmp_path) -> None:  # noqa
     np.testing.assert_array_equal(ds.pixel_array, expected)
 
 
+def test_subsampled_data_as_long_as_unsubsampled_data_is_refused_not_garbled() -> None:
+    """A YBR_FULL_422 value of the full 3-sample size: pydicom refuses to decode it ("a third larger"), so
+    writing it unchanged as a longer payload would give an object no reader opens."""
+    from pydicom import Dataset
+    from pydicom.pixels import pixel_array
+
+    full = np.random.default_rng(182).integers(0, 256, ROWS * COLS * 3, dtype=np.uint8).tobytes()
+    with pytest.raises(PixelError) as exc:
+        assemble(_header(bits=8, samples=3, photometric="YBR_FULL_422"), full, UID)
+    assert exc.value.reason == "ambiguous_subsampling" and str(ROWS * COLS * 2) in exc.value.detail
+    # The reason is real: the same value as a dataset does not decode.
+    ds = Dataset()
+    ds.update({"Rows": ROWS, "Columns": COLS, "SamplesPerPixel": 3, "BitsAllocated": 8, "BitsStored": 8,
+               "HighBit": 7, "PixelRepresentation": 0, "PhotometricInterpretation": "YBR_FULL_422",
+               "PlanarConfiguration": 0, "PixelData": full})
+    ds.set_original_encoding(False, True)
+    import pydicom.uid
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    with pytest.raises(ValueError, match="third larger"):
+        pixel_array(ds)
+    # One byte less than that is an ordinary longer payload: written, with its note.
+    obj = assemble(_header(bits=8, samples=3, photometric="YBR_FULL_422"), full[:-2], UID)
+    assert obj.notes and obj.notes[0].startswith("native_longer_than_needed")
+
+
 @pytest.mark.parametrize(("photometric", "n"), [("YBR_PARTIAL_422", ROWS * COLS * 2),
                                                 ("YBR_PARTIAL_420", ROWS * COLS * 3 // 2)])
 def test_other_subsampled_native_data_is_written_as_it_is(photometric: str, n: int, tmp_path) -> None:  # noqa: ANN001

@@ -73,6 +73,23 @@ def _geometry(tags: dict[str, Any]) -> tuple[int | None, int]:
     return pixels.native_length(rows, cols, samples, bits, frames, tags.get("photometric_interpretation")), bits
 
 
+def _check_subsampling(length: int, expected: int, tags: dict[str, Any]) -> None:
+    """Refuse subsampled native data (YBR_*_422/420) whose written length is the full 3-sample size.
+
+    Such a value is ambiguous: readers (pydicom among them) take it for unsubsampled data under a wrong
+    Photometric Interpretation and refuse to decode it, so writing it "unchanged" would garble it.
+    """
+    if length == expected:
+        return
+    rows, cols, bits = tags["rows"], tags["columns"], tags["bits_allocated"]
+    full = pixels.native_length(rows, cols, tags.get("samples_per_pixel") or 1, bits, tags.get("number_of_frames") or 1)
+    if full != expected and length + (length & 1) == full:
+        raise PixelError("ambiguous_subsampling",
+                         f"{length} bytes is the size of unsubsampled data ({full}), not of "
+                         f"{tags.get('photometric_interpretation')} ({expected}): the Photometric Interpretation "
+                         "or the payload is wrong")
+
+
 def _codestream_notes(frames: list[pixels.Codestream], tags: dict[str, Any]) -> list[str]:
     """Check each codestream's SIZ against the header; return notes, raise PixelError on a mismatch.
 
@@ -190,6 +207,7 @@ def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel
     else:
         if expected is None:
             raise HeaderError("missing_geometry", "native pixels need Rows, Columns and BitsAllocated")
+        _check_subsampling(payload_kind.length, expected, tags)
         pixel_parts = pixels.native_element(payload, payload_kind.length, bits)
         n_frames = tags.get("number_of_frames") or 1
         extended = None

@@ -297,6 +297,11 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "",
                 yield Damage("truncated_archive", f"partial header block ({len(block)} bytes)", offset)
             return
         if block == b"\0" * BLOCK:
+            # The end is two zero blocks. A lone one followed by more headers would hide the members after it
+            # (tarfile stops there silently, GNU tar warns): that is damage, not the end.
+            following = source.read_at(offset + BLOCK, BLOCK)
+            if following.strip(b"\0"):
+                yield Damage("corrupt_header", f"a lone zero block at offset {offset} is followed by more data", offset)
             return
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
