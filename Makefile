@@ -17,12 +17,12 @@ OUT := out
 SPARK_SUBMIT = $(VENV)/bin/spark-submit --master 'local[2]' \
   --driver-java-options "-XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile=file:$(abspath conf/log4j2.properties)"
 
-.PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist wheelhouse notebook clean
+.PHONY: setup system-deps demo test test-fast test-spark35 lint bench dist wheelhouse notebook clean prefect-server
 
 $(VENV)/.installed: setup.py requirements-test.txt
 	$(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e . "$(SPARK4)" -r requirements-test.txt
+	$(PY) -m pip install -q -e ".[campaign]" "$(SPARK4)" -r requirements-test.txt
 	touch $@
 
 ## setup: .venv with the package and spark-submit
@@ -93,6 +93,11 @@ notebook: setup
 ## bench: the benchmark (tar -x, naive baseline, pipeline, lookups, S3 request counts); results in bench/results/
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## prefect-server: a local Prefect server (SQLite under PREFECT_HOME, Prefect's embedded default) on 127.0.0.1:4200;
+## then `PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dicom-reassembly campaign serve`
+prefect-server: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 lint: setup
 	$(VENV)/bin/ruff check lib jobs tests emr bench notebooks

@@ -22,6 +22,9 @@ setup(
     ],
     extras_require={
         "spark": ["pyspark>=3.5,<5"],
+        # The campaign flow (`dicom-reassembly campaign serve|run`): an extra, so the EMR wheelhouse and the
+        # cluster nodes, which only run the Spark jobs, do not carry Prefect's server and its dependencies.
+        "campaign": ["prefect>=3.4,<4"],
     },
     entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli:main"]},
 )

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_parser(sub)
     add_cost_parser(sub)
+    from .campaign.command import add_campaign_parser
+
+    add_campaign_parser(sub)
     return p
 
 

@@ -6,6 +6,8 @@ A criteria document is either a bare JSON list of criteria or an orchestrator ob
                              "region": "..."},
      "criteria": [{"dicom_tag": ["0008", "0020"], "operation": "GREATER", "reference": "2022-01-01"}]}
 
+optionally wrapped as the orchestrator sends it: ``{"parameters": {...}}``.
+
 Everything is validated when loading (no header is needed: the VR comes from the DICOM dictionary), so a bad
 criterion stops the job before any work. Criteria are compiled once (parsed dates, durations, sets) because
 evaluation runs once per header, on billions of headers.
@@ -28,6 +30,7 @@ from datetime import date
 from typing import Any
 
 from .errors import CriteriaError, ReassemblyError
+from .secret_store import is_secret_arn, read_secret_bytes
 from .storage import S3Settings, read_bytes
 
 log = logging.getLogger(__name__)
@@ -462,6 +465,8 @@ def parse_criteria(obj: Any) -> CriteriaSpec:
     """Validate and compile an already-parsed criteria document (bare list or orchestrator object)."""
     s3: S3Settings | None = None
     bucket: str | None = None
+    if isinstance(obj, Mapping) and list(obj) == ["parameters"]:
+        obj = obj["parameters"]  # the orchestrator's wrapper: {"parameters": {"input_s3_parameters": ..., ...}}
     if isinstance(obj, list):
         raw_criteria: Any = obj
     elif isinstance(obj, Mapping):
@@ -488,9 +493,10 @@ def parse_criteria(obj: Any) -> CriteriaSpec:
 
 
 def load_criteria(source: str) -> CriteriaSpec:
-    """Read, validate and compile a criteria file (local path or ``s3://``); raises ``CriteriaError``."""
+    """Read, validate and compile a criteria file (local path, ``s3://`` or a Secrets Manager secret ARN);
+    raises ``CriteriaError``."""
     try:
-        data = read_bytes(source)
+        data = read_secret_bytes(source) if is_secret_arn(source) else read_bytes(source)
     except ReassemblyError as exc:
         raise CriteriaError("criteria_unreadable", f"cannot read the criteria file ({exc.reason})",
                             uri=source) from None
