@@ -114,7 +114,8 @@ def test_criteria_file_is_private_and_removed_after_the_step(tmp_path) -> None: 
     with channel.criteria_file({"criteria": [], "secret": SECRET}, tmp=str(tmp_path)) as path:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-        assert json.load(open(path))["secret"] == SECRET
+        with open(path) as f:
+            assert json.load(f)["secret"] == SECRET
     assert not os.path.exists(path) and not os.listdir(tmp_path)
 
 
@@ -228,8 +229,8 @@ def test_emr_step_gets_the_secret_arn_never_the_secret(moto_server: str, tmp_pat
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("# stand-in\n")
     (root / "conf").mkdir()
-    conf = json.load(open(os.path.join(os.path.dirname(__file__), "..", "conf", "emr.json")))
-    (root / "conf" / "emr.json").write_text(json.dumps(conf))
+    with open(os.path.join(os.path.dirname(__file__), "..", "conf", "emr.json")) as f:
+        (root / "conf" / "emr.json").write_text(f.read())
     boto3.client("s3").create_bucket(Bucket="emr-work")
     emr = boto3.client("emr", region_name="us-east-1")
     cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.5.0", Instances={
@@ -319,6 +320,34 @@ def test_status_counts_newest_outcomes_bytes_eta_and_expiring_restores(tmp_path)
     assert r.returncode == 0 and "instances done:  50%" in r.stdout and "not_restored" in r.stdout, r.stdout
 
 
-def test_status_of_an_empty_work_folder_is_all_zero(tmp_path) -> None:  # noqa: ANN001
-    s = status.campaign_status(str(tmp_path / "nothing-yet"))
-    assert s["instances"] == 0 and s["eta_seconds"] == 0.0 and s["restores"]["archives"] == 0
+def test_status_of_a_campaign_that_only_requested_restores(tmp_path) -> None:  # noqa: ANN001
+    now = datetime.now(timezone.utc)
+    restore.write_restore_ledger([{"run_id": "x", "uri": "s3://p/a.tar", "role": "text", "wave": 1, "size": 5,
+                                   "tier": "Bulk", "days": 7, "requested_at": now, "outcome": "requested"}],
+                                 str(tmp_path / "restore_ledger"), "x", 0)
+    s = status.campaign_status(str(tmp_path))
+    assert s["instances"] == 0 and s["eta_seconds"] == 0.0 and s["restores"]["waiting"] == 1
+
+
+def test_status_of_a_folder_without_a_campaign_is_one_line_exit_2(tmp_path) -> None:  # noqa: ANN001
+    cli = os.path.join(os.path.dirname(sys.executable), "dicom-reassembly")
+    r = subprocess.run([cli, "campaign", "status", "--work", str(tmp_path / "typo")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: campaign_not_found") and len(r.stderr.splitlines()) == 1
+
+
+def test_prefect_retries_faults_not_bad_input_or_a_reached_bound() -> None:
+    from prefect.states import Failed
+
+    from dicom_reassembly.campaign.flow import _retryable
+    from dicom_reassembly.campaign.jobs import JobError
+
+    def retried(exc: Exception) -> bool:
+        return _retryable(None, None, Failed(data=exc))  # the state Prefect's task engine hands the condition
+
+    assert retried(JobError("job_failed", "reassemble exited 1: error: s3_unreachable"))
+    assert retried(OSError("connection reset"))
+    assert not retried(JobError("job_failed", "reassemble exited 2: error: bad_config", retryable=False))
+    assert not retried(steps.CampaignError("restore_wait_timeout", "wave 1"))
+    assert not retried(ConfigError("tranche_not_supported"))
+    assert not retried(CriteriaError("bad_credentials"))

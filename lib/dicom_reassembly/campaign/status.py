@@ -58,6 +58,15 @@ def _dataset_table(uri: str, columns: list[str]) -> Any:
     return dataset.to_table(columns=[c for c in columns if c in names])
 
 
+def _has_objects(uri: str) -> bool:
+    """True when anything was written under ``uri`` (a typo in --work must not read as an empty campaign)."""
+    import os
+
+    if storage.is_s3(uri):
+        return any(True for _ in storage.list_objects(uri))
+    return os.path.isdir(uri) and any(files for _, _, files in os.walk(uri))
+
+
 def read_instance_states(ledger_uri: str) -> Any:
     """A table of (sop_instance_uid, run_id, status, output_bytes): each instance's newest outcome."""
     import pyarrow as pa
@@ -172,6 +181,8 @@ def campaign_status(work: str, *, now: datetime | None = None, expiring_hours: f
     """Everything ``campaign status`` shows, as a JSON-safe dict."""
     now = now or datetime.now(timezone.utc)
     layout = campaign_layout(work)
+    if not _has_objects(layout.work):
+        raise NotFoundError("campaign_not_found", "no manifest, ledger or restore ledger here yet", uri=work)
     states = read_instance_states(layout.ledger)
     try:
         sizes = read_instance_bytes(layout.manifest)
