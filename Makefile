@@ -24,13 +24,13 @@ RUN_ID ?=
 # Local paths go to the notebook absolute: its kernel runs in notebooks/ and would resolve them from there.
 uri = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
 
-.PHONY: setup system-deps demo test test-fast fuzz test-spark35 lint bench dist wheelhouse notebook clean
+.PHONY: setup system-deps demo test test-fast fuzz test-spark35 lint bench dist wheelhouse notebook clean prefect-server
 
 $(VENV)/.installed: setup.py requirements-test.txt
 	@echo "setup: creating $(VENV) with the package, pyspark and the test tools (a few minutes, once)"
 	@$(PY_BOOT) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e ".[network]" "$(SPARK4)" -r requirements-test.txt
+	@$(PY) -m pip install -q -e ".[network,campaign]" "$(SPARK4)" -r requirements-test.txt
 	@touch $@
 
 # pyspark's own spark-submit works only with the venv activated; ours works either way (see the script).
@@ -92,7 +92,7 @@ fuzz: setup system-deps
 $(VENV35)/.installed: setup.py
 	$(PY_BOOT) -m venv $(VENV35)
 	$(VENV35)/bin/python -m pip install -q --upgrade pip
-	$(VENV35)/bin/python -m pip install -q -e ".[network]" "$(SPARK35)" -r requirements-test.txt
+	$(VENV35)/bin/python -m pip install -q -e ".[network,campaign]" "$(SPARK35)" -r requirements-test.txt
 	touch $@
 
 $(VENV35)/.spark-submit: conf/venv-spark-submit $(VENV35)/.installed
@@ -128,6 +128,11 @@ notebook: setup
 ## bench: the benchmark (tar -x, naive baseline, pipeline, lookups, S3 request counts); results in bench/results/
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## prefect-server: a local Prefect server (SQLite under PREFECT_HOME, Prefect's embedded default) on 127.0.0.1:4200;
+## then `PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dicom-reassembly campaign serve`
+prefect-server: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 lint: setup
 	$(VENV)/bin/ruff check lib jobs tests emr bench notebooks

@@ -32,6 +32,9 @@ setup(
             "pillow>=10",  # rendered PNG
             "python-multipart>=0.0.18",  # STOW-RS bodies parsed as they stream in
         ],
+        # The campaign flow (`dicom-reassembly campaign serve|run`): an extra, so the EMR wheelhouse and the
+        # cluster nodes, which only run the Spark jobs, do not carry Prefect's server and its dependencies.
+        "campaign": ["prefect>=3.4,<4"],
     },
     entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli:main"]},
 )

@@ -1,6 +1,9 @@
 """Spark job: index every tar member of a delivery into a Parquet manifest.
 
-spark-submit jobs/build_manifest.py --text URI --images URI --manifest URI [--config FILE]
+spark-submit jobs/build_manifest.py --text URI --images URI --manifest URI [--criteria FILE] [--config FILE]
+
+``--criteria`` is the same file reassemble takes; only its ``input_s3_parameters`` are used here (they list and
+read the partner's archives), the criteria themselves apply in restore planning and reassembly.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--text", required=True, help="header archives: local folder or s3://bucket/prefix")
     p.add_argument("--images", required=True, help="pixel archives: local folder or s3://bucket/prefix")
     p.add_argument("--manifest", required=True, help="manifest Parquet dataset (appended to on re-runs)")
+    p.add_argument("--criteria", help="criteria JSON: only its input_s3_parameters are used (the input bucket's "
+                                      "client); a file, s3:// URI or Secrets Manager ARN")
     p.add_argument("--config", help="JSON config from conf/ (flags override it)")
     p.add_argument("--tasks", type=int, help="indexing tasks (default: derived from the cluster)")
     p.add_argument("--full", action="store_true", help="re-index every archive, not only new or changed ones")
@@ -32,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
     from dicom_reassembly import manifest as mf
+    from dicom_reassembly import storage
+    from dicom_reassembly.criteria import load_criteria
     from dicom_reassembly.pipeline import build_manifest_df, indexed_archives, manifest_tasks
 
     try:
+        spec = load_criteria(args.criteria) if args.criteria else None
+        s3, bucket = (spec.s3, spec.bucket) if spec is not None and spec.s3 is not None else (None, None)
+        # The input bucket only: the manifest is written with the environment's credentials.
+        storage.set_archive_s3_settings(s3, bucket)
         cfg = load_config(args.config, manifest_tasks=args.tasks)
         listing = mf.list_archives(args.text, args.images, cfg.archive_suffixes)
     except ReassemblyError as exc:
@@ -45,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         index_run, indexed_at = mf.new_index_run()
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
-            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes)
+            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
+                                   s3=s3, s3_bucket=bucket)
             df.write.mode("append").parquet(args.manifest)
         print(f"manifest: {args.manifest}")
         for line in mf.listing_summary(listing, todo):

@@ -25,7 +25,6 @@ README = os.path.join(ROOT, "README.md")
 SEQUENCE_SECTION = "Your first ten minutes"
 # Programs whose inline mentions with arguments are commands to check; a bare name is a mention, not a command.
 PROGRAMS = ("dicom-reassembly", "spark-submit", "python", "make", "java", "apt-get")
-# Subcommands another branch of issue 17 builds; checked as soon as they exist, expected to fail until then.
 # What the repository copy needs to run the README; data/ and out/ start empty, as on a fresh clone.
 WORKING_FILES = (".venv", "Makefile", "setup.py", "requirements-test.txt", "pyproject.toml", "README.md", "lib",
                  "jobs", "conf", "notebooks", "bench", "emr", "docs")

@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_listen_parser(sub)
     add_serve_parser(sub)
     add_token_parser(sub)
+    from .campaign.command import add_campaign_parser
+
+    add_campaign_parser(sub)
     return p
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from . import json_document
 from .errors import CriteriaError, ReassemblyError
+from .secret_store import is_secret_arn, read_secret_bytes
 from .storage import S3Settings
 
 log = logging.getLogger(__name__)
@@ -503,9 +504,10 @@ def parse_criteria(obj: Any) -> CriteriaSpec:
 
 
 def load_criteria(source: str) -> CriteriaSpec:
-    """Read, validate and compile a criteria file (local path or ``s3://``); raises ``CriteriaError``."""
+    """Read, validate and compile a criteria file (local path, ``s3://`` or a Secrets Manager secret ARN);
+    raises ``CriteriaError``."""
     try:
-        data = json_document.read_document_bytes(source)
+        data = read_secret_bytes(source) if is_secret_arn(source) else json_document.read_document_bytes(source)
     except json_document.DocumentTooLarge as exc:
         raise CriteriaError("criteria_too_large", f"the criteria file is {exc}", uri=source) from None
     except ReassemblyError as exc:

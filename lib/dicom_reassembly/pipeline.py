@@ -33,14 +33,28 @@ HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instan
 
 
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
-    """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks."""
+                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
+                      s3_bucket: str | None = None) -> Any:
+    """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks.
+
+    ``s3``/``s3_bucket`` (input_s3_parameters) reach the executors in the task closure, as reassembly's
+    WriteContext does, never through Spark settings; they apply to the input bucket only.
+    """
     buckets = mf.balance_by_bytes(archives, tasks) if archives else []
     keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
     n = max(1, len(buckets))
+
+    def index_partition(items: Any) -> Any:
+        from . import storage
+
+        if s3 is not None:
+            storage.set_archive_s3_settings(s3, s3_bucket)
+        for _, archive in items:
+            yield from mf.index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
+
     rdd = (spark.sparkContext.parallelize(keyed, n)
            .partitionBy(n, lambda k: k)
-           .flatMap(lambda kv: mf.index_archive(kv[1], index_run, indexed_at, coalesce_gap, max_header_bytes)))
+           .mapPartitions(index_partition))
     # Rows come from index_archive in schema order and types (tests/test_row_types.py): checking each in Python
     # costs a share of the hot path.
     return spark.createDataFrame(rdd, mf.manifest_schema(), verifySchema=False)
