@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         index_run, indexed_at = mf.new_index_run()
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
-            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, s3=s3, s3_bucket=bucket)
+            df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
+                                   s3=s3, s3_bucket=bucket)
             df.write.mode("append").parquet(args.manifest)
         print(f"manifest: {args.manifest}")
         for line in mf.listing_summary(listing, todo):

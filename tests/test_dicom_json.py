@@ -235,9 +235,9 @@ def test_header_uid_differs_from_member_uid() -> None:
 def test_invalid_uid_syntax(bad: str) -> None:
     assert uid_problem(bad) is not None and not is_valid_uid(bad)
     header = _header(**{"00080018": {"vr": "UI", "Value": [bad]}})
-    assert _reason(HeaderError, check_identity, header, bad) == "invalid_uid"
+    assert _reason(HeaderError, check_identity, header, bad) == "invalid_uid_value"
     header = _header(**{"00080016": {"vr": "UI", "Value": [bad]}})
-    assert _reason(HeaderError, check_identity, header, UID) == "invalid_uid"
+    assert _reason(HeaderError, check_identity, header, UID) == "invalid_uid_value"
 
 
 @pytest.mark.parametrize("good", ["0", "1.0.2", "2.25.0", "1." + "2" * 62, UID])

@@ -31,6 +31,14 @@ def configure_logging(level: str | None = None) -> None:
     ours = (level or os.environ.get("DICOM_REASSEMBLY_LOG", "WARNING")).upper()
     numeric = logging.getLevelName(ours)  # an int for a known level name
     logging.getLogger(__package__).setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
+    # pydicom logs each warning it also issues through `warnings`; the library collects those into
+    # reasons and DEBUG lines, so its own copies would only flood stderr, once per instance. A filter,
+    # not a level: importing pydicom resets its logger's level to WARNING.
+    logging.getLogger("pydicom").addFilter(_pydicom_errors_only)
+
+
+def _pydicom_errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def fail(exc: ReassemblyError, code: int | None = None) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import json_document, storage, tar_access
 from .errors import ConfigError, NotFoundError, StorageError
+from .header_rules import MAX_HEADER_BYTES
 
 # The fields reassembly.output_key fills in, and every character a value of each can hold: UIDs are digits and dots
 # (PS3.5 9.1), a study or series UID that is absent or malformed becomes unknown_study/unknown_series, a modality
@@ -114,7 +115,9 @@ class Config:
     coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP
     stream_fraction: float = 0.5
     large_member_bytes: int = 256 * 1024 * 1024
-    max_header_bytes: int = 16 * 1024 * 1024  # the largest header member accepted (issue 16: bounded resources)
+    # The largest header member accepted (issue 16: bounded resources): a larger one is invalid_header too_large,
+    # at indexing never read into memory.
+    max_header_bytes: int = MAX_HEADER_BYTES
     # Parallelism (0 = derive from the data and the cluster)
     manifest_tasks: int = 0
     reassemble_partitions: int = 0

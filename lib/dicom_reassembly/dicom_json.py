@@ -2,7 +2,10 @@
 
 The JSON is parsed once; the parsed dict serves both the manifest's key tags
 and the dataset. Group 0002 goes to the file meta. A BulkDataURI is resolved
-only when it points at the instance's own pixel member.
+only when it points at the instance's own pixel member. Before a header is
+encoded it must meet :mod:`header_rules` (limits, VMs, UIDs, character sets,
+nulls); pydicom's warnings are collected into the error or a debug log line,
+never printed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from .errors import HeaderError
+from .header_rules import MAX_HEADER_BYTES, MAX_JSON_DEPTH, MAX_SEQUENCE_DEPTH, check_header, json_too_deep
 from .uids import uid_problem
 
 log = logging.getLogger(__name__)
@@ -53,12 +57,38 @@ KEY_TAGS: dict[str, tuple[str, type]] = {
 }
 
 
-def parse_header(raw: bytes | str) -> dict[str, Any]:
-    """Parse a header member into a dict keyed by upper-case tag."""
+def header_size(raw: bytes | str) -> int:
+    """A header's size in bytes (UTF-8 for text)."""
+    if isinstance(raw, str):
+        # A character is 1 to 4 bytes: encode only when the count alone cannot decide.
+        return len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
+
+
+def too_large(size: int, max_bytes: int) -> HeaderError:
+    """The error for a header of ``size`` bytes above ``max_bytes``."""
+    return HeaderError("too_large", f"header is {size} bytes, above max_header_bytes ({max_bytes})")
+
+
+def parse_header(raw: bytes | str, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """Parse a header member into a dict keyed by upper-case tag.
+
+    Raises HeaderError: ``too_large`` above ``max_bytes``, ``too_deep`` when nested past the
+    limit (json.loads recurses, so a document thousands deep raises RecursionError inside it).
+    """
+    size = header_size(raw)
+    if size > max_bytes:
+        raise too_large(size, max_bytes)
+    too_deep = HeaderError("too_deep", f"JSON nests more than {MAX_JSON_DEPTH} levels deep "
+                           f"(more than {MAX_SEQUENCE_DEPTH} sequence levels)")
     try:
         obj = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HeaderError("malformed_json", str(exc).splitlines()[0][:200]) from exc
+    if json_too_deep(obj):
+        raise too_deep
     if isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], dict):
         obj = obj[0]  # a QIDO/WADO metadata response holds a list of one dataset
     if not isinstance(obj, dict):
@@ -116,7 +146,7 @@ def pixel_ref(header: dict[str, Any]) -> str | None:
     """The BulkDataURI of the header's Pixel Data, if it names one."""
     for tag in PIXEL_DATA_TAGS:
         elem = header.get(tag)
-        if isinstance(elem, dict) and isinstance(elem.get("BulkDataURI"), str):
+        if isinstance(elem, dict) and isinstance(elem.get("BulkDataURI"), str) and elem["BulkDataURI"].strip():
             return elem["BulkDataURI"]
     return None
 
@@ -133,13 +163,17 @@ def check_identity(header: dict[str, Any], uid: str) -> tuple[str, str]:
     for name, value in (("SOPInstanceUID", sop_instance), ("SOPClassUID", sop_class)):
         problem = uid_problem(value)
         if problem:
-            raise HeaderError("invalid_uid", f"{name} {value!r} is {problem}")
+            # Not the manifest's invalid_uid, which says a member's name is no UID and keeps it out of the join.
+            raise HeaderError("invalid_uid_value", f"{name} {value!r} is {problem}")
     if sop_instance != uid:
         raise HeaderError("uid_mismatch", f"header SOPInstanceUID {sop_instance} differs from member UID {uid}")
     return sop_class, sop_instance
 
 
 def points_at_pixel_member(uri: str, uid: str, pixel_member: str | None) -> bool:
+    """Whether a Pixel Data BulkDataURI names the instance's own pixel member."""
+    if not uri.strip():
+        return True  # an empty URI names nothing (pydicom's own test1.json has one): the pixel member supplies the value
     path = unquote(urlsplit(uri).path or uri).rstrip("/")
     last = path.rsplit("/", 1)[-1]
     if pixel_member and last == pixel_member.rsplit("/", 1)[-1]:
@@ -153,12 +187,34 @@ def _refuse_bulkdata(tag: str, vr: str, value: str) -> Any:
     raise HeaderError("unresolved_bulkdata", f"BulkDataURI on {tag} ({vr}) points outside the pixel member: {value}")
 
 
+def prepare_header(header: dict[str, Any], uid: str) -> tuple[str, str, dict[str, Any]]:
+    """Identity and header rules: (sop_class_uid, sop_instance_uid, the header to encode). Raises HeaderError."""
+    sop_class, sop_instance = check_identity(header, uid)
+    return sop_class, sop_instance, check_header(header)
+
+
+def warned(caught: list[warnings.WarningMessage]) -> str:
+    """pydicom's warnings as a suffix for an error's detail (pydicom warns, then fails)."""
+    if not caught:
+        return ""
+    first = str(caught[0].message).splitlines()[0][:160]
+    more = f" (+{len(caught) - 1} more)" if len(caught) > 1 else ""
+    return f"; pydicom warned: {first}{more}"
+
+
+def _empty_numbers(ds: Dataset) -> None:
+    """null in a multi-valued DS/IS is an empty value at its position (PS3.18 F.2.5); pydicom would write "None"."""
+    for elem in ds.iterall():
+        if elem.VR in ("DS", "IS") and elem.VM > 1 and any(v is None for v in elem.value):
+            elem.value = ["" if v is None else v for v in elem.value]
+
+
 def build_dataset(header: dict[str, Any], uid: str, pixel_member: str | None = None) -> tuple[Dataset, FileMetaDataset]:
     """Build the dataset (without Pixel Data) and the file meta from a parsed header.
 
     ``header`` is not modified. Raises HeaderError for unusable headers.
     """
-    check_identity(header, uid)
+    _, _, header = prepare_header(header, uid)
     body: dict[str, Any] = {}
     meta_json: dict[str, Any] = {}
     for tag, elem in header.items():
@@ -169,17 +225,19 @@ def build_dataset(header: dict[str, Any], uid: str, pixel_member: str | None = N
                 _refuse_bulkdata(tag, str(elem.get("vr")), str(elem["BulkDataURI"]))
         elif tag not in OFFSET_TABLE_TAGS:
             body[tag] = elem
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            # pydicom warns about values the partner sent as they are (e.g. a nested UID with a
-            # leading zero); they are kept verbatim, so the warning is a debug note, not noise per instance.
-            warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        # pydicom warns about values the partner sent as they are (e.g. a nested UID with a
+        # leading zero); they are kept verbatim, so the warning is a debug note, not noise per instance.
+        warnings.simplefilter("always")
+        try:
             ds = Dataset.from_json(body, _refuse_bulkdata)
             meta = FileMetaDataset(Dataset.from_json(meta_json, _refuse_bulkdata)) if meta_json else FileMetaDataset()
-        for w in caught:
-            log.debug("header %s: %s", uid, w.message)
-    except HeaderError:
-        raise
-    except Exception as exc:  # pydicom raises assorted types for a bad JSON model
-        raise HeaderError("invalid_json_model", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+            _empty_numbers(ds)
+        except HeaderError:
+            raise
+        except Exception as exc:  # pydicom raises assorted types for a bad JSON model
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise HeaderError("invalid_json_model", f"{type(exc).__name__}: {first}{warned(caught)}") from exc
+    for w in caught:
+        log.debug("header %s: %s", uid, w.message)
     return ds, meta

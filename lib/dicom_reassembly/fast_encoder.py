@@ -23,7 +23,7 @@ from typing import Any
 import pydicom
 from pydicom import config
 
-from .dicom_json import OFFSET_TABLE_TAGS, PIXEL_DATA_TAGS, check_identity, points_at_pixel_member
+from .dicom_json import OFFSET_TABLE_TAGS, PIXEL_DATA_TAGS, points_at_pixel_member, prepare_header
 from .uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ _INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
 # pydicom writes the first value of these 'SS' descriptors as unsigned (filewriter.write_numbers).
 _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 
-# pydicom encodes the default repertoire as ISO 8859-1 (charset.default_encoding "iso8859"), strictly: text that
-# does not fit makes it warn and replace characters, which is left to it. String VRs (AE, CS, UI, ...) always use
-# that default, whatever the Specific Character Set; text VRs (LO, PN, ...) use the codec of these values.
+# pydicom encodes the default repertoire as ISO 8859-1 (charset.default_encoding "iso8859"). String VRs (AE, CS,
+# UI, ...) always use that default, whatever the Specific Character Set; text VRs (LO, PN, ...) use the codec of
+# these values. header_rules has already refused text a character set cannot hold (pydicom would write '?'), and
+# non-ASCII in string VRs; a str.encode that still fails falls back to pydicom.
 DEFAULT_CODEC = "latin_1"
 _CHARSETS = {"ISO_IR 6": DEFAULT_CODEC, "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
 SPECIFIC_CHARACTER_SET = "00080005"
@@ -193,16 +194,15 @@ def _value_bytes(kind: int, vr: str, tag: int, values: list[Any], codec: str) ->
         raw = "\\".join([_person_name(v) for v in values]).encode(codec)
         return raw + b" " if len(raw) & 1 else raw
     if kind in (_DS, _IS):
-        if None in values:
-            raise _Fallback
-        # pydicom converts through float/int first (jsonrep.convert_to_python_number), so "1" is written "1.0".
+        # pydicom converts through float/int first (jsonrep.convert_to_python_number), so "1" is written "1.0";
+        # null is an empty value at its position (dicom_json._empty_numbers does the same on the pydicom path).
         convert = _ds_text if kind == _DS else _is_text
-        text = "\\".join([convert(v) for v in values])
+        text = "\\".join(["" if v is None else convert(v) for v in values])
         raw = text.encode("ascii")
         return raw + b" " if len(raw) & 1 else raw
     if kind == _NUM:
         if None in values:
-            raise _Fallback
+            raise _Fallback  # header_rules drops trailing nulls and refuses the others: not reached
         fmt = _NUM_FORMAT[vr]
         nums = [int(v) for v in values] if vr in _INT_VRS else [float(v) for v in values]
         if fmt == "h" and len(nums) > 1 and tag in _LUT_DESCRIPTOR_TAGS:
@@ -369,12 +369,13 @@ def encode_body(header: dict[str, Any], uid: str, pixel_member: str | None = Non
     """Encode a parsed header, or return None when it needs the pydicom path.
 
     Raises HeaderError exactly where ``dicom_json.build_dataset`` would for the
-    SOP identity checks; every other problem returns None so that the pydicom
-    path raises its own error.
+    SOP identity checks and the header rules (both encode the header those
+    return); every other problem returns None so that the pydicom path raises
+    its own error.
     """
     if not _pydicom_defaults():
         return None
-    sop_class, sop_instance = check_identity(header, uid)
+    sop_class, sop_instance, header = prepare_header(header, uid)
     try:
         return _encode_body(header, uid, pixel_member, sop_class, sop_instance)
     except _Fallback:

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import arrow_io, storage, tar_access
 from .errors import ArchiveError, HeaderError, NotFoundError, ReassemblyError
+from .header_rules import MAX_HEADER_BYTES
 from .uids import member_uid
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ class Members:
     pixels_where: str = ""
 
 
-def _scan(prefix: str, uid: str, role: str, skipped: list[str]) -> list[dict[str, Any]]:
+def _scan(prefix: str, uid: str, role: str, skipped: list[str],
+          max_header_bytes: int = MAX_HEADER_BYTES) -> list[dict[str, Any]]:
     """Every member named for ``uid`` in the archives under ``prefix``, as the manifest indexes it.
 
     An archive that cannot be read or is damaged never stops the scan: it is logged (INFO: a found
     instance needs no warning), noted in ``skipped`` as ``uri: reason: detail``, and passed over; the
-    members before the damage still count.
+    members before the damage still count. A header above ``max_header_bytes`` is not read: its row
+    says ``too_large``, as the manifest's would.
     """
     from .manifest import FIELD_NAMES, _member_row, member_kind
 
@@ -60,8 +63,11 @@ def _scan(prefix: str, uid: str, role: str, skipped: list[str]) -> list[dict[str
                 if kind == "other":
                     continue
                 if kind == "header" and role == "text" and not item.truncated:  # a text archive's headers are read
-                    item.data = tar_access.read_member(obj.uri, item.data_offset, item.size)
-                found.append(dict(zip(FIELD_NAMES, _member_row(base, item))))
+                    if item.size > max_header_bytes:
+                        item.too_large = True
+                    else:
+                        item.data = tar_access.read_member(obj.uri, item.data_offset, item.size)
+                found.append(dict(zip(FIELD_NAMES, _member_row(base, item, max_header_bytes))))
         except ReassemblyError as exc:
             log.info("scan for %s passes over %s: %s", uid, obj.uri, exc.one_line())
             skipped.append(f"{obj.uri}: {exc.reason}: {exc.detail}")
@@ -117,13 +123,17 @@ def pair_members(header_uri: str, pixels_uri: str) -> tuple[str, Members]:
     File names do not matter: the pair is what the caller says it is. A header that cannot give a valid
     UID raises HeaderError, with the reason code the manifest would record.
     """
-    from .dicom_json import SOP_INSTANCE_UID, first_value, parse_header
+    from .dicom_json import SOP_INSTANCE_UID, first_value, parse_header, too_large
     from .manifest import _header_columns
     from .uids import uid_problem
 
     pixels = storage.head(pixels_uri)
     if pixels is None:
         raise NotFoundError("not_found", "no such pixel file", uri=pixels_uri)
+    header_info = storage.head(header_uri)
+    if header_info is not None and header_info.size > MAX_HEADER_BYTES:  # refused before it is read
+        exc = too_large(header_info.size, MAX_HEADER_BYTES)
+        raise HeaderError(exc.reason, exc.detail, uri=header_uri)
     data = storage.read_bytes(header_uri)
     try:
         text = data.decode("utf-8")

@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import storage, tar_access
-from .dicom_json import KEY_TAGS, canonical_sha256, check_identity, key_tags, parse_header
+from .dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
 from .errors import ConfigError, HeaderError, NotRestoredError, ReassemblyError
+from .header_rules import MAX_HEADER_BYTES
 from .uids import member_uid, uid_problem
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,13 @@ def _row(**values: Any) -> tuple:
 
 
 def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
-                  coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP) -> Iterator[tuple]:
+                  coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP,
+                  max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[tuple]:
     """Manifest rows of one archive: one per member, then one archive-level row.
 
     ``archive`` has uri, role ('text' streams the data, 'images' reads headers
-    only), size, etag and mtime. Errors become rows, never exceptions.
+    only), size, etag and mtime. Errors become rows, never exceptions. A member
+    above ``max_header_bytes`` is never read into memory (``too_large``).
     """
     base = {
         "archive_uri": archive["uri"], "archive_role": archive["role"], "archive_size": archive["size"],
@@ -88,13 +91,14 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
     error = detail = None
     members = 0
     try:
-        for item in tar_access.iter_members(archive["uri"], archive["size"], with_data, coalesce_gap):
+        for item in tar_access.iter_members(archive["uri"], archive["size"], with_data, coalesce_gap,
+                                            max_header_bytes if with_data else None):
             if isinstance(item, tar_access.Damage):
                 error, detail = item.reason, f"at offset {item.offset}: {item.detail}"
                 break
             members += 1
             try:
-                yield _member_row(base, item)
+                yield _member_row(base, item, max_header_bytes)
             except Exception as exc:  # one odd member must not fail the job: it becomes a row with a reason
                 log.warning("could not index %s in %s: %s", item.name, archive["uri"], type(exc).__name__)
                 yield _row(**base, member_name=item.name, header_offset=item.header_offset, data_offset=item.data_offset,
@@ -107,7 +111,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
                error_detail=detail if error else f"{members} members")
 
 
-def _member_row(base: dict[str, Any], m: tar_access.Member) -> tuple:
+def _member_row(base: dict[str, Any], m: tar_access.Member, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple:
     kind = member_kind(m.name) if m.regular else "other"
     row: dict[str, Any] = dict(base, member_name=m.name, header_offset=m.header_offset, data_offset=m.data_offset,
                                size=m.size, kind=kind, member_type=m.type_name)
@@ -125,24 +129,27 @@ def _member_row(base: dict[str, Any], m: tar_access.Member) -> tuple:
     if problem:
         return _row(**row, error="invalid_uid", error_detail=f"member UID {uid!r} is {problem}")
     if kind == "header":
+        if m.too_large:  # its data was stepped over, never read
+            exc = too_large(m.size, max_header_bytes)
+            return _row(**row, error=exc.reason, error_detail=exc.detail)
         if m.data is None:  # a header inside an image archive: indexed without data, so unusable
             return _row(**row, error="header_in_image_archive", error_detail="a .json member in an image archive")
-        row.update(_header_columns(m.data, uid))
+        row.update(_header_columns(m.data, uid, max_header_bytes))
     return _row(**row)
 
 
-def _header_columns(data: bytes, uid: str) -> dict[str, Any]:
-    """Header JSON, its hash and typed key tags; an error code when it is unusable."""
+def _header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """Header JSON, its hash and typed key tags; an error code when it is unusable (the header rules included)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return {"error": "malformed_json", "error_detail": f"not UTF-8: {exc}"}
     try:
-        header = parse_header(text)
+        header = parse_header(text, max_header_bytes)
         cols = key_tags(header)
         cols.pop("header_sop_instance_uid", None)
         cols.update(header_json=text, header_sha256=canonical_sha256(header))
-        check_identity(header, uid)
+        prepare_header(header, uid)
     except HeaderError as exc:
         partial = locals().get("cols") or {}
         return {**partial, "error": exc.reason, "error_detail": exc.detail}

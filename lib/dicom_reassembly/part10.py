@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,9 @@ from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
 from . import fast_encoder, pixels
-from .dicom_json import build_dataset, key_tags, parse_header
+from .dicom_json import build_dataset, key_tags, parse_header, warned
 from .errors import HeaderError, PixelError
+from .header_rules import MAX_HEADER_BYTES
 from .uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -164,22 +166,32 @@ def encode_header_pydicom(ds: Dataset, meta: FileMetaDataset, sop_class_uid: str
         ds.ExtendedOffsetTable = extended["offsets"]
         ds.ExtendedOffsetTableLengths = extended["lengths"]
     meta = build_file_meta(meta, sop_class_uid, uid, transfer_syntax)
-    try:
-        return encode_dataset(ds, meta)
-    except Exception as exc:  # pydicom's encoder rejects values it cannot write
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise HeaderError("unencodable_header", f"{type(exc).__name__}: {first_line}") from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            encoded = encode_dataset(ds, meta)
+        except Exception as exc:  # pydicom's encoder rejects values it cannot write
+            first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise HeaderError("unencodable_header", f"{type(exc).__name__}: {first_line}{warned(caught)}") from exc
+    # pydicom writes '?' for characters its encodings lack, and only warns: that is an error here.
+    replaced = [w for w in caught if "replacement characters" in str(w.message)]
+    if replaced:
+        raise HeaderError("unencodable_text", f"text the character set cannot hold{warned(replaced)}")
+    for w in caught:
+        log.debug("header %s: %s", uid, w.message)
+    return encoded
 
 
 def assemble(header: bytes | str | dict[str, Any], payload: Any, uid: str, pixel_member: str | None = None,
-             max_bot_offset: int = pixels.MAX_BOT_OFFSET, fast: bool = True) -> Part10:
+             max_bot_offset: int = pixels.MAX_BOT_OFFSET, fast: bool = True,
+             max_header_bytes: int = MAX_HEADER_BYTES) -> Part10:
     """Assemble one instance; raise HeaderError or PixelError when it cannot be made valid.
 
     ``header`` is the member's JSON (raw or already parsed); ``payload`` the
     pixel member's bytes (any buffer); ``uid`` the UID both members are named for.
     ``fast=False`` forces the pydicom path for the header (the reference).
     """
-    parsed = header if isinstance(header, dict) else parse_header(header)
+    parsed = header if isinstance(header, dict) else parse_header(header, max_header_bytes)
     body = fast_encoder.encode_body(parsed, uid, pixel_member) if fast else None
     if body is None:
         ds, meta = build_dataset(parsed, uid, pixel_member)

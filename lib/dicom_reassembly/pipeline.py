@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from . import manifest as mf
+from .header_rules import MAX_HEADER_BYTES
 from .ledger import LEDGER_NAMES, ledger_schema
 from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reassemble_partition
 
@@ -32,7 +33,8 @@ HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instan
 
 
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int, *, s3: Any = None, s3_bucket: str | None = None) -> Any:
+                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
+                      s3_bucket: str | None = None) -> Any:
     """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks.
 
     ``s3``/``s3_bucket`` (input_s3_parameters) reach the executors in the task closure, as reassembly's
@@ -48,7 +50,7 @@ def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str
         if s3 is not None:
             storage.set_archive_s3_settings(s3, s3_bucket)
         for _, archive in items:
-            yield from mf.index_archive(archive, index_run, indexed_at, coalesce_gap)
+            yield from mf.index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
 
     rdd = (spark.sparkContext.parallelize(keyed, n)
            .partitionBy(n, lambda k: k)

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import storage, tar_access
 from .errors import ArchiveError, ReassemblyError
+from .header_rules import MAX_HEADER_BYTES
 from .ledger import ledger_row
 from .output import write_once
 from .part10 import Part10, assemble
@@ -185,6 +186,7 @@ class WriteContext:
     stream_fraction: float = 0.5
     coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP
     large_member_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = MAX_HEADER_BYTES
     put_rate: float = 0.0  # writes per second per task; 0 = unlimited
     existing_check: str = "conditional"  # S3: conditional PUT, HEAD only when refused; or "head" first
     s3: storage.S3Settings | None = None  # input_s3_parameters: used for the input bucket only
@@ -506,7 +508,7 @@ def _process(item: dict[str, Any], payload: _Payload, ctx: WriteContext, writer:
             yield ledger_row(ctx.run_id, "duplicate", f"identical copy of {primary}", sop_instance_uid=uid,
                              pixel_archive=c["archive"], pixel_member=c["member"])
     try:
-        obj = assemble(item["header_json"], payload.data, uid, item["pixel_member"])
+        obj = assemble(item["header_json"], payload.data, uid, item["pixel_member"], max_header_bytes=ctx.max_header_bytes)
     except ReassemblyError as exc:
         payload.close()
         yield ledger_row(ctx.run_id, exc.status, exc.one_line(), **base)

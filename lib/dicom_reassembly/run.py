@@ -59,6 +59,7 @@ class ReassembleRun:
             write_options=self.cfg.write_options(), skip_existing=self.cfg.skip_existing,
             upload_threads=self.cfg.upload_threads, stream_fraction=self.cfg.stream_fraction,
             coalesce_gap=self.cfg.coalesce_gap, large_member_bytes=self.cfg.large_member_bytes,
+            max_header_bytes=self.cfg.max_header_bytes,
             put_rate=self.cfg.put_rate, existing_check=self.cfg.existing_check,
             s3=self.spec.s3 if self.spec is not None else None, s3_bucket=self.spec.bucket if self.spec is not None else None,
             stow=self.stow, stow_auth=self.stow_auth,

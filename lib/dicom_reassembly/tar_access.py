@@ -61,6 +61,7 @@ class Member:
     mtime: int
     data: bytes | None = None
     truncated: bool = False
+    too_large: bool = False  # with_data skipped its data: larger than the walk's max_data
 
 
 @dataclass
@@ -263,7 +264,8 @@ def _extended_name_and_size(info: tarfile.TarInfo, size: int, global_pax: dict[s
     return name, size
 
 
-def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") -> Iterator[Member | Damage]:
+def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "",
+         max_data: int | None = None) -> Iterator[Member | Damage]:
     """Walk an archive's members from ``source``; yield Members, then maybe one Damage.
 
     Data follows a header exactly when tarfile says so: for regular files, GNU
@@ -271,6 +273,9 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
     devices, whatever their size field says. A size the walk cannot trust
     (negative, past 63 bits, a base-256 size past the end, an extended header
     over ``MAX_EXTENDED_HEADER``) ends the walk with a Damage, never an exception.
+    With ``with_data``, a regular member above ``max_data`` bytes is yielded with
+    ``too_large`` set and no data: the next header read steps over its data (a
+    stream reads through it in bounded chunks), so it is never held in memory.
     """
     offset = 0
     chain: list[dict[str, str]] = []  # the records of the extended headers before the next member
@@ -381,7 +386,9 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
             yield Damage("truncated_archive", f"member {name!r} needs {data_end} bytes, archive has {archive_size}",
                          header_offset)
             return
-        if with_data and regular:
+        if with_data and regular and max_data is not None and reported > max_data:
+            member.too_large = True
+        elif with_data and regular:
             data = source.read_at(data_offset, reported)
             if len(data) < reported:
                 member.truncated = True
@@ -393,11 +400,12 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "") 
 
 
 def iter_members(uri: str, size: int | None = None, with_data: bool = False,
-                 coalesce_gap: int = DEFAULT_COALESCE_GAP) -> Iterator[Member | Damage]:
+                 coalesce_gap: int = DEFAULT_COALESCE_GAP, max_data: int | None = None) -> Iterator[Member | Damage]:
     """Members of one archive, local or S3, followed by a Damage if it is damaged.
 
     ``with_data=True`` streams the archive once (one GET) and attaches each
-    regular member's bytes; otherwise only headers are read: by seeking locally,
+    regular member's bytes, up to ``max_data`` (larger ones are marked
+    ``too_large`` and skipped); otherwise only headers are read: by seeking locally,
     by coalesced ranged reads on S3. Storage errors become a Damage too, except
     NotRestoredError, which callers report as ``not_restored``.
     """
@@ -413,7 +421,7 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
             return
         if with_data:
             with storage.open_read(uri) as stream:
-                yield from walk(_StreamSource(stream), size, True, uri)
+                yield from walk(_StreamSource(stream), size, True, uri, max_data)
         elif storage.is_s3(uri):
             yield from walk(_RangedSource(uri, size, coalesce_gap), size, False, uri)
         else:

@@ -18,8 +18,25 @@ def uid_problem(uid: str | None) -> str | None:
         return "empty"
     if len(uid) > 64:
         return f"longer than 64 characters ({len(uid)})"
-    if not _UID_RE.match(uid):
-        return "not dot-separated digits without leading zeros"
+    if not _UID_RE.fullmatch(uid):
+        return encoding_problem(uid) or (
+            "padded with whitespace" if uid != uid.strip() else "not dot-separated digits without leading zeros")
+    return None
+
+
+def encoding_problem(uid: str) -> str | None:
+    """Why ``uid`` would corrupt its encoding (not merely break its syntax), or None; read after "is".
+
+    A NUL ends the value for readers, a backslash splits it into two values, other control
+    characters and non-ASCII have no place in the default repertoire UI is written in.
+    """
+    if "\x00" in uid:
+        return "broken by a NUL character"
+    if "\\" in uid:
+        return "two values joined by a backslash"
+    stripped = uid.strip()  # surrounding whitespace is not a value's content: pydicom's UID() strips it
+    if not stripped.isascii() or not stripped.isprintable():
+        return "holding control or non-ASCII characters"
     return None
 
 
