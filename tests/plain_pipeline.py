@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 
 from dicom_reassembly import manifest as mf
 from dicom_reassembly.config import Config

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 from dicom_reassembly import arrow_io, storage
 from dicom_reassembly.errors import ConfigError, NotFoundError, StorageError

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import dcmftest_ok, permissions_enforced_in_child
+from helpers import dcmftest_ok, permissions_enforced_in_child
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -227,7 +227,7 @@ def test_uid_decides_every_damaged_case_as_the_pipeline_does(damaged_delivery, t
 
 
 def test_uid_from_the_manifest_decides_as_the_pipeline_does(spark, damaged_delivery, tmp_path, capsys) -> None:  # noqa: ANN001
-    from conftest import build_manifest
+    from helpers import build_manifest
 
     root, expected = damaged_delivery
     manifest = str(tmp_path / "manifest")
@@ -289,7 +289,7 @@ def test_uid_help_documents_the_exit_codes() -> None:
 
 
 def _loose_pair(root: str, inst: dict, folder, header_name: str = "header.json", pixels_name: str = "pixels.bin"):  # noqa: ANN001, ANN201
-    from conftest import read_tar_member
+    from helpers import read_tar_member
 
     folder.mkdir(parents=True, exist_ok=True)
     header, pixels = folder / header_name, folder / pixels_name

@@ -12,7 +12,7 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 from pydicom import dcmread
 
 from dicom_reassembly.dicom_json import (

@@ -18,7 +18,7 @@ import tarfile
 from typing import Any
 
 import pytest
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread

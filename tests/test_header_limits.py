@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 
 from dicom_reassembly import manifest as mf
 from dicom_reassembly import tar_access

@@ -14,7 +14,7 @@ import warnings
 from typing import Any
 
 import pytest
-from conftest import dciodvfy_errors, dcmftest_ok
+from helpers import dciodvfy_errors, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file, get_testdata_files
 

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pydicom
 import pytest
 import requests
-from conftest import dciodvfy_errors, dcmftest_ok
+from helpers import dciodvfy_errors, dcmftest_ok
 from network_helpers import (
     SOURCES,
     ListenProcess,

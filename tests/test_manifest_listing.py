@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from conftest import permissions_enforced, s3_access_denied
+from helpers import permissions_enforced, s3_access_denied
 from test_row_types import assert_typed
 
 from dicom_reassembly import manifest as mf

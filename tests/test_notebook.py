@@ -351,7 +351,7 @@ def _table(tables: list[list[list[str]]], index_name: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sample_outputs(spark, sample_delivery, tmp_path_factory):  # noqa: ANN001, ANN201
     """A manifest and a ledger for the sample delivery, built the way the jobs build them."""
-    from conftest import build_manifest
+    from helpers import build_manifest
 
     from dicom_reassembly.config import Config
     from dicom_reassembly.run import ReassembleRun

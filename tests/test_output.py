@@ -118,7 +118,7 @@ def test_two_instances_racing_for_one_key_give_one_written_and_one_conflict(tmp_
 def test_a_colliding_template_in_a_partition_gives_written_and_conflict(sample_delivery: Any, tmp_path: Any) -> None:
     """Two instances that one (unchecked) template sends to one key, written by one task's thread pool: one
     object and one conflict row naming both instances, never two written rows."""
-    from conftest import dcmftest_ok, work_item
+    from helpers import dcmftest_ok, work_item
 
     from dicom_reassembly.ledger import row_dict
     from dicom_reassembly.reassembly import WriteContext, reassemble_partition

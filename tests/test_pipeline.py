@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from conftest import ROOT, build_manifest, dcmftest_ok
+from helpers import ROOT, build_manifest, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -317,7 +317,7 @@ def test_local_runs_use_the_c1_only_jit_everywhere_they_start_a_jvm(spark) -> No
     """conf/spark-defaults.conf defines the local JVM options once: the shared session gets them from it (the fixture
     names none), make and a hand run through the venv's spark-submit, which points SPARK_CONF_DIR at conf/
     (tests/test_readme.py checks its launch command); the benchmark names the same options."""
-    from conftest import JAVA_OPTIONS, read_spark_defaults
+    from helpers import JAVA_OPTIONS, read_spark_defaults
 
     from bench.measure import JAVA_OPTIONS as BENCH_JAVA_OPTIONS
     from dicom_reassembly.session import LOCAL_JIT_OPTIONS
@@ -341,7 +341,7 @@ def test_objects_that_are_not_indexed_reach_the_ledger_and_conservation_holds(sp
     import json
     import tarfile
 
-    from conftest import permissions_enforced, read_tar_member
+    from helpers import permissions_enforced, read_tar_member
 
     root, expected = sample_delivery
     uid0, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "j2k")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import requests
-from conftest import build_manifest
+from helpers import build_manifest
 from pydicom import dcmread
 from test_pipeline import _build_manifest, _ledger, _run
 

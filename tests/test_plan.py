@@ -272,7 +272,7 @@ def test_output_keys_never_leave_the_output_prefix() -> None:
 
 
 def test_members_above_the_memory_threshold_are_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
-    from conftest import dcmftest_ok, work_item
+    from helpers import dcmftest_ok, work_item
 
     from dicom_reassembly.ledger import row_dict
     from dicom_reassembly.reassembly import WriteContext, reassemble_partition

@@ -28,7 +28,7 @@ import tempfile
 from collections import Counter
 
 import pytest
-from conftest import build_manifest
+from helpers import build_manifest
 from hypothesis import HealthCheck, example, given, settings
 from plain_pipeline import (
     PlainRun,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dciodvfy_errors, dcmftest_ok
+from helpers import dciodvfy_errors, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import data_manager, get_testdata_file
 from pydicom.encaps import generate_fragments, generate_frames
@@ -45,7 +45,7 @@ from pydicom.encaps import generate_fragments, generate_frames
 from dicom_reassembly.errors import PixelError
 from dicom_reassembly.ledger import row_dict
 from dicom_reassembly.part10 import assemble
-from dicom_reassembly.sample_data import header_json
+from dicom_reassembly.testing.instances import header_json
 
 J2K_SYNTAXES = {
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",

@@ -12,7 +12,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-from conftest import work_item
+from helpers import work_item
 
 PYTHON_TYPE = {"string": str, "long": int, "int": int, "timestamp": datetime}
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import permissions_enforced, s3_access_denied
+from helpers import permissions_enforced, s3_access_denied
 
 from dicom_reassembly import storage
 from dicom_reassembly.errors import NotFoundError, NotRestoredError, StorageError

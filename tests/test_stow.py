@@ -523,7 +523,7 @@ def test_xml_response_is_understood(fake_stow: FakeStow, no_auth_env: None) -> N
 
 
 def test_connection_refused_fails_fast_with_reason(no_auth_env: None, tmp_path: Any) -> None:
-    from conftest import free_port
+    from helpers import free_port
 
     ds, data = make_instance("MR_small.dcm")
     with StowClient(fast(f"http://127.0.0.1:{free_port()}/dicom-web", max_retries=1)) as client:
@@ -578,7 +578,7 @@ def test_stow_settings_validation() -> None:
 
 
 def test_insecure_flag_warns(no_auth_env: None, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    from conftest import free_port
+    from helpers import free_port
 
     parser = argparse.ArgumentParser()
     add_stow_parser(parser.add_subparsers(dest="command"))

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import permissions_enforced, require_tool
+from helpers import permissions_enforced, require_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

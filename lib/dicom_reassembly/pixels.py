@@ -37,6 +37,10 @@ SOC_SIZ = b"\xff\x4f\xff\x51"
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 MAX_BOT_OFFSET = 0xFFFFFFFF
 
+# What ``classify`` says a payload is.
+KIND_J2K, KIND_JP2, KIND_HTJ2K, KIND_NATIVE = "j2k", "jp2", "htj2k", "native"
+PAYLOAD_KINDS = (KIND_J2K, KIND_JP2, KIND_HTJ2K, KIND_NATIVE)
+
 # Markers that stand alone, without a length field (T.800 Table A.2).
 _NO_LENGTH = {0xFF4F, 0xFF93, 0xFFD9} | set(range(0xFF30, 0xFF40))
 # Bytes a writer may put after EOC to reach an even length (DICOM pads with 0x00; JPEG fill is 0xFF).
@@ -266,17 +270,17 @@ def classify(payload: Any, expected_native: int | None = None) -> PixelPayload:
         # Parsed even when the length happens to equal the native one: a codestream is never raw pixels.
         frames = split_codestreams(payload)
         if frames:
-            return PixelPayload("htj2k" if any(f.htj2k for f in frames) else "j2k", frames)
+            return PixelPayload(KIND_HTJ2K if any(f.htj2k for f in frames) else KIND_J2K, frames)
     if head == JP2_SIGNATURE:
         frames = _jp2_codestreams(payload)
         if frames:
-            kind = "htj2k" if any(f.htj2k for f in frames) else "jp2"
+            kind = KIND_HTJ2K if any(f.htj2k for f in frames) else KIND_JP2
             return PixelPayload(kind, frames)
         raise PixelError("unrecognised_payload", "JP2 signature but no readable jp2c codestream")
     if expected_native is None:
         raise PixelError("unrecognised_payload", "not JPEG 2000 and the header lacks the native geometry")
     if n == expected_native or (expected_native % 2 == 1 and n == expected_native + 1):
-        return PixelPayload("native", length=expected_native)  # the payload's own pad byte is not data
+        return PixelPayload(KIND_NATIVE, length=expected_native)  # the payload's own pad byte is not data
     if head.startswith(SOC_SIZ):
         raise PixelError("unrecognised_payload", "J2K start marker but the codestream is damaged")
     if n < expected_native:
@@ -286,7 +290,7 @@ def classify(payload: Any, expected_native: int | None = None) -> PixelPayload:
     # Readers take the bytes they need and ignore the rest (pydicom warns and trims): keep them all.
     note = (f"native_longer_than_needed: {n} bytes, {n - expected_native} more than the {expected_native} "
             f"its geometry needs, written unchanged{' and padded to even length' if n & 1 else ''}")
-    return PixelPayload("native", length=n, notes=[note])
+    return PixelPayload(KIND_NATIVE, length=n, notes=[note])
 
 
 def transfer_syntax(payload: PixelPayload, lossy_image_compression: str | None) -> str:

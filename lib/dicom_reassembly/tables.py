@@ -36,13 +36,13 @@ _URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
-def jdbc_session_settings() -> dict[str, str]:
-    """Spark settings that put the PostgreSQL JDBC driver on the driver and executor classpath.
+def jdbc_session_settings(jar: str = JDBC_JAR) -> dict[str, str]:
+    """Spark settings that put the PostgreSQL JDBC driver (``jar``) on the driver and executor classpath.
 
-    Empty when the Debian jar is not installed (then pass ``--jars`` to spark-submit yourself).
+    Empty when the jar is not there (Debian's is not installed: then pass ``--jars`` to spark-submit yourself).
     ``spark.jars`` is static: it must be set before the SparkSession starts.
     """
-    return {"spark.jars": JDBC_JAR} if os.path.exists(JDBC_JAR) else {}
+    return {"spark.jars": jar} if os.path.exists(jar) else {}
 
 
 def _check_jdbc_url(url: str) -> None:
