@@ -475,14 +475,14 @@ def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[
     """
     from itertools import groupby
 
-    from dicom_reassembly import storage
-    from dicom_reassembly.part10 import assemble
+    from dicom_reassembly.dicom.part10 import assemble
+    from dicom_reassembly.io import reads, writes
     from dicom_reassembly.reassembly import WriteContext, read_archive_members
 
     ctx = WriteContext(run_id="bench", out=out_dir)
     split = {"read": 0.0, "assemble": 0.0, "write": 0.0}
     n = 0
-    storage.io_counter.reset()
+    reads.io_counter.reset()
     for archive, group in groupby(items, key=lambda i: i["pixel_archive"]):
         members = list(group)
         reader = read_archive_members(archive, members, members[0]["pixel_archive_size"], ctx)
@@ -497,14 +497,14 @@ def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[
                 raise BenchError(f"profile: {item['sop_instance_uid']}: {err}")
             obj = assemble(item["header_json"], payload.data, item["sop_instance_uid"], item["pixel_member"])
             t2 = time.perf_counter()
-            storage.write_parts(os.path.join(out_dir, f"{item['sop_instance_uid']}.dcm"), obj.parts, obj.size, obj.sha256)
+            writes.write_parts(os.path.join(out_dir, f"{item['sop_instance_uid']}.dcm"), obj.parts, obj.size, obj.sha256)
             payload.close()
             t3 = time.perf_counter()
             split["read"] += t1 - t0
             split["assemble"] += t2 - t1
             split["write"] += t3 - t2
             n += 1
-    return n, storage.io_counter.bytes_read, split
+    return n, reads.io_counter.bytes_read, split
 
 
 def _partition_in_process(items: list[dict[str, Any]], out_dir: str) -> None:
@@ -711,8 +711,8 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
     import io
     import pstats
 
-    from dicom_reassembly import storage
-    from dicom_reassembly.part10 import assemble
+    from dicom_reassembly.dicom.part10 import assemble
+    from dicom_reassembly.io import clients, listing, writes
 
     items = hot_path_items(root, index, want)
     objs = []
@@ -726,9 +726,9 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        storage.set_default_s3_settings(storage.S3Settings(endpoint_url=url, region="us-east-1",
+        clients.set_default_s3_settings(clients.S3Settings(endpoint_url=url, region="us-east-1",
                                                            access_key_id="bench", secret_access_key="bench"))
-        client = storage.s3_client()
+        client = clients.s3_client()
         deadline = time.time() + 30
         while True:
             try:
@@ -738,13 +738,13 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
-        storage.write_parts(f"s3://bench-profile/warm-{objs[0].sop_instance_uid}.dcm", objs[0].parts, objs[0].size,
+        writes.write_parts(f"s3://bench-profile/warm-{objs[0].sop_instance_uid}.dcm", objs[0].parts, objs[0].size,
                             objs[0].sha256)
         def put_all(tag: str) -> None:
             for obj in objs:
                 uri = f"s3://bench-profile/{tag}/{obj.sop_instance_uid}.dcm"
-                storage.head_metadata(uri)  # what skip_existing costs per instance
-                storage.write_parts(uri, obj.parts, obj.size, obj.sha256)
+                listing.head_metadata(uri)  # what skip_existing costs per instance
+                writes.write_parts(uri, obj.parts, obj.size, obj.sha256)
 
         t0, c0 = time.perf_counter(), time.process_time()
         put_all("timed")
@@ -754,7 +754,7 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
         put_all("profiled")
         prof.disable()
     finally:
-        storage.set_default_s3_settings(None)
+        clients.set_default_s3_settings(None)
         server.terminate()
         server.wait(timeout=30)
     n = len(objs)

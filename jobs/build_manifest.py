@@ -37,15 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
     from dicom_reassembly import manifest as mf
-    from dicom_reassembly import storage
     from dicom_reassembly.criteria import load_criteria
+    from dicom_reassembly.io import clients
     from dicom_reassembly.pipeline import build_manifest_df, indexed_archives, manifest_tasks
 
     try:
         spec = load_criteria(args.criteria) if args.criteria else None
         s3, bucket = (spec.s3, spec.bucket) if spec is not None and spec.s3 is not None else (None, None)
         # The input bucket only: the manifest is written with the environment's credentials.
-        storage.set_archive_s3_settings(s3, bucket)
+        clients.set_archive_s3_settings(s3, bucket)
         cfg = load_config(args.config, manifest_tasks=args.tasks)
         listing = mf.list_archives(args.text, args.images, cfg.archive_suffixes)
     except ReassemblyError as exc:

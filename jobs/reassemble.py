@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     configure_logging()
-    from dicom_reassembly import storage
+    from dicom_reassembly import errors
     from dicom_reassembly.config import load_config
     from dicom_reassembly.criteria import load_criteria
+    from dicom_reassembly.io import clients, writes
     from dicom_reassembly.stow import StowAuth, StowSettings
     from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
 
@@ -61,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         from dicom_reassembly import manifest as mf
 
         if not mf.manifest_exists(args.manifest):
-            raise storage.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
+            raise errors.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
         if args.out:
-            storage.check_writable(args.out)
+            writes.check_writable(args.out)
     except ReassemblyError as exc:
         return fail(exc)
     if spec is not None and spec.s3 is not None:
-        storage.set_archive_s3_settings(spec.s3, spec.bucket)
+        clients.set_archive_s3_settings(spec.s3, spec.bucket)
 
     extra = dict(cfg.spark)
     if jdbc is not None:

@@ -193,7 +193,7 @@ def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
     import boto3
     from moto.core.authorization import enable_iam_authentication
 
-    from dicom_reassembly import storage
+    from dicom_reassembly.io import clients
 
     iam = boto3.client("iam", region_name="us-east-1")
     user = f"reader-{uuid.uuid4().hex[:8]}"
@@ -205,11 +205,11 @@ def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
             {"Effect": "Deny", "Action": "s3:GetObject", "Resource": [f"arn:aws:s3:::{bucket}/{k}" for k in denied_keys]},
         ]}))
     key = iam.create_access_key(UserName=user)["AccessKey"]
-    settings = storage.S3Settings(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"],
+    settings = clients.S3Settings(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"],
                                   region="us-east-1", max_attempts=1)
     with enable_iam_authentication():
-        storage.set_default_s3_settings(settings)
+        clients.set_default_s3_settings(settings)
         try:
             yield
         finally:
-            storage.set_default_s3_settings(None)
+            clients.set_default_s3_settings(None)

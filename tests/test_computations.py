@@ -15,7 +15,6 @@ from matplotlib import image as mpimg
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_reassembly import storage
 from dicom_reassembly.computations import (
     COMPUTATIONS,
     COMPUTATIONS_NAMES,
@@ -24,6 +23,7 @@ from dicom_reassembly.computations import (
     run_computation,
     run_computations_partition,
 )
+from dicom_reassembly.io import clients
 
 CT_SERIES = "1.2.826.0.1.3680043.8.498.1001"
 MR_SERIES = "1.2.826.0.1.3680043.8.498.1002"
@@ -247,13 +247,13 @@ def test_series_summary_on_s3(ct_series: dict, s3) -> None:
         key = f"dcm/{os.path.basename(path)}"
         s3.upload_file(path, bucket, key)
         uris.append(f"s3://{bucket}/{key}")
-    storage.set_archive_s3_settings(storage.S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1",
+    clients.set_archive_s3_settings(clients.S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1",
                                                        access_key_id="input", secret_access_key="input-secret",
                                                        max_attempts=1), "partner-input")
     try:
         result = run_computation("series_summary", CT_SERIES, uris, f"s3://{bucket}/out")
     finally:
-        storage.set_archive_s3_settings(None, None)
+        clients.set_archive_s3_settings(None, None)
 
     assert result.status == "done", result.detail
     prefix = f"out/_computations/series_summary/{CT_SERIES}"

@@ -23,7 +23,7 @@ from dicom_reassembly.criteria import (
     redact,
 )
 from dicom_reassembly.errors import CriteriaError
-from dicom_reassembly.storage import S3Settings
+from dicom_reassembly.io.clients import S3Settings
 
 KEY_ID = "AKIAEXAMPLEKEYID42"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRETzz"

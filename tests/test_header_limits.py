@@ -20,9 +20,9 @@ import pytest
 from helpers import dcmftest_ok
 
 from dicom_reassembly import manifest as mf
-from dicom_reassembly import tar_access
 from dicom_reassembly.config import Config, load_config
-from dicom_reassembly.header_rules import MAX_HEADER_BYTES
+from dicom_reassembly.dicom.header_rules import MAX_HEADER_BYTES
+from dicom_reassembly.io import tar_access
 
 CLI = os.path.join(os.path.dirname(sys.executable), "dicom-reassembly")
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"

@@ -21,8 +21,8 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
-from dicom_reassembly import pixels
-from dicom_reassembly.part10 import assemble
+from dicom_reassembly.dicom import pixels
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.testing.instances import header_json, json_bytes, read_source
 
 

@@ -13,9 +13,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_reassembly import storage
+from dicom_reassembly.dicom.part10 import Part10
+from dicom_reassembly.io import reads
 from dicom_reassembly.output import INSTANCE_METADATA, instance_at, instance_uid_of, write_once
-from dicom_reassembly.part10 import Part10
 
 
 def _dicom(uid: str, note: str = "", pad: int = 0) -> bytes:
@@ -42,7 +42,7 @@ def _obj(uid: str, note: str = "", pad: int = 0) -> Part10:
 
 
 def _read(uri: str) -> bytes:
-    return storage.read_bytes(uri)
+    return reads.read_bytes(uri)
 
 
 def test_the_instance_an_object_holds_is_read_from_its_header(tmp_path: Any) -> None:

@@ -16,9 +16,9 @@ from helpers import dcmftest_ok
 from openjpeg.utils import encode_array
 from pydicom import dcmread
 
-from dicom_reassembly import pixels
+from dicom_reassembly.dicom import pixels
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import HeaderError, PixelError
-from dicom_reassembly.part10 import assemble
 
 UID = "1.2.826.0.1.3680043.10.1234.1"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"

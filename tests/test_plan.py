@@ -150,13 +150,13 @@ def _tar(tmp_path, sizes: list[int]) -> tuple[str, list[dict]]:  # noqa: ANN001
 def test_archive_pass_yields_each_member_once_in_one_forward_read(tmp_path, fraction, large) -> None:  # noqa: ANN001
     import os
 
-    from dicom_reassembly import storage
+    from dicom_reassembly.io import reads
     from dicom_reassembly.reassembly import WriteContext, read_archive_members
 
     path, items = _tar(tmp_path, [300, 5000, 40, 70000])
     wanted = [items[0], items[1], items[3]]
     ctx = WriteContext(run_id="r", out=None, stream_fraction=fraction, coalesce_gap=0, large_member_bytes=large)
-    storage.io_counter.reset()
+    reads.io_counter.reset()
     got = []
     for it, payload, err in read_archive_members(path, wanted, os.path.getsize(path), ctx):
         assert err is None
@@ -164,8 +164,8 @@ def test_archive_pass_yields_each_member_once_in_one_forward_read(tmp_path, frac
         payload.close()
     assert got == [(w["pixel_offset"], w["data"]) for w in wanted]
     # Streaming opens the archive once; ranged reads open it once per range (3 here, gaps > 0).
-    assert storage.io_counter.gets == (1 if fraction == 0.0 else 3)
-    assert storage.io_counter.bytes_read <= os.path.getsize(path)
+    assert reads.io_counter.gets == (1 if fraction == 0.0 else 3)
+    assert reads.io_counter.bytes_read <= os.path.getsize(path)
 
 
 def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> None:  # noqa: ANN001
@@ -248,7 +248,7 @@ def test_a_negative_member_size_is_damage_not_an_endless_walk(tmp_path) -> None:
     import itertools
     import tarfile
 
-    from dicom_reassembly.tar_access import Damage, iter_members
+    from dicom_reassembly.io.tar_access import Damage, iter_members
 
     info = tarfile.TarInfo("1.2.3.j2c")
     info.size = 0

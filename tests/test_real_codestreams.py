@@ -42,9 +42,9 @@ from pydicom import dcmread
 from pydicom.data import data_manager, get_testdata_file
 from pydicom.encaps import generate_fragments, generate_frames
 
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import PixelError
 from dicom_reassembly.ledger import row_dict
-from dicom_reassembly.part10 import assemble
 from dicom_reassembly.testing.instances import header_json
 
 J2K_SYNTAXES = {

@@ -12,10 +12,10 @@ from helpers import dciodvfy_errors, dcmftest_ok, read_tar_member
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicom_reassembly import pixels
-from dicom_reassembly.dicom_json import key_tags
+from dicom_reassembly.dicom import pixels
+from dicom_reassembly.dicom.dicom_json import key_tags
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import HeaderError, PixelError
-from dicom_reassembly.part10 import assemble
 
 
 def _instances(delivery: tuple[str, dict], status: str = "written") -> list[tuple[str, dict]]:

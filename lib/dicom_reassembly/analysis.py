@@ -17,8 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import arrow_io, storage
 from .errors import ConfigError, NotFoundError
+from .io import arrow_io, listing
+from .io import uris as io_uris
 from .ledger import STATUSES
 
 if TYPE_CHECKING:
@@ -56,14 +57,14 @@ _REASON_CODE = re.compile(r"^([a-z][a-z0-9_]*):")
 def resolve_input(value: str | None, default: str, root: str) -> str:
     """An input path from an environment value (or ``default``); relative local paths are taken from ``root``."""
     path = (value or "").strip() or default
-    if storage.is_s3(path) or os.path.isabs(path):
+    if io_uris.is_s3(path) or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(root, path))
 
 
 def _has_parquet(uri: str) -> bool:
-    if storage.is_s3(uri):
-        return any(True for _ in storage.list_objects(uri, (".parquet",)))
+    if io_uris.is_s3(uri):
+        return any(True for _ in listing.list_objects(uri, (".parquet",)))
     return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
 
 
@@ -425,7 +426,7 @@ def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str |
 
     workload = cost.read_manifest_workload(manifest_uri)
     if text and images:
-        workload = cost.merge_listing(workload, *storage.count_objects(text), *storage.count_objects(images))
+        workload = cost.merge_listing(workload, *listing.count_objects(text), *listing.count_objects(images))
     est = cost.estimate_cost(workload, cost.read_prices(prices, region), cost.Assumptions(**assumptions),
                              bench_report)
     lines = pd.DataFrame([{"group": ln.group, "item": ln.item, "quantity": ln.quantity, "unit": ln.unit,

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from . import arrow_io, storage
 from .errors import NotFoundError
+from .io import arrow_io, listing, uris
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def attributes_from_dataset(ds: Any) -> dict[str, Any]:
 
 def attributes_from_json(header: Mapping[str, Any]) -> dict[str, Any]:
     """The catalogue's header columns from a DICOM JSON dict (keys GGGGEEEE, upper case)."""
-    from .dicom_json import first_value
+    from .dicom.dicom_json import first_value
 
     return _attributes(lambda tag, _kind: first_value(dict(header), tag))
 
@@ -186,7 +186,7 @@ QUALIFY row_number() OVER (PARTITION BY sop_instance_uid ORDER BY recorded_at DE
 
 def duckdb_source_sql(uri: str) -> str:
     """A DuckDB relation over every Parquet file of a local catalogue, partition columns included."""
-    pattern = storage.join_uri(uri, "**", "*.parquet").replace("'", "''")
+    pattern = uris.join_uri(uri, "**", "*.parquet").replace("'", "''")
     return f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
 
 
@@ -199,7 +199,7 @@ def create_current_view(con: Any, uri: str, name: str = "catalog") -> None:
     import pyarrow as pa
 
     has_files = False
-    if storage.is_s3(uri):
+    if uris.is_s3(uri):
         try:
             dataset = arrow_io.open_dataset(uri, partitioning="hive")
             has_files = bool(dataset.files)
@@ -209,12 +209,12 @@ def create_current_view(con: Any, uri: str, name: str = "catalog") -> None:
             con.register(f"{name}_files", dataset)
     else:
         try:
-            has_files = any(True for _ in storage.list_objects(uri, (".parquet",)))
+            has_files = any(True for _ in listing.list_objects(uri, (".parquet",)))
         except NotFoundError:  # a missing folder is an empty catalogue
             has_files = False
     if not has_files:
         con.register(f"{name}_files", pa.Table.from_pylist([], schema=arrow_schema()))
         source = f"{name}_files"
     else:
-        source = f"{name}_files" if storage.is_s3(uri) else duckdb_source_sql(uri)
+        source = f"{name}_files" if uris.is_s3(uri) else duckdb_source_sql(uri)
     con.execute(CURRENT_VIEW_SQL.format(name=name, source=source, hive_null=HIVE_NULL))

@@ -113,8 +113,8 @@ exit codes:
 
 def cmd_uid(args: argparse.Namespace) -> int:
     """Reassemble one instance by SOP Instance UID, from every copy of its members."""
+    from .dicom.uids import uid_problem
     from .lookup import manifest_members, scan_members
-    from .uids import uid_problem
 
     uid = args.uid
     problem = uid_problem(uid)

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
 from .errors import HeaderError, NotFoundError, PixelError, ReassemblyError, StorageError
+from .io import clients, reads, writes
+from .io import uris as io_uris
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def register(name: str) -> Callable[[ComputationFn], ComputationFn]:
 
 def output_folder(out_prefix: str, computation: str, series_uid: str) -> str:
     """Where a computation writes its outputs for one series."""
-    return storage.join_uri(out_prefix, "_computations", computation, series_uid)
+    return io_uris.join_uri(out_prefix, "_computations", computation, series_uid)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -117,18 +118,18 @@ def read_instance(uri: str) -> Any:
     """
     import pydicom
 
-    if storage.is_s3(uri):
+    if io_uris.is_s3(uri):
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, key = storage.split_s3(uri)
+        bucket, key = io_uris.split_s3(uri)
         try:
-            data = storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            data = clients.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            raise storage.translate_client_error(exc, uri) from exc
+            raise clients.translate_client_error(exc, uri) from exc
         except BotoCoreError as exc:
             raise StorageError("s3_unreachable", type(exc).__name__, uri=uri) from exc
     else:
-        data = storage.read_bytes(uri)
+        data = reads.read_bytes(uri)
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad input
@@ -269,8 +270,8 @@ def series_summary(series_uid: str, instance_uris: list[str], out_prefix: str) -
     png, window = render_preview_png(frame, str(ds.get("PhotometricInterpretation", "MONOCHROME2")))
 
     folder = output_folder(out_prefix, "series_summary", series_uid)
-    preview_uri = storage.join_uri(folder, "preview.png")
-    summary_uri = storage.join_uri(folder, "summary.json")
+    preview_uri = io_uris.join_uri(folder, "preview.png")
+    summary_uri = io_uris.join_uri(folder, "summary.json")
     summary = {
         "series_instance_uid": series_uid,
         "computation": "series_summary",
@@ -288,7 +289,7 @@ def series_summary(series_uid: str, instance_uris: list[str], out_prefix: str) -
         },
     }
     # summary.json goes last: its presence means the outputs are complete.
-    storage.write_bytes(preview_uri, png, storage.WriteOptions(content_type="image/png"))
-    storage.write_bytes(summary_uri, json.dumps(summary, indent=2).encode("utf-8"),
-                        storage.WriteOptions(content_type="application/json"))
+    writes.write_bytes(preview_uri, png, writes.WriteOptions(content_type="image/png"))
+    writes.write_bytes(summary_uri, json.dumps(summary, indent=2).encode("utf-8"),
+                        writes.WriteOptions(content_type="application/json"))
     return summary_uri

@@ -17,9 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import json_document, storage, tar_access
+from .dicom.header_rules import MAX_HEADER_BYTES
 from .errors import ConfigError, NotFoundError, StorageError
-from .header_rules import MAX_HEADER_BYTES
+from .io import json_document, tar_access, writes
 
 # The fields reassembly.output_key fills in, and every character a value of each can hold: UIDs are digits and dots
 # (PS3.5 9.1), a study or series UID that is absent or malformed becomes unknown_study/unknown_series, a modality
@@ -162,9 +162,9 @@ class Config:
         """A copy with some fields changed; None values are ignored (unset flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def write_options(self) -> storage.WriteOptions:
+    def write_options(self) -> writes.WriteOptions:
         """How outputs are written to S3."""
-        return storage.WriteOptions(
+        return writes.WriteOptions(
             checksum_algorithm=self.checksum_algorithm,
             sse=self.sse,
             sse_kms_key_id=self.sse_kms_key_id,

@@ -17,8 +17,9 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import arrow_io, storage
+from . import errors
 from .errors import ConfigError, ReassemblyError
+from .io import arrow_io, listing, reads, uris, writes
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _to_price(key: str, node: Any, path: str) -> Price:
 
 def _existing(path: str) -> str:
     """``path`` as given if it exists, else relative to the repository (for the shipped defaults)."""
-    if os.path.exists(path) or storage.is_s3(path) or os.path.isabs(path):
+    if os.path.exists(path) or uris.is_s3(path) or os.path.isabs(path):
         return path
     alt = os.path.join(_REPO_ROOT, path)
     return alt if os.path.exists(alt) else path
@@ -143,10 +144,10 @@ def read_prices(path: str | None = None, region: str = "us-east-1") -> PriceBook
     """Read a prices file (local or s3://) for one region."""
     path = _existing(path or DEFAULT_PRICES)
     try:
-        data = json.loads(storage.read_bytes(path))
+        data = json.loads(reads.read_bytes(path))
     except ValueError as exc:
         raise ConfigError("prices_bad_file", f"not JSON ({exc})", uri=path) from None
-    except storage.NotFoundError:
+    except errors.NotFoundError:
         raise ConfigError("prices_not_found", "no such prices file", uri=path) from None
     if not isinstance(data, dict):
         raise ConfigError("prices_bad_file", "the prices file must hold a JSON object", uri=path)
@@ -159,10 +160,10 @@ def read_bench_throughput(path: str | None = None) -> tuple[float, str] | None:
     The key is searched anywhere in the report; a value under a reassembly section wins.
     """
     path = _existing(path or DEFAULT_BENCH_REPORT)
-    if not storage.is_s3(path) and not os.path.exists(path):
+    if not uris.is_s3(path) and not os.path.exists(path):
         return None
     try:
-        report = json.loads(storage.read_bytes(path))
+        report = json.loads(reads.read_bytes(path))
     except (ValueError, ReassemblyError):
         log.warning("benchmark report %s is unreadable; using the default throughput", path)
         return None
@@ -629,8 +630,8 @@ def handle_cost(args: argparse.Namespace) -> int:
         at_scale = _run(args)
     print(format_cost_table(est, at_scale))
     if args.json_out:
-        storage.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
-                            storage.WriteOptions(content_type="application/json"))
+        writes.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
+                            writes.WriteOptions(content_type="application/json"))
     return 0
 
 
@@ -644,8 +645,8 @@ def _run(args: argparse.Namespace) -> Estimate:
     elif args.manifest:
         workload = read_manifest_workload(args.manifest)
         if args.text and args.images:
-            ha, hb = storage.count_objects(args.text)
-            pa_, pb = storage.count_objects(args.images)
+            ha, hb = listing.count_objects(args.text)
+            pa_, pb = listing.count_objects(args.images)
             workload = merge_listing(workload, ha, hb, pa_, pb)
         if workload.instances == 0:
             raise ConfigError("bad_workload", "the manifest has no header rows: nothing to estimate", uri=args.manifest)

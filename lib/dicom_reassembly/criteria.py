@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from . import json_document
 from .errors import CriteriaError, ReassemblyError
-from .secret_store import is_secret_arn, read_secret_bytes
-from .storage import S3Settings
+from .io import json_document
+from .io.clients import S3Settings
+from .io.secret_store import is_secret_arn, read_secret_bytes
 
 log = logging.getLogger(__name__)
 

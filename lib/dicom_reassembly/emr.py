@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, CriteriaError, EmrError, NotFoundError, StorageError
-from .storage import is_s3, join_uri, split_s3, translate_client_error
+from .io.clients import translate_client_error
+from .io.uris import is_s3, join_uri, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def emr_config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Emr
 def read_emr_config(path: str) -> EmrConfig:
     """Load and validate an EMR config file (JSON)."""
     from .config import MAX_CONFIG_BYTES
-    from .json_document import DocumentTooDeep, loads_document
+    from .io.json_document import DocumentTooDeep, loads_document
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -827,7 +828,7 @@ def wait_for_job_run(client: Any, application_id: str, job_run_id: str, progress
 
 def read_manifest_bytes(manifest_uri: str) -> int | None:
     """Total size of an existing manifest dataset, or None when there is none yet."""
-    from .storage import list_objects
+    from .io.listing import list_objects
 
     try:
         total = sum(o.size for o in list_objects(manifest_uri, (".parquet",)))

@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import arrow_io, storage, tar_access
+from .dicom.header_rules import MAX_HEADER_BYTES
+from .dicom.uids import member_uid
 from .errors import ArchiveError, HeaderError, NotFoundError, ReassemblyError
-from .header_rules import MAX_HEADER_BYTES
-from .uids import member_uid
+from .io import arrow_io, listing, reads, tar_access, uris
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _scan(prefix: str, uid: str, role: str, skipped: list[str],
     from .manifest import FIELD_NAMES, _member_row, member_kind
 
     found = []
-    for obj in storage.list_objects(prefix, ARCHIVE_SUFFIXES):
+    for obj in listing.list_objects(prefix, ARCHIVE_SUFFIXES):
         base = {"archive_uri": obj.uri, "archive_role": role, "archive_size": obj.size}
         try:
             if obj.error:
@@ -123,18 +123,18 @@ def pair_members(header_uri: str, pixels_uri: str) -> tuple[str, Members]:
     File names do not matter: the pair is what the caller says it is. A header that cannot give a valid
     UID raises HeaderError, with the reason code the manifest would record.
     """
-    from .dicom_json import SOP_INSTANCE_UID, first_value, parse_header, too_large
+    from .dicom.dicom_json import SOP_INSTANCE_UID, first_value, parse_header, too_large
+    from .dicom.uids import uid_problem
     from .manifest import _header_columns
-    from .uids import uid_problem
 
-    pixels = storage.head(pixels_uri)
+    pixels = listing.head(pixels_uri)
     if pixels is None:
         raise NotFoundError("not_found", "no such pixel file", uri=pixels_uri)
-    header_info = storage.head(header_uri)
+    header_info = listing.head(header_uri)
     if header_info is not None and header_info.size > MAX_HEADER_BYTES:  # refused before it is read
         exc = too_large(header_info.size, MAX_HEADER_BYTES)
         raise HeaderError(exc.reason, exc.detail, uri=header_uri)
-    data = storage.read_bytes(header_uri)
+    data = reads.read_bytes(header_uri)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -148,9 +148,9 @@ def pair_members(header_uri: str, pixels_uri: str) -> tuple[str, Members]:
     problem = uid_problem(uid)
     if problem:
         raise HeaderError("invalid_uid", f"SOPInstanceUID {uid!r} is {problem}", uri=header_uri)
-    header = {"archive_uri": header_uri, "archive_size": len(data), "member_name": storage.basename(header_uri),
+    header = {"archive_uri": header_uri, "archive_size": len(data), "member_name": uris.basename(header_uri),
               "data_offset": 0, "size": len(data), "kind": "header", "error": None, "error_detail": None,
               **_header_columns(data, uid)}
-    pixel = {"archive_uri": pixels_uri, "archive_size": pixels.size, "member_name": storage.basename(pixels_uri),
+    pixel = {"archive_uri": pixels_uri, "archive_size": pixels.size, "member_name": uris.basename(pixels_uri),
              "data_offset": 0, "size": pixels.size, "kind": "pixels", "error": None, "error_detail": None}
     return uid, Members([header], [pixel], header_uri, pixels_uri)

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from . import storage, tar_access
-from .dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
+from .dicom.dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
+from .dicom.header_rules import MAX_HEADER_BYTES
+from .dicom.uids import member_uid, uid_problem
 from .errors import ConfigError, HeaderError, NotRestoredError, ReassemblyError
-from .header_rules import MAX_HEADER_BYTES
-from .uids import member_uid, uid_problem
+from .io import listing as io_listing
+from .io import reads, tar_access, uris
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
     named = "its name is not in archive_suffixes, so it is not indexed"
     by_name = next((f for s, f in COMPRESSED_SUFFIXES if uri.lower().endswith(s)), None)
     try:
-        head = storage.read_range(uri, 0, min(archive["size"], tar_access.BLOCK))
+        head = reads.read_range(uri, 0, min(archive["size"], tar_access.BLOCK))
     except NotRestoredError:  # not worth a restore: its name already says it is no archive of ours
         if by_name:
             return "compressed_archive", f"{by_name} by its name, in Glacier and not read ({named})"
@@ -198,7 +199,7 @@ def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",))
     if text.rstrip("/") == images.rstrip("/") or text.startswith(images.rstrip("/") + "/") or images.startswith(text.rstrip("/") + "/"):
         raise ConfigError("overlapping_prefixes", f"--text {text} and --images {images} overlap: each archive needs one role")
     for role, prefix in (("text", text), ("images", images)):
-        for obj in storage.list_objects(prefix):
+        for obj in io_listing.list_objects(prefix):
             out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime,
                         "is_archive": not suffixes or obj.uri.endswith(suffixes),
                         "error": obj.error, "error_detail": obj.error_detail})
@@ -272,6 +273,6 @@ def read_manifest(spark: Any, uri: str) -> Any:
 
 def manifest_exists(uri: str) -> bool:
     """True when a manifest dataset has been written at ``uri``."""
-    if storage.is_s3(uri):
-        return any(True for _ in storage.list_objects(uri, (".parquet",)))
+    if uris.is_s3(uri):
+        return any(True for _ in io_listing.list_objects(uri, (".parquet",)))
     return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)

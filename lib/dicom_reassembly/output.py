@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import storage
+from .dicom.part10 import Part10
 from .errors import AlreadyExistsError, ReassemblyError
-from .part10 import Part10
+from .io import listing, reads, uris, writes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class WriteOutcome:
 
 
 def write_once(uri: str, obj: Part10, *, replace_same_instance: bool = False, existing_check: str = "conditional",
-               options: storage.WriteOptions | None = None,
+               options: writes.WriteOptions | None = None,
                before_write: Callable[[], None] = lambda: None) -> WriteOutcome:
     """Write ``obj`` to ``uri`` unless the key holds something else; see the module docstring.
 
@@ -50,28 +50,28 @@ def write_once(uri: str, obj: Part10, *, replace_same_instance: bool = False, ex
     mostly written outputs); the write itself stays conditional either way. ``before_write`` is called before
     each write request (a rate limit).
     """
-    options = options or storage.WriteOptions()
+    options = options or writes.WriteOptions()
     uid = obj.sop_instance_uid
     metadata = {INSTANCE_METADATA: uid}
-    if existing_check == "head" and storage.is_s3(uri):
-        found = storage.head_metadata(uri)
+    if existing_check == "head" and uris.is_s3(uri):
+        found = listing.head_metadata(uri)
         if found is not None:
             return _settle(uri, obj, found, replace_same_instance, options, before_write)
     for _ in range(3):  # the key can be freed and retaken between our tries; each turn settles or writes
         before_write()
         try:
-            storage.write_parts(uri, obj.parts, obj.size, obj.sha256, options, if_absent=True, metadata=metadata)
+            writes.write_parts(uri, obj.parts, obj.size, obj.sha256, options, if_absent=True, metadata=metadata)
             return WriteOutcome("written")
         except AlreadyExistsError:
             pass
-        found = storage.head_metadata(uri)
+        found = listing.head_metadata(uri)
         if found is not None:
             return _settle(uri, obj, found, replace_same_instance, options, before_write)
     return WriteOutcome("conflict", f"{uri} was taken and freed again while {uid} was being written")
 
 
 def _settle(uri: str, obj: Part10, found: dict[str, Any], replace_same_instance: bool,
-            options: storage.WriteOptions, before_write: Callable[[], None]) -> WriteOutcome:
+            options: writes.WriteOptions, before_write: Callable[[], None]) -> WriteOutcome:
     """The outcome when ``uri`` already holds an object (``found``: its size and metadata)."""
     uid = obj.sop_instance_uid
     if not replace_same_instance and _same_object(uri, obj, found):
@@ -84,7 +84,7 @@ def _settle(uri: str, obj: Part10, found: dict[str, Any], replace_same_instance:
         return WriteOutcome("conflict", f"{uri} holds a different object of {uid}; not replaced "
                                         "(skip_existing false, or the CLI's --replace, replaces it)")
     before_write()
-    storage.write_parts(uri, obj.parts, obj.size, obj.sha256, options, metadata={INSTANCE_METADATA: uid})
+    writes.write_parts(uri, obj.parts, obj.size, obj.sha256, options, metadata={INSTANCE_METADATA: uid})
     return WriteOutcome("written", "replaced an earlier, different object of this instance")
 
 
@@ -92,7 +92,7 @@ def _same_object(uri: str, obj: Part10, found: dict[str, Any]) -> bool:
     """Whether the object at ``uri`` is byte for byte ``obj``: its recorded SHA-256 on S3, its bytes locally."""
     if found["size"] != obj.size:
         return False
-    if storage.is_s3(uri):
+    if uris.is_s3(uri):
         return found["metadata"].get("sha256") == obj.sha256
     h = hashlib.sha256()
     try:
@@ -110,7 +110,7 @@ def instance_at(uri: str, found: dict[str, Any] | None = None) -> str | None:
     if uid:
         return str(uid)
     try:
-        head = storage.read_range(uri, 0, HEADER_BYTES)
+        head = reads.read_range(uri, 0, HEADER_BYTES)
     except (ReassemblyError, OSError) as exc:
         log.info("cannot read the object at %s: %s", uri, exc)
         return None

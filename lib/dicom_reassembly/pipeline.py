@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from . import manifest as mf
-from .header_rules import MAX_HEADER_BYTES
+from .dicom.header_rules import MAX_HEADER_BYTES
 from .ledger import LEDGER_NAMES, ledger_schema
 from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reassemble_partition
 
@@ -45,10 +45,10 @@ def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str
     n = max(1, len(buckets))
 
     def index_partition(items: Any) -> Any:
-        from . import storage
+        from .io import clients
 
         if s3 is not None:
-            storage.set_archive_s3_settings(s3, s3_bucket)
+            clients.set_archive_s3_settings(s3, s3_bucket)
         for _, archive in items:
             yield from mf.index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from . import storage, tar_access
+from .dicom.header_rules import MAX_HEADER_BYTES
+from .dicom.part10 import Part10, assemble
+from .dicom.uids import uid_problem
 from .errors import ArchiveError, ReassemblyError
-from .header_rules import MAX_HEADER_BYTES
+from .io import clients, reads, tar_access, uris, writes
 from .ledger import ledger_row
 from .output import write_once
-from .part10 import Part10, assemble
-from .uids import uid_problem
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class WriteContext:
     run_id: str
     out: str | None
     key_template: str = "{sop_instance_uid}.dcm"
-    write_options: storage.WriteOptions = storage.WriteOptions()
+    write_options: writes.WriteOptions = writes.WriteOptions()
     skip_existing: bool = True
     upload_threads: int = 8
     stream_fraction: float = 0.5
@@ -189,7 +189,7 @@ class WriteContext:
     max_header_bytes: int = MAX_HEADER_BYTES
     put_rate: float = 0.0  # writes per second per task; 0 = unlimited
     existing_check: str = "conditional"  # S3: conditional PUT, HEAD only when refused; or "head" first
-    s3: storage.S3Settings | None = None  # input_s3_parameters: used for the input bucket only
+    s3: clients.S3Settings | None = None  # input_s3_parameters: used for the input bucket only
     s3_bucket: str | None = None
     stow: Any = None  # stow.StowSettings when forwarding to DICOMweb
     stow_auth: Any = None  # stow.StowAuth read on the driver: executors on YARN don't inherit its environment
@@ -273,7 +273,7 @@ class _Payload:
         if size <= large:
             # Copied, even from a local file: with the archive in the page cache, mapping each member
             # (faults, then an unmap that interrupts the other threads' CPUs) measured slower than the copy.
-            self.data: Any = storage.read_exact(stream, size)
+            self.data: Any = reads.read_exact(stream, size)
             return
         if getattr(stream, "maps_in_place", False):
             # A big member of a local archive is mapped where it lies instead of spooled to a temporary copy.
@@ -320,7 +320,7 @@ def read_archive_members(uri: str, items: Iterable[dict[str, Any]], archive_size
     for rng in plan_reads(items, archive_size, ctx.stream_fraction, ctx.coalesce_gap):
         pending = iter(rng.items)
         try:
-            stream = storage.open_read(uri, rng.start, rng.end)
+            stream = reads.open_read(uri, rng.start, rng.end)
         except ReassemblyError as exc:
             for it in pending:
                 yield it, None, exc
@@ -352,7 +352,7 @@ class _ReadOnce:
     """A stream over one member by its own ranged read."""
 
     def __init__(self, uri: str, it: dict[str, Any]) -> None:
-        self.data = storage.read_range(uri, it["pixel_offset"], it["pixel_size"])
+        self.data = reads.read_range(uri, it["pixel_offset"], it["pixel_size"])
         self.pos = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -418,7 +418,7 @@ def _put(item: dict[str, Any], obj: Part10, payload: _Payload, ctx: WriteContext
     try:
         reason = None
         if ctx.out:
-            uri = storage.join_uri(ctx.out, output_key(ctx.key_template, item))
+            uri = uris.join_uri(ctx.out, output_key(ctx.key_template, item))
             status, reason = _write_once(uri, obj, ctx, rate)
             if status == "conflict":  # nothing of ours is at the key: the reason names it and what holds it
                 return [ledger_row(ctx.run_id, status, reason, **common)]
@@ -480,7 +480,7 @@ def _outcome_rows(ctx: WriteContext, item: dict[str, Any], status: str, reason: 
 def _identical_copies(copies: list[dict[str, Any]], payload: _Payload) -> bool:
     """Read each same-size pixel copy once and compare it with the primary's bytes."""
     primary = hashlib.sha256(payload.data).digest()
-    return all(hashlib.sha256(storage.read_range(c["archive"], c["offset"], c["size"])).digest() == primary
+    return all(hashlib.sha256(reads.read_range(c["archive"], c["offset"], c["size"])).digest() == primary
                for c in copies)
 
 
@@ -519,7 +519,7 @@ def _process(item: dict[str, Any], payload: _Payload, ctx: WriteContext, writer:
 def reassemble_partition(rows: Iterable[Any], ctx: WriteContext) -> Iterator[tuple]:
     """Executor side: work items sorted by (pixel_archive, pixel_offset) in, ledger rows out."""
     if ctx.s3 is not None:
-        storage.set_archive_s3_settings(ctx.s3, ctx.s3_bucket)
+        clients.set_archive_s3_settings(ctx.s3, ctx.s3_bucket)
     writer = _Writer(ctx)
     stow_queue = _StowQueue(ctx) if ctx.stow is not None else None
     try:

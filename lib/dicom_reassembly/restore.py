@@ -33,8 +33,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
-from . import arrow_io, storage
 from .errors import ConfigError, NotFoundError, StorageError
+from .io import arrow_io, clients, reads, writes
+from .io import listing as io_listing
+from .io import uris as io_uris
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,8 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     any pixel archive, so the headers are not parsed at all (billions of JSON documents on the full delivery)
     unless ``always_evaluate``; every pixel archive is then ``unknown``.
     """
-    text = list(storage.list_objects(text_uri, suffixes))
-    images = list(storage.list_objects(images_uri, suffixes))
+    text = list(io_listing.list_objects(text_uri, suffixes))
+    images = list(io_listing.list_objects(images_uri, suffixes))
     unreadable = [o for o in [*text, *images] if o.error]
     notes: list[str] = [f"{len(unreadable)} listed entries cannot be read and are left out, e.g. "
                         f"{unreadable[0].uri}: {unreadable[0].error}: {unreadable[0].error_detail}"] if unreadable else []
@@ -241,7 +243,7 @@ def _columns(dataset: Any, wanted: Sequence[str]) -> list[str]:
     return [c for c in wanted if c in names]
 
 
-def read_indexed_archives(dataset: Any, listing: dict[str, storage.ObjectInfo]) -> dict[str, str]:
+def read_indexed_archives(dataset: Any, listing: dict[str, io_listing.ObjectInfo]) -> dict[str, str]:
     """Archives whose newest index is usable: ``{archive_uri: index_run}``.
 
     Only archive-level rows are read (one per archive and run). An index is not usable when the archive changed
@@ -367,7 +369,7 @@ def _parse_header(text: str | None) -> dict[str, Any] | None:
 
 
 def _header_pixel_ref(header: dict[str, Any]) -> str | None:
-    from .dicom_json import pixel_ref
+    from .dicom.dicom_json import pixel_ref
 
     return pixel_ref(header)
 
@@ -379,7 +381,7 @@ class _ArchiveResolver:
         self.uris = set(uris)
         by_name: dict[str, list[str]] = {}
         for u in self.uris:
-            by_name.setdefault(storage.basename(u), []).append(u)
+            by_name.setdefault(io_uris.basename(u), []).append(u)
         self.by_name = {k: v[0] for k, v in by_name.items() if len(v) == 1}  # ambiguous names resolve to nothing
 
     def resolve(self, ref: str) -> str | None:
@@ -460,8 +462,8 @@ def write_restore_ledger(rows: list[dict[str, Any]], ledger_uri: str, run_id: st
     table = pa.Table.from_pylist([{k: r.get(k) for k in LEDGER_FIELDS} for r in rows], schema=restore_ledger_schema())
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    uri = storage.join_uri(ledger_uri, f"restore-{run_id}-{part:05d}.parquet")
-    storage.write_bytes(uri, buf.getvalue(), storage.WriteOptions(content_type="application/vnd.apache.parquet"))
+    uri = io_uris.join_uri(ledger_uri, f"restore-{run_id}-{part:05d}.parquet")
+    writes.write_bytes(uri, buf.getvalue(), writes.WriteOptions(content_type="application/vnd.apache.parquet"))
     return uri
 
 
@@ -470,8 +472,8 @@ def read_restore_ledger(ledger_uri: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(o.uri)))
-              for o in storage.list_objects(ledger_uri, (".parquet",))]
+    tables = [pq.read_table(io.BytesIO(reads.read_bytes(o.uri)))
+              for o in io_listing.list_objects(ledger_uri, (".parquet",))]
     if not tables:
         return restore_ledger_schema().empty_table()
     return pa.concat_tables(tables)
@@ -506,7 +508,7 @@ def restore_one(client: Any, obj: PlannedObject, tier: str, days: int) -> dict[s
         return dict(row, outcome=OUTCOME_ERROR, error_code="tier_not_supported",
                     error_detail="Expedited retrieval is not available for DEEP_ARCHIVE")
     try:
-        bucket, key = storage.split_s3(obj.uri)
+        bucket, key = io_uris.split_s3(obj.uri)
         resp = client.restore_object(Bucket=bucket, Key=key,
                                      RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
     except ClientError as exc:
@@ -530,7 +532,7 @@ def restore_one(client: Any, obj: PlannedObject, tier: str, days: int) -> dict[s
 
 def request_restores(objects: RestorePlan | Iterable[PlannedObject], tier: str = "Bulk", days: int = 7,
                      rate: float = DEFAULT_RATE, ledger_uri: str | None = None, *, include_unknown: bool = True,
-                     wave: int | None = None, workers: int = DEFAULT_WORKERS, settings: storage.S3Settings | None = None,
+                     wave: int | None = None, workers: int = DEFAULT_WORKERS, settings: clients.S3Settings | None = None,
                      bucket: TokenBucket | None = None, run_id: str | None = None,
                      flush_rows: int = _LEDGER_FLUSH_ROWS) -> RequestReport:
     """Issue RestoreObject for each object (headers first), rate-limited, and record each in the ledger.
@@ -545,7 +547,7 @@ def request_restores(objects: RestorePlan | Iterable[PlannedObject], tier: str =
         todo = sorted((o for o in objects if wave is None or o.wave == wave), key=lambda o: (o.wave, o.uri))
     run_id = run_id or new_run_id()
     limiter = bucket or TokenBucket(rate)
-    client = storage.s3_client(settings)
+    client = clients.s3_client(settings)
 
     def one(obj: PlannedObject) -> dict[str, Any]:
         limiter.acquire()
@@ -633,10 +635,10 @@ def status_one(client: Any, obj: PlannedObject) -> ObjectStatus:
     """HEAD one object and read its Restore header; never raises for per-object problems."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    if not storage.is_s3(obj.uri) or (obj.storage_class is not None and not is_archived(obj.storage_class)):
+    if not io_uris.is_s3(obj.uri) or (obj.storage_class is not None and not is_archived(obj.storage_class)):
         return ObjectStatus(obj.uri, obj.size, obj.wave, STATUS_NOT_NEEDED, storage_class=obj.storage_class)
     try:
-        bucket, key = storage.split_s3(obj.uri)
+        bucket, key = io_uris.split_s3(obj.uri)
         r = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", "")) or "ClientError"
@@ -685,7 +687,7 @@ class StatusReport:
 
 
 def restore_status(objects: RestorePlan | Iterable[PlannedObject], *, include_unknown: bool = True,
-                   settings: storage.S3Settings | None = None, workers: int = DEFAULT_WORKERS,
+                   settings: clients.S3Settings | None = None, workers: int = DEFAULT_WORKERS,
                    progress: bool = False) -> StatusReport:
     """HEAD every object to be restored and report pending, restored (with expiry) and not needed.
 
@@ -697,7 +699,7 @@ def restore_status(objects: RestorePlan | Iterable[PlannedObject], *, include_un
     else:
         todo = list(objects)
     todo.sort(key=lambda o: (o.wave, o.uri))
-    client = storage.s3_client(settings)
+    client = clients.s3_client(settings)
     from tqdm import tqdm
 
     out: list[ObjectStatus] = []
@@ -724,9 +726,9 @@ class BatchManifest:
 def batch_manifest_lines(uris: Iterable[str]) -> Iterator[str]:
     """``bucket,key`` CSV lines with URL-encoded keys (what S3BatchOperations_CSV_20180820 expects)."""
     for uri in uris:
-        if not storage.is_s3(uri):
+        if not io_uris.is_s3(uri):
             raise ConfigError("batch_needs_s3", "S3 Batch Operations only act on s3:// objects", uri=uri)
-        bucket, key = storage.split_s3(uri)
+        bucket, key = io_uris.split_s3(uri)
         # Encode everything (commas, spaces, '+', non-ASCII): the manifest is CSV and S3 URL-decodes the key.
         yield f"{bucket},{quote(key, safe='')}\n"
 
@@ -735,9 +737,9 @@ def write_batch_manifest(uris: Iterable[str], out_uri: str) -> BatchManifest:
     """Write the CSV manifest (no header row) and return its URI and ETag (needed by CreateJob)."""
     text = "".join(batch_manifest_lines(uris))
     count = text.count("\n")
-    storage.write_bytes(out_uri, text.encode("utf-8"), storage.WriteOptions(content_type="text/csv"))
-    info = storage.head(out_uri)
-    etag = info.etag if info is not None and storage.is_s3(out_uri) else None
+    writes.write_bytes(out_uri, text.encode("utf-8"), writes.WriteOptions(content_type="text/csv"))
+    info = io_listing.head(out_uri)
+    etag = info.etag if info is not None and io_uris.is_s3(out_uri) else None
     return BatchManifest(out_uri, etag, count)
 
 
@@ -760,7 +762,7 @@ def read_restore_config(path: str | None) -> RestoreConfig:
     if not path:
         return RestoreConfig()
     from .config import MAX_CONFIG_BYTES
-    from .json_document import DocumentTooDeep, DocumentTooLarge, loads_document, read_document_bytes
+    from .io.json_document import DocumentTooDeep, DocumentTooLarge, loads_document, read_document_bytes
 
     try:
         raw = loads_document(read_document_bytes(path, MAX_CONFIG_BYTES).decode())
@@ -798,7 +800,7 @@ def build_batch_restore_job(config: RestoreConfig, manifest: BatchManifest, *, t
         raise ConfigError("batch_config_missing", f"--config must give {', '.join(missing)} for a Batch Operations job")
     if not manifest.etag:
         raise ConfigError("batch_manifest_etag", "the manifest must be on S3 with an ETag", uri=manifest.uri)
-    bucket, key = storage.split_s3(manifest.uri)
+    bucket, key = io_uris.split_s3(manifest.uri)
     token_src = f"{manifest.uri}|{manifest.etag}|{tier}|{days}|{config.account_id}"
     return {
         "AccountId": str(config.account_id),
@@ -892,7 +894,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = _as_spec(args.criteria)
     settings = getattr(spec, "s3", None)
     if settings is not None:
-        storage.set_archive_s3_settings(settings, getattr(spec, "bucket", None))  # the input bucket only
+        clients.set_archive_s3_settings(settings, getattr(spec, "bucket", None))  # the input bucket only
     suffixes = tuple(s for s in args.suffixes if s) if args.suffixes else (".tar",)
     plan = plan_restore(args.text, args.images, args.manifest, spec, suffixes=suffixes,
                         always_evaluate=args.evaluate_all)
@@ -912,7 +914,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_request(args: argparse.Namespace, plan: RestorePlan, include_unknown: bool,
-                 settings: storage.S3Settings | None) -> int:
+                 settings: clients.S3Settings | None) -> int:
     _check_request_args(args.tier, args.days)
     todo = plan.to_restore(include_unknown, args.wave)
     if not todo:

@@ -35,9 +35,11 @@ from urllib.parse import urlsplit
 import requests
 import requests.auth
 
-from . import arrow_io
 from .errors import ConfigError, ReassemblyError, StowError
-from .storage import head, is_s3, join_uri, list_objects, read_bytes
+from .io import arrow_io
+from .io.listing import head, list_objects
+from .io.reads import read_bytes
+from .io.uris import is_s3, join_uri
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from .. import restore, storage
+from .. import restore
 from ..errors import ConfigError, CriteriaError
+from ..io import uris, writes
 from . import DEPLOYMENT_NAME, FLOW_NAME, steps
 from .jobs import JobError
 from .params import DEFAULT_POLL_SECONDS, CampaignParams, parse_params, resolve_credentials
@@ -95,9 +96,9 @@ def report_task(params: CampaignParams, stages: dict[str, Any]) -> dict:
                                                 "eta_seconds")},
               "restores": status["restores"]}
     name = f"{report['finished_at'][:19].replace(':', '')}-{report['flow_run_id'] or 'local'}.json"
-    uri = storage.join_uri(steps.layout_of(params).reports, name)
-    storage.write_bytes(uri, json.dumps(report, indent=1, sort_keys=True, default=str).encode("utf-8"),
-                        storage.WriteOptions(content_type="application/json"))
+    uri = uris.join_uri(steps.layout_of(params).reports, name)
+    writes.write_bytes(uri, json.dumps(report, indent=1, sort_keys=True, default=str).encode("utf-8"),
+                        writes.WriteOptions(content_type="application/json"))
     get_run_logger().info("report written: %s; states %s", uri, json.dumps(status["states"], sort_keys=True))
     report["report_uri"] = uri
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..storage import join_uri
+from ..io.uris import join_uri
 
 
 @dataclass(frozen=True)

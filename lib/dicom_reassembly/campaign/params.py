@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, CriteriaError
+from ..io.uris import is_s3, split_s3
 from ..restore import TIERS
-from ..storage import is_s3, split_s3
 
 DEFAULT_POLL_SECONDS = 600.0
 # Restore times AWS gives (Flexible Retrieval / Deep Archive): Expedited 1-5 min, Standard 3-5 h / 12 h,

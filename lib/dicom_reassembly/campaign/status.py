@@ -23,8 +23,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import storage
 from ..errors import NotFoundError, StorageError
+from ..io import listing, uris
 from ..ledger import STATUSES
 from .layout import campaign_layout
 
@@ -38,11 +38,11 @@ WAITING_OUTCOMES = ("requested", "in_progress", "batch")
 
 def _dataset_table(uri: str, columns: list[str]) -> Any:
     """A Parquet dataset's columns, or None when there is none yet."""
-    from .. import arrow_io
+    from ..io import arrow_io
 
     try:
-        if storage.is_s3(uri):
-            if not any(True for _ in storage.list_objects(uri, (".parquet",))):
+        if uris.is_s3(uri):
+            if not any(True for _ in listing.list_objects(uri, (".parquet",))):
                 return None
         else:
             import os
@@ -62,8 +62,8 @@ def _has_objects(uri: str) -> bool:
     """True when anything was written under ``uri`` (a typo in --work must not read as an empty campaign)."""
     import os
 
-    if storage.is_s3(uri):
-        return any(True for _ in storage.list_objects(uri))
+    if uris.is_s3(uri):
+        return any(True for _ in listing.list_objects(uri))
     return os.path.isdir(uri) and any(files for _, _, files in os.walk(uri))
 
 
@@ -96,7 +96,7 @@ def read_instance_bytes(manifest_uri: str) -> dict[str, int]:
     """Input bytes (header + pixel members) per instance, from the newest index of each archive."""
     import pyarrow.dataset as pads
 
-    from .. import arrow_io
+    from ..io import arrow_io
 
     try:
         table = arrow_io.read_manifest_table(manifest_uri, ["sop_instance_uid", "size"],

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .. import errors, restore
 from .. import manifest as mf
-from .. import restore, storage
 from ..errors import ConfigError, ReassemblyError
+from ..io import clients, uris
 from . import jobs
 from .channel import criteria_file
 from .layout import CampaignLayout, campaign_layout
@@ -57,7 +58,7 @@ class Inputs:
         raise TypeError("Inputs holds credentials and is not picklable")
 
     @property
-    def settings(self) -> storage.S3Settings | None:
+    def settings(self) -> clients.S3Settings | None:
         return self.spec.s3
 
     def document(self) -> dict[str, Any]:
@@ -73,11 +74,11 @@ class Inputs:
     @contextlib.contextmanager
     def access(self) -> Iterator[None]:
         """Archive reads and listings in this process use the input credentials, for the input bucket only."""
-        storage.set_archive_s3_settings(self.spec.s3, self.spec.bucket)
+        clients.set_archive_s3_settings(self.spec.s3, self.spec.bucket)
         try:
             yield
         finally:
-            storage.set_archive_s3_settings(None, None)
+            clients.set_archive_s3_settings(None, None)
 
 
 def layout_of(params: CampaignParams) -> CampaignLayout:
@@ -107,7 +108,7 @@ def read_active_restores(ledger_uri: str, now: datetime) -> set[str]:
     """Archives whose newest restore request succeeded and whose copy has not expired (requested_at + days)."""
     try:
         table = restore.read_restore_ledger(ledger_uri)
-    except storage.NotFoundError:
+    except errors.NotFoundError:
         return set()
     newest: dict[str, dict[str, Any]] = {}
     for row in table.select(["uri", "requested_at", "outcome", "days"]).to_pylist():
@@ -198,8 +199,8 @@ def wait_wave(params: CampaignParams, inputs: Inputs, plan: restore.RestorePlan,
 
 def archives_to_index(params: CampaignParams, inputs: Inputs) -> tuple[int, int]:
     """(archives listed, archives build_manifest would index): the job's own rule, read without Spark."""
-    from .. import arrow_io
     from ..config import load_config
+    from ..io import arrow_io
 
     suffixes = load_config(params.config).archive_suffixes if params.config and not params.emr else (".tar",)
     with inputs.access():
@@ -219,8 +220,8 @@ def run_job(params: CampaignParams, inputs: Inputs, job: str, args: list[str]) -
     document = inputs.document() if params.input is not None or params.criteria else None
     if params.emr is not None:
         layout = layout_of(params)
-        job_config = params.config if params.config and not storage.is_s3(params.config) else None
-        extra = ["--config", storage.join_uri(layout.work, "code", "job-config.json")] if job_config else \
+        job_config = params.config if params.config and not uris.is_s3(params.config) else None
+        extra = ["--config", uris.join_uri(layout.work, "code", "job-config.json")] if job_config else \
             (["--config", params.config] if params.config else [])
         with jobs.emr_criteria(params.emr, params.work, document) as arn:
             return jobs.run_emr(job, [*args, *(["--criteria", arn] if arn else []), *extra], params.emr, params.work,

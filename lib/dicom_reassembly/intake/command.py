@@ -16,9 +16,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import storage
 from ..config import load_config
 from ..errors import ConfigError
+from ..io import uris, writes
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def add_listen_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def absolute_uri(uri: str) -> str:
     """Local paths made absolute: output URIs in the ledger and catalogue must not depend on the cwd."""
-    return uri if storage.is_s3(uri) else os.path.abspath(uri)
+    return uri if uris.is_s3(uri) else os.path.abspath(uri)
 
 
 def _settings(args: argparse.Namespace, run_id: str) -> Any:
@@ -72,7 +72,7 @@ def _settings(args: argparse.Namespace, run_id: str) -> Any:
         raise ConfigError("bad_port", f"--port {args.port} is not 0-65535")
     if not args.ae_title.strip() or len(args.ae_title) > 16:
         raise ConfigError("bad_ae_title", "--ae-title must be 1 to 16 characters")
-    if storage.is_s3(args.spool):
+    if uris.is_s3(args.spool):
         raise ConfigError("bad_spool", "--spool must be a local folder (files are created exclusively and fsynced)")
     if args.max_backlog < 1 or args.stow_batch < 1 or args.retry_max <= 0 or args.drain_timeout < 0:
         raise ConfigError("bad_limit", "--max-backlog and --stow-batch must be at least 1, --retry-max positive")
@@ -96,7 +96,7 @@ def run_listen(args: argparse.Namespace) -> int:
 
     run_id = new_run_id(datetime.now(timezone.utc))
     settings = _settings(args, run_id)
-    storage.check_writable(settings.out)
+    writes.check_writable(settings.out)
     intake = Intake(settings, args.spool)
     picked = intake.start()
     ae = build_ae(args.ae_title, args.allow)

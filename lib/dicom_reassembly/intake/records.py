@@ -12,8 +12,9 @@ import uuid
 from datetime import date, datetime, timezone
 from typing import Any
 
-from .. import arrow_io, catalog
+from .. import catalog
 from ..errors import ReassemblyError
+from ..io import arrow_io
 from ..ledger import LEDGER_FIELDS, LEDGER_NAMES
 from .state import IntakeState
 

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import storage
-from .errors import ArchiveError, NotRestoredError, ReassemblyError
+from ..errors import ArchiveError, NotRestoredError, ReassemblyError
+from . import listing, reads, uris
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class _StreamSource:
             if not chunk:
                 return b""
             self.pos += len(chunk)
-        data = storage.read_exact(self.stream, n)
+        data = reads.read_exact(self.stream, n)
         self.pos += len(data)
         return data
 
@@ -104,14 +104,14 @@ class _LocalSeekSource:
         try:
             self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as exc:
-            raise storage.translate_os_error(exc, path) from exc
-        storage.io_counter.record(path)
+            raise reads.translate_os_error(exc, path) from exc
+        reads.io_counter.record(path)
         self.path = path
 
     def read_at(self, offset: int, n: int) -> bytes:
         self.f.seek(offset)
         data = self.f.read(n)
-        storage.io_counter.record(self.path, len(data), open_=False)
+        reads.io_counter.record(self.path, len(data), open_=False)
         return data
 
     def close(self) -> None:
@@ -151,7 +151,7 @@ class _RangedSource:
         window = min(window, self.size - offset)
         if window <= 0:
             return b""
-        self.buf = storage.read_range(self.uri, offset, window)
+        self.buf = reads.read_range(self.uri, offset, window)
         self.buf_start = offset
         return self.buf[:n]
 
@@ -411,7 +411,7 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
     """
     try:
         if size is None:
-            info = storage.head(uri)
+            info = listing.head(uri)
             if info is None:
                 yield Damage("not_found", "archive does not exist", 0)
                 return
@@ -420,9 +420,9 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
             yield Damage("empty_archive", "archive is 0 bytes", 0)
             return
         if with_data:
-            with storage.open_read(uri) as stream:
+            with reads.open_read(uri) as stream:
                 yield from walk(_StreamSource(stream), size, True, uri, max_data)
-        elif storage.is_s3(uri):
+        elif uris.is_s3(uri):
             yield from walk(_RangedSource(uri, size, coalesce_gap), size, False, uri)
         else:
             src = _LocalSeekSource(uri)
@@ -441,7 +441,7 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
 
 def read_member(uri: str, data_offset: int, size: int) -> bytes:
     """One member's bytes by a single ranged read."""
-    data = storage.read_range(uri, data_offset, size)
+    data = reads.read_range(uri, data_offset, size)
     if len(data) < size:
         raise ArchiveError("truncated_archive", f"member at {data_offset} cut at {len(data)} of {size} bytes", uri=uri)
     return data

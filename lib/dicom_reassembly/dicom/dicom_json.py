@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from .errors import HeaderError
+from ..errors import HeaderError
 from .header_rules import MAX_HEADER_BYTES, MAX_JSON_DEPTH, MAX_SEQUENCE_DEPTH, check_header, json_too_deep
 from .uids import uid_problem
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-from .errors import StorageError
+from ..errors import StorageError
 
 log = logging.getLogger(__name__)
 

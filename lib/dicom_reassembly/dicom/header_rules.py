@@ -32,7 +32,7 @@ import codecs
 import warnings
 from typing import Any
 
-from .errors import HeaderError
+from ..errors import HeaderError
 from .uids import encoding_problem, uid_problem
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024

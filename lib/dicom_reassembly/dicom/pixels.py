@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PixelError
+from ..errors import PixelError
 
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG2000 = "1.2.840.10008.1.2.4.91"

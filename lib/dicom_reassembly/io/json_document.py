@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from . import storage
+from . import reads
 
 # Real documents are tiny (conf/emr.json: 4 KB, 5 levels); these bounds leave room for long IN lists.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -32,8 +32,8 @@ class DocumentTooDeep(ValueError):
 
 def read_document_bytes(uri: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
     """The bytes of a local file or S3 object, at most ``max_bytes`` of them; storage errors pass through."""
-    with storage.open_read(uri) as stream:
-        data = storage.read_exact(stream, max_bytes + 1)
+    with reads.open_read(uri) as stream:
+        data = reads.read_exact(stream, max_bytes + 1)
     if len(data) > max_bytes:
         raise DocumentTooLarge(f"larger than {max_bytes} bytes")
     return bytes(data)

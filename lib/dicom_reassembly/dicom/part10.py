@@ -30,9 +30,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
+from ..errors import HeaderError, PixelError
 from . import fast_encoder, pixels
 from .dicom_json import build_dataset, key_tags, parse_header, warned
-from .errors import HeaderError, PixelError
 from .header_rules import MAX_HEADER_BYTES
 from .uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import storage
-from .errors import ConfigError, NotFoundError, StorageError
+from ..errors import ConfigError, NotFoundError, StorageError
+from . import uris
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,7 +36,7 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
     ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` (default us-east-1), as boto3 does; credentials come from the
     default AWS chain.
     """
-    if not storage.is_s3(uri):
+    if not uris.is_s3(uri):
         return None, uri
     from pyarrow import fs
 
@@ -49,7 +49,7 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
         parts = urlsplit(endpoint)
         kwargs["endpoint_override"] = parts.netloc or endpoint
         kwargs["scheme"] = parts.scheme or "https"
-    return fs.S3FileSystem(**kwargs), uri[len(storage.S3_PREFIX):]
+    return fs.S3FileSystem(**kwargs), uri[len(uris.S3_PREFIX):]
 
 
 def open_dataset(uri: str, partitioning: Any = None) -> pads.Dataset:
