@@ -36,10 +36,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
-    from dicom_reassembly import manifest as mf
-    from dicom_reassembly.criteria import load_criteria
     from dicom_reassembly.io import clients
-    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives, manifest_tasks
+    from dicom_reassembly.manifest import index as manifest_index
+    from dicom_reassembly.manifest import listing as manifest_listing
+    from dicom_reassembly.manifest import spark as manifest_spark
+    from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks
+    from dicom_reassembly.selection.spec import load_criteria
 
     try:
         spec = load_criteria(args.criteria) if args.criteria else None
@@ -47,25 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         # The input bucket only: the manifest is written with the environment's credentials.
         clients.set_archive_s3_settings(s3, bucket)
         cfg = load_config(args.config, manifest_tasks=args.tasks)
-        listing = mf.list_archives(args.text, args.images, cfg.archive_suffixes)
+        listing = manifest_listing.list_archives(args.text, args.images, cfg.archive_suffixes)
     except ReassemblyError as exc:
         return fail(exc)
 
     def index(spark: Any) -> int:
-        todo = listing if args.full else mf.archives_to_index(listing, indexed_archives(spark, args.manifest))
-        index_run, indexed_at = mf.new_index_run()
+        todo = listing if args.full else manifest_listing.archives_to_index(listing, indexed_archives(spark, args.manifest))
+        index_run, indexed_at = manifest_spark.new_index_run()
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
                                    s3=s3, s3_bucket=bucket)
             df.write.mode("append").parquet(args.manifest)
         print(f"manifest: {args.manifest}")
-        for line in mf.listing_summary(listing, todo):
+        for line in manifest_listing.listing_summary(listing, todo):
             print(line)
         if todo:
             from pyspark.sql import functions as F
 
-            run = spark.read.schema(mf.manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
+            run = spark.read.schema(manifest_index.manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
             for r in run.groupBy("kind", "error").count().orderBy("kind", "error").collect():
                 print(f"  {r['kind']:<8} {r['error'] or 'ok':<24} {r['count']}")
         return 0

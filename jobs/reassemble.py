@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from dicom_reassembly import errors
     from dicom_reassembly.config import load_config
-    from dicom_reassembly.criteria import load_criteria
     from dicom_reassembly.io import clients, writes
+    from dicom_reassembly.selection.spec import load_criteria
     from dicom_reassembly.stow import StowAuth, StowSettings
     from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
 
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         # Read here: executors on a cluster do not inherit the driver's environment.
         stow_auth = StowAuth.from_env() if args.stow_url else None
         jdbc = JdbcTarget.from_env(args.jdbc_url) if args.jdbc_url else None
-        from dicom_reassembly import manifest as mf
+        from dicom_reassembly.manifest import spark as manifest_spark
 
-        if not mf.manifest_exists(args.manifest):
+        if not manifest_spark.manifest_exists(args.manifest):
             raise errors.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
         if args.out:
             writes.check_writable(args.out)

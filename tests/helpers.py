@@ -68,12 +68,13 @@ def debian_package_files(package: str) -> set[str]:
 
 def build_manifest(spark, text: str, images: str, manifest_uri: str) -> None:  # noqa: ANN001
     """Index the new or changed archives under two prefixes, as jobs/build_manifest.py does."""
-    from dicom_reassembly import manifest as mf
-    from dicom_reassembly.pipeline import build_manifest_df, indexed_archives
+    from dicom_reassembly.manifest import listing
+    from dicom_reassembly.manifest import spark as manifest_spark
+    from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives
 
-    todo = mf.archives_to_index(mf.list_archives(text, images), indexed_archives(spark, manifest_uri))
+    todo = listing.archives_to_index(listing.list_archives(text, images), indexed_archives(spark, manifest_uri))
     if todo:
-        run, at = mf.new_index_run()
+        run, at = manifest_spark.new_index_run()
         build_manifest_df(spark, todo, run, at, 4, 64 * 1024).write.mode("append").parquet(manifest_uri)
 
 

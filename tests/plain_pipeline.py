@@ -25,9 +25,9 @@ from typing import Any
 
 from helpers import dcmftest_ok
 
-from dicom_reassembly import manifest as mf
 from dicom_reassembly.config import Config
 from dicom_reassembly.ledger import LEDGER_NAMES, row_dict
+from dicom_reassembly.manifest import index, listing
 from dicom_reassembly.pipeline import HEADER_COLUMNS, MEMBER_COLUMNS
 from dicom_reassembly.reassembly import PENDING, PLAN_NAMES, plan_instance, reassemble_partition
 from dicom_reassembly.run import ReassembleRun
@@ -51,8 +51,8 @@ class PlainRun:
 
 def build_manifest_rows(root: str, cfg: Config) -> list[dict[str, Any]]:
     """jobs/build_manifest.py: list both prefixes, index every archive."""
-    archives = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"), cfg.archive_suffixes)
-    return [dict(zip(mf.FIELD_NAMES, row)) for a in archives for row in mf.index_archive(a, "run-1", NOW, cfg.coalesce_gap)]
+    archives = listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"), cfg.archive_suffixes)
+    return [dict(zip(index.FIELD_NAMES, row)) for a in archives for row in index.index_archive(a, "run-1", NOW, cfg.coalesce_gap)]
 
 
 def members_by_uid(manifest: list[dict[str, Any]]) -> list[tuple[str | None, list[dict], list[dict]]]:

@@ -17,7 +17,7 @@ from helpers import free_port
 
 from dicom_reassembly.errors import ConfigError, NotFoundError, StorageError
 from dicom_reassembly.io import arrow_io, clients, reads
-from dicom_reassembly.lookup import manifest_members
+from dicom_reassembly.manifest.lookup import manifest_members
 
 SCHEMA = pa.schema([("archive_uri", pa.string()), ("archive_role", pa.string()), ("index_run", pa.string()),
                     ("member_name", pa.string()), ("data_offset", pa.int64()), ("size", pa.int64()),

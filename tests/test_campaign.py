@@ -19,8 +19,8 @@ import pytest
 from dicom_reassembly import restore
 from dicom_reassembly.campaign import channel, status, steps
 from dicom_reassembly.campaign.params import SecretText, parse_params, read_params
-from dicom_reassembly.criteria import load_criteria, parse_criteria
 from dicom_reassembly.errors import ConfigError, CriteriaError
+from dicom_reassembly.selection.spec import load_criteria, parse_criteria
 
 SECRET = "wJalrXUtnFEMI-campaign-secret-0123456789"
 CRITERIA = [{"dicom_tag": ["0008", "0020"], "operation": "GREATER", "reference": "2022-01-01"}]

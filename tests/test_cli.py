@@ -209,7 +209,7 @@ def _check_like_the_pipeline(root: str, uid: str, inst: dict, members, capsys, t
 
 
 def members_of(uid: str, members: list[str]):  # noqa: ANN201
-    from dicom_reassembly.lookup import manifest_members, scan_members
+    from dicom_reassembly.manifest.lookup import manifest_members, scan_members
 
     if members[0] == "--manifest":
         return manifest_members(uid, members[1])

@@ -12,11 +12,13 @@ from helpers import ROOT, build_manifest, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicom_reassembly import manifest as mf
 from dicom_reassembly.config import Config
 from dicom_reassembly.ledger import STATUSES
+from dicom_reassembly.manifest import index
+from dicom_reassembly.manifest import listing as manifest_listing
+from dicom_reassembly.manifest import spark as manifest_spark
+from dicom_reassembly.manifest.spark import indexed_archives
 from dicom_reassembly.pipeline import (
-    indexed_archives,
     partition_keys,
     plan_reassembly_tasks,
     with_archive_locality,
@@ -31,7 +33,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def _manifest_rows(spark, rows: list[dict]):  # noqa: ANN001, ANN202
-    return spark.createDataFrame([tuple(r.get(n) for n in mf.FIELD_NAMES) for r in rows], mf.manifest_schema())
+    return spark.createDataFrame([tuple(r.get(n) for n in index.FIELD_NAMES) for r in rows], index.manifest_schema())
 
 
 def test_with_latest_index_keeps_only_the_newest_index_of_each_archive(spark) -> None:  # noqa: ANN001
@@ -43,7 +45,7 @@ def test_with_latest_index_keeps_only_the_newest_index_of_each_archive(spark) ->
         {"archive_uri": "b", "index_run": "1", "kind": "archive"},
         {"archive_uri": "b", "index_run": "1", "kind": "header", "member_name": "h.json"},
     ]
-    got = _manifest_rows(spark, rows).transform(mf.with_latest_index).select("archive_uri", "index_run", "member_name")
+    got = _manifest_rows(spark, rows).transform(manifest_spark.with_latest_index).select("archive_uri", "index_run", "member_name")
     expected = spark.createDataFrame(
         [("a", "2", None), ("a", "2", "new.j2c"), ("b", "1", None), ("b", "1", "h.json")],
         "archive_uri string, index_run string, member_name string")
@@ -219,17 +221,17 @@ def test_rebuilding_the_manifest_indexes_only_new_or_changed_archives(sample_run
     root, _ = sample_delivery
     base = sample_run[0]
     manifest_uri = os.path.join(base, "manifest")
-    listing = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
-    assert mf.archives_to_index(listing, indexed_archives(spark, manifest_uri)) == []
+    listing = manifest_listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
+    assert manifest_listing.archives_to_index(listing, indexed_archives(spark, manifest_uri)) == []
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     with open(copy / "images" / "images-000.tar", "ab") as f:
         f.write(b"\0" * 1024)
-    changed = mf.list_archives(str(copy / "text"), str(copy / "images"))
+    changed = manifest_listing.list_archives(str(copy / "text"), str(copy / "images"))
     # Same names, different URIs: all new. Then the original listing with one archive grown.
-    assert len(mf.archives_to_index(changed, indexed_archives(spark, manifest_uri))) == len(changed)
+    assert len(manifest_listing.archives_to_index(changed, indexed_archives(spark, manifest_uri))) == len(changed)
     grown = [dict(a, size=a["size"] + 1024) if a["uri"].endswith("images-000.tar") else a for a in listing]
-    assert [a["uri"] for a in mf.archives_to_index(grown, indexed_archives(spark, manifest_uri))] == [
+    assert [a["uri"] for a in manifest_listing.archives_to_index(grown, indexed_archives(spark, manifest_uri))] == [
         a["uri"] for a in listing if a["uri"].endswith("images-000.tar")]
 
 

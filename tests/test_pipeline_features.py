@@ -13,7 +13,7 @@ from pydicom import dcmread
 from test_pipeline import _build_manifest, _ledger, _run
 
 from dicom_reassembly.config import Config
-from dicom_reassembly.criteria import load_criteria
+from dicom_reassembly.selection.spec import load_criteria
 from dicom_reassembly.stow import StowSettings
 
 pytest_plugins = ["orthanc_fixture", "postgres_fixture"]

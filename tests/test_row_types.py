@@ -54,15 +54,15 @@ def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tm
 
 
 def test_every_manifest_row_has_the_schema_types(sample_delivery: Any, damaged_delivery: Any) -> None:
-    from dicom_reassembly import manifest as mf
+    from dicom_reassembly.manifest import index, listing, spark
 
     rows, errors = [], set()
     for root, _ in (sample_delivery, damaged_delivery):
-        run, at = mf.new_index_run()
-        for a in mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images")):
-            for row in mf.index_archive(a, run, at):
+        run, at = spark.new_index_run()
+        for a in listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images")):
+            for row in index.index_archive(a, run, at):
                 rows.append(row)
-                errors.add(row[mf.FIELD_NAMES.index("error")])
-    assert_typed(rows, mf.MANIFEST_FIELDS)
+                errors.add(row[index.FIELD_NAMES.index("error")])
+    assert_typed(rows, index.MANIFEST_FIELDS)
     # The damaged delivery's rows went through the error paths too.
     assert {None, "malformed_json", "truncated_archive"} <= errors, errors

@@ -114,7 +114,7 @@ exit codes:
 def cmd_uid(args: argparse.Namespace) -> int:
     """Reassemble one instance by SOP Instance UID, from every copy of its members."""
     from .dicom.uids import uid_problem
-    from .lookup import manifest_members, scan_members
+    from .manifest.lookup import manifest_members, scan_members
 
     uid = args.uid
     problem = uid_problem(uid)
@@ -127,7 +127,7 @@ def cmd_uid(args: argparse.Namespace) -> int:
 
 def cmd_pair(args: argparse.Namespace) -> int:
     """Reassemble one loose header file and pixel file, with the same rules as ``uid``."""
-    from .lookup import pair_members
+    from .manifest.lookup import pair_members
 
     uid, members = pair_members(args.header, args.pixels)
     return _reassemble(uid, members, args.out, args.replace)

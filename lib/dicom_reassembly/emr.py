@@ -880,7 +880,7 @@ def check_criteria_file(path: str) -> None:
 
     The same loader runs in the reassemble job, so a file that passes here passes there.
     """
-    from .criteria import load_criteria
+    from .selection.spec import load_criteria
 
     if not os.path.isfile(path):
         raise CriteriaError("missing_criteria", "no such file", uri=path)

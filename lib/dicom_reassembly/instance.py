@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .ledger import ledger_row, row_dict
-from .lookup import Members
+from .manifest.lookup import Members
 from .reassembly import PENDING, PLAN_NAMES, WriteContext, plan_instance, reassemble_partition
 
 # The instance's fate is its most decisive row: a written object, else a conflict, else why it failed.

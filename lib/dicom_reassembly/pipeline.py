@@ -4,74 +4,23 @@ Heavy work (tar walking, DICOM assembly, writes) happens in plain-Python
 generators from ``manifest`` and ``reassembly``, called through ``mapPartitions``.
 Nothing here reads member data on the driver.
 """
-
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from . import manifest as mf
-from .dicom.header_rules import MAX_HEADER_BYTES
 from .ledger import LEDGER_NAMES, ledger_schema
+from .manifest import spark as manifest_spark
 from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reassemble_partition
-
-log = logging.getLogger(__name__)
 
 # Above this many pixel archives in one run, tasks take archives by hash instead of by size: balancing
 # collects each archive's wanted bytes to the driver (about 200 bytes each).
 MAX_BALANCED_ARCHIVES = 200_000
 TASK_KEY = "task_key"
-
 MEMBER_COLUMNS = ["archive_uri", "archive_size", "member_name", "data_offset", "size", "error", "error_detail"]
 HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instance_uid", "series_instance_uid", "modality"]
-
-
-# ---------------------------------------------------------------- build_manifest
-
-
-def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
-                      s3_bucket: str | None = None) -> Any:
-    """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks.
-
-    ``s3``/``s3_bucket`` (input_s3_parameters) reach the executors in the task closure, as reassembly's
-    WriteContext does, never through Spark settings; they apply to the input bucket only.
-    """
-    buckets = mf.balance_by_bytes(archives, tasks) if archives else []
-    keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
-    n = max(1, len(buckets))
-
-    def index_partition(items: Any) -> Any:
-        from .io import clients
-
-        if s3 is not None:
-            clients.set_archive_s3_settings(s3, s3_bucket)
-        for _, archive in items:
-            yield from mf.index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
-
-    rdd = (spark.sparkContext.parallelize(keyed, n)
-           .partitionBy(n, lambda k: k)
-           .mapPartitions(index_partition))
-    # Rows come from index_archive in schema order and types (tests/test_row_types.py): checking each in Python
-    # costs a share of the hot path.
-    return spark.createDataFrame(rdd, mf.manifest_schema(), verifySchema=False)
-
-
-def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
-    """The archive-level rows of an existing manifest (newest index each), for incremental runs."""
-    if not mf.manifest_exists(manifest_uri):
-        return []
-    from pyspark.sql import functions as F
-
-    rows = (mf.read_manifest(spark, manifest_uri).filter(F.col("kind") == "archive")
-            .select("archive_uri", "archive_role", "archive_size", "archive_etag", "error").collect())
-    return [r.asDict() for r in rows]
-
-
-# ---------------------------------------------------------------- reassemble: transforms
 
 
 def with_members_by_uid(manifest: Any) -> Any:
@@ -201,9 +150,6 @@ def with_manifest_damage(manifest: Any) -> Any:
     )
 
 
-# ---------------------------------------------------------------- reassemble: the run
-
-
 def count_pending_restore(manifest: Any) -> dict[str, int]:
     """Archives per role (text, images) the manifest could not index because they are still in Glacier."""
     from pyspark.sql import functions as F
@@ -277,7 +223,7 @@ def plan_reassembly_tasks(plan: Any, configured: int, task_bytes: int,
     if keys is None:
         return tasks, None
     sizes = [{"uri": r["pixel_archive"], "size": int(r["b"] or 0)} for r in per_archive.collect()]
-    placed = [(a["uri"], keys[i]) for i, bucket in enumerate(mf.balance_by_bytes(sizes, tasks)) for a in bucket]
+    placed = [(a["uri"], keys[i]) for i, bucket in enumerate(manifest_spark.balance_by_bytes(sizes, tasks)) for a in bucket]
     return tasks, plan.sparkSession.createDataFrame(placed, f"pixel_archive string, {TASK_KEY} long")
 
 
@@ -294,10 +240,3 @@ def partition_keys(spark: Any, partitions: int) -> list[int] | None:
             .groupBy("p").agg(F.min("id").alias("id")).collect())
     found = {int(r["p"]): int(r["id"]) for r in rows}
     return [found[p] for p in range(partitions)] if len(found) == partitions else None
-
-
-def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 16) -> int:
-    """Indexing tasks: configured, else one per ``per_task`` archives, at least two per core."""
-    if configured > 0:
-        return configured
-    return max(1, min(archives, max(2 * cores, math.ceil(archives / per_task))))

@@ -233,7 +233,7 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
 def _as_spec(criteria: Any) -> Any:
     if criteria is None or not isinstance(criteria, str):
         return criteria
-    from .criteria import load_criteria
+    from .selection.spec import load_criteria
 
     return load_criteria(criteria)
 
@@ -249,7 +249,7 @@ def read_indexed_archives(dataset: Any, listing: dict[str, io_listing.ObjectInfo
     Only archive-level rows are read (one per archive and run). An index is not usable when the archive changed
     since (size or ETag differ from the listing) or when it failed for a retryable reason (e.g. not restored).
     """
-    from .manifest import RETRYABLE_ARCHIVE_ERRORS
+    from .manifest.index import RETRYABLE_ARCHIVE_ERRORS
 
     cols = _columns(dataset, ("archive_size", "archive_etag", "error"))
     newest = {row["archive_uri"]: row for row in arrow_io.newest_archive_rows(dataset, cols).to_pylist()}
@@ -306,7 +306,7 @@ def read_needed_pixel_archives(dataset: Any, spec: Any, indexed: dict[str, str],
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from .criteria import first_failure
+    from .selection.criteria import first_failure
 
     resolver = _ArchiveResolver(pixel_uris)
     needed: set[str] = set()

@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from . import manifest as mf
 from .config import Config
 from .errors import ReassemblyError
 from .ledger import STATUSES, with_status_counts, with_unaccounted_members
+from .manifest import spark as manifest_spark
 from .pipeline import (
     count_pending_restore,
     plan_reassembly_tasks,
@@ -69,11 +69,11 @@ class ReassembleRun:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from .criteria import first_failure_json
+        from .selection.criteria import first_failure_json
 
         run_id = new_run_id(self.started)
         self.size_shuffle()
-        manifest = mf.read_manifest(self.spark, self.manifest_uri)
+        manifest = manifest_spark.read_manifest(self.spark, self.manifest_uri)
         pending_restore = count_pending_restore(manifest)
         # Executors get the criteria alone: the spec itself holds the input credentials.
         select = partial(first_failure_json, self.spec.criteria) if self.spec is not None and self.spec.criteria else None

@@ -187,7 +187,7 @@ def _emr(raw: Any) -> EmrTarget | None:
 
 def _input(raw: Any, block: str | None, criteria: list[Any]) -> tuple[InputBucket | None, SecretText | None]:
     """The input bucket and inline credentials, checked with the criteria by the parser the jobs use."""
-    from ..criteria import parse_criteria
+    from ..selection.spec import parse_criteria
 
     if raw is None:
         if block:

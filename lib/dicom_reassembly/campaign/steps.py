@@ -18,9 +18,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .. import errors, restore
-from .. import manifest as mf
 from ..errors import ConfigError, ReassemblyError
 from ..io import clients, uris
+from ..manifest import listing as manifest_listing
+from ..manifest import spark
 from . import jobs
 from .channel import criteria_file
 from .layout import CampaignLayout, campaign_layout
@@ -45,7 +46,7 @@ class Inputs:
     """The run's view of the partner's bucket: settings with the secret, never shown, never pickled."""
 
     def __init__(self, params: CampaignParams, credentials: SecretText | None) -> None:
-        from ..criteria import parse_criteria
+        from ..selection.spec import parse_criteria
 
         self.params = params
         self._credentials = credentials
@@ -67,7 +68,7 @@ class Inputs:
 
     def redact(self, text: str) -> str:
         """``text`` with every form of the secret replaced by ``***``."""
-        from ..criteria import redact
+        from ..selection.spec import redact
 
         return redact(text, self.spec)
 
@@ -98,7 +99,7 @@ def check_tranche(params: CampaignParams) -> None:
 def plan_wave(params: CampaignParams, inputs: Inputs, wave: int) -> restore.RestorePlan:
     """The restore plan with the manifest as it stands: wave 1 needs no criteria, wave 2 applies them."""
     layout = layout_of(params)
-    manifest = layout.manifest if mf.manifest_exists(layout.manifest) else None
+    manifest = layout.manifest if spark.manifest_exists(layout.manifest) else None
     spec = inputs.spec if wave == restore.WAVE_PIXELS and params.criteria and manifest else None
     with inputs.access():
         return restore.plan_restore(params.text, params.images, manifest, spec)
@@ -204,15 +205,15 @@ def archives_to_index(params: CampaignParams, inputs: Inputs) -> tuple[int, int]
 
     suffixes = load_config(params.config).archive_suffixes if params.config and not params.emr else (".tar",)
     with inputs.access():
-        listing = mf.list_archives(params.text, params.images, suffixes)
+        listing = manifest_listing.list_archives(params.text, params.images, suffixes)
     manifest = layout_of(params).manifest
     indexed: list[dict[str, Any]] = []
-    if mf.manifest_exists(manifest):
+    if spark.manifest_exists(manifest):
         dataset = arrow_io.open_manifest(manifest)
         cols = [c for c in ("archive_role", "archive_size", "archive_etag", "error") if c in dataset.schema.names]
         with arrow_io.manifest_errors(manifest):
             indexed = arrow_io.newest_archive_rows(dataset, cols).to_pylist()
-    return len(listing), len(mf.archives_to_index(listing, indexed))
+    return len(listing), len(manifest_listing.archives_to_index(listing, indexed))
 
 
 def run_job(params: CampaignParams, inputs: Inputs, job: str, args: list[str]) -> jobs.JobResult:

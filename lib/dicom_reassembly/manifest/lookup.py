@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dicom.header_rules import MAX_HEADER_BYTES
-from .dicom.uids import member_uid
-from .errors import ArchiveError, HeaderError, NotFoundError, ReassemblyError
-from .io import arrow_io, listing, reads, tar_access, uris
+from ..dicom.header_rules import MAX_HEADER_BYTES
+from ..dicom.uids import member_uid
+from ..errors import ArchiveError, HeaderError, NotFoundError, ReassemblyError
+from ..io import arrow_io, listing, reads, tar_access, uris
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _scan(prefix: str, uid: str, role: str, skipped: list[str],
     members before the damage still count. A header above ``max_header_bytes`` is not read: its row
     says ``too_large``, as the manifest's would.
     """
-    from .manifest import FIELD_NAMES, _member_row, member_kind
+    from .index import FIELD_NAMES, member_kind, member_row
 
     found = []
     for obj in listing.list_objects(prefix, ARCHIVE_SUFFIXES):
@@ -67,7 +67,7 @@ def _scan(prefix: str, uid: str, role: str, skipped: list[str],
                         item.too_large = True
                     else:
                         item.data = tar_access.read_member(obj.uri, item.data_offset, item.size)
-                found.append(dict(zip(FIELD_NAMES, _member_row(base, item, max_header_bytes))))
+                found.append(dict(zip(FIELD_NAMES, member_row(base, item, max_header_bytes))))
         except ReassemblyError as exc:
             log.info("scan for %s passes over %s: %s", uid, obj.uri, exc.one_line())
             skipped.append(f"{obj.uri}: {exc.reason}: {exc.detail}")
@@ -123,9 +123,9 @@ def pair_members(header_uri: str, pixels_uri: str) -> tuple[str, Members]:
     File names do not matter: the pair is what the caller says it is. A header that cannot give a valid
     UID raises HeaderError, with the reason code the manifest would record.
     """
-    from .dicom.dicom_json import SOP_INSTANCE_UID, first_value, parse_header, too_large
-    from .dicom.uids import uid_problem
-    from .manifest import _header_columns
+    from ..dicom.dicom_json import SOP_INSTANCE_UID, first_value, parse_header, too_large
+    from ..dicom.uids import uid_problem
+    from .index import header_columns
 
     pixels = listing.head(pixels_uri)
     if pixels is None:
@@ -150,7 +150,7 @@ def pair_members(header_uri: str, pixels_uri: str) -> tuple[str, Members]:
         raise HeaderError("invalid_uid", f"SOPInstanceUID {uid!r} is {problem}", uri=header_uri)
     header = {"archive_uri": header_uri, "archive_size": len(data), "member_name": uris.basename(header_uri),
               "data_offset": 0, "size": len(data), "kind": "header", "error": None, "error_detail": None,
-              **_header_columns(data, uid)}
+              **header_columns(data, uid)}
     pixel = {"archive_uri": pixels_uri, "archive_size": pixels.size, "member_name": uris.basename(pixels_uri),
              "data_offset": 0, "size": pixels.size, "kind": "pixels", "error": None, "error_detail": None}
     return uid, Members([header], [pixel], header_uri, pixels_uri)

@@ -1,28 +1,25 @@
-"""The manifest: a Parquet index of every tar member, its offsets, UID and key header tags.
+"""The manifest's rows: its schema, and the generator that indexes one archive (every tar member, its offsets,
+UID and key header tags; damage as rows with a reason).
 
-Like ratarmount's index, it makes random access one seek; unlike it, it spans
-millions of archives and carries the header JSON, so reassembly never re-reads
-a text archive. Rows are produced by a plain generator per archive, run inside
-``mapPartitions``; Spark only schedules and writes.
+Like ratarmount's index, it makes random access one seek; unlike it, it spans millions of archives and carries
+the header JSON, so reassembly never re-reads a text archive. Rows come from a plain generator per archive,
+run inside ``mapPartitions``; Spark only schedules and writes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from .dicom.dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
-from .dicom.header_rules import MAX_HEADER_BYTES
-from .dicom.uids import member_uid, uid_problem
-from .errors import ConfigError, HeaderError, NotRestoredError, ReassemblyError
-from .io import listing as io_listing
-from .io import reads, tar_access, uris
+from ..dicom.dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
+from ..dicom.header_rules import MAX_HEADER_BYTES
+from ..dicom.uids import member_uid, uid_problem
+from ..errors import HeaderError, NotRestoredError, ReassemblyError
+from ..io import reads, tar_access
 
 log = logging.getLogger(__name__)
-
 HEADER_SUFFIXES = (".json",)
 PIXEL_SUFFIXES = (".j2c", ".j2k", ".jp2", ".jph", ".jhc", ".raw", ".bin", ".pixels")
 # Names of compressed files (.tar.gz included), for objects whose content cannot be read; content decides otherwise.
@@ -30,10 +27,8 @@ COMPRESSED_SUFFIXES = ((".gz", "gzip"), (".tgz", "gzip"), (".bz2", "bzip2"), (".
                        (".txz", "xz"), (".zst", "zstd"), (".tzst", "zstd"))
 # Archive errors worth retrying on the next indexing run.
 RETRYABLE_ARCHIVE_ERRORS = ("not_restored", "read_error", "s3_error", "s3_unreachable", "not_found", "access_denied")
-
 _INT_TAGS = [c for c, (_, kind) in KEY_TAGS.items() if kind is int]
 _STR_TAGS = [c for c, (_, kind) in KEY_TAGS.items() if kind is not int]
-
 # (name, spark type name); the order is the row order.
 MANIFEST_FIELDS: list[tuple[str, str]] = [
     ("archive_uri", "string"), ("archive_role", "string"), ("archive_size", "long"), ("archive_etag", "string"),
@@ -99,7 +94,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
                 break
             members += 1
             try:
-                yield _member_row(base, item, max_header_bytes)
+                yield member_row(base, item, max_header_bytes)
             except Exception as exc:  # one odd member must not fail the job: it becomes a row with a reason
                 log.warning("could not index %s in %s: %s", item.name, archive["uri"], type(exc).__name__)
                 yield _row(**base, member_name=item.name, header_offset=item.header_offset, data_offset=item.data_offset,
@@ -112,7 +107,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
                error_detail=detail if error else f"{members} members")
 
 
-def _member_row(base: dict[str, Any], m: tar_access.Member, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple:
+def member_row(base: dict[str, Any], m: tar_access.Member, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple:
     kind = member_kind(m.name) if m.regular else "other"
     row: dict[str, Any] = dict(base, member_name=m.name, header_offset=m.header_offset, data_offset=m.data_offset,
                                size=m.size, kind=kind, member_type=m.type_name)
@@ -135,11 +130,11 @@ def _member_row(base: dict[str, Any], m: tar_access.Member, max_header_bytes: in
             return _row(**row, error=exc.reason, error_detail=exc.detail)
         if m.data is None:  # a header inside an image archive: indexed without data, so unusable
             return _row(**row, error="header_in_image_archive", error_detail="a .json member in an image archive")
-        row.update(_header_columns(m.data, uid, max_header_bytes))
+        row.update(header_columns(m.data, uid, max_header_bytes))
     return _row(**row)
 
 
-def _header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+def header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
     """Header JSON, its hash and typed key tags; an error code when it is unusable (the header rules included)."""
     try:
         text = data.decode("utf-8")
@@ -185,94 +180,3 @@ def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
     if tar_access.is_tar_header(head):
         return "not_an_archive", f"a tar by its content, but {named}: rename it or add its suffix to archive_suffixes"
     return "not_an_archive", f"not a tar ({archive['size']} bytes; {named})"
-
-
-def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",)) -> list[dict[str, Any]]:
-    """List both prefixes (paginated on S3) into archive dicts tagged with their role.
-
-    Every object is listed, not only archives: those whose name ends in one of
-    ``suffixes`` (every object when it is empty) have ``is_archive`` and are
-    walked as tars; the others, and the entries the listing could not read
-    (``error``), each get one archive-level manifest row with a reason.
-    """
-    out = []
-    if text.rstrip("/") == images.rstrip("/") or text.startswith(images.rstrip("/") + "/") or images.startswith(text.rstrip("/") + "/"):
-        raise ConfigError("overlapping_prefixes", f"--text {text} and --images {images} overlap: each archive needs one role")
-    for role, prefix in (("text", text), ("images", images)):
-        for obj in io_listing.list_objects(prefix):
-            out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime,
-                        "is_archive": not suffixes or obj.uri.endswith(suffixes),
-                        "error": obj.error, "error_detail": obj.error_detail})
-    return out
-
-
-def listing_summary(listing: list[dict[str, Any]], todo: list[dict[str, Any]]) -> list[str]:
-    """The job summary's lines about the listing: archives by name, other objects, entries it could not read.
-
-    Each of them has a manifest row; the job prints this run's rows by reason after these lines.
-    """
-    other = sum(1 for a in listing if not a["error"] and not a["is_archive"])
-    unreadable = sum(1 for a in listing if a["error"])
-    total = sum(a["size"] for a in listing)
-    return [f"objects listed: {len(listing)} ({total} bytes): {len(listing) - other - unreadable} archives, "
-            f"{other} other objects (not_an_archive or compressed_archive), {unreadable} unreadable while listing; "
-            f"indexed this run: {len(todo)}; unchanged and skipped: {len(listing) - len(todo)}"]
-
-
-def archives_to_index(listing: list[dict[str, Any]], indexed: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The archives that are new, changed (size or ETag) or whose last index failed for a retryable reason."""
-    known = {r["archive_uri"]: r for r in indexed}
-    todo = []
-    for a in listing:
-        prev = known.get(a["uri"])
-        prev_error = (prev or {}).get("error") or ""
-        if (prev is None or prev["archive_size"] != a["size"] or prev["archive_etag"] != a["etag"]
-                or prev.get("archive_role") != a["role"] or prev_error in RETRYABLE_ARCHIVE_ERRORS
-                or (prev_error == "not_an_archive" and a.get("is_archive"))):  # archive_suffixes now names it
-            todo.append(a)
-    return todo
-
-
-def balance_by_bytes(archives: list[dict[str, Any]], tasks: int) -> list[list[dict[str, Any]]]:
-    """Spread archives over ``tasks`` buckets, largest first onto the lightest bucket."""
-    import heapq
-
-    tasks = max(1, min(tasks, len(archives)))
-    heap = [(0, i) for i in range(tasks)]
-    buckets: list[list[dict[str, Any]]] = [[] for _ in range(tasks)]
-    for a in sorted(archives, key=lambda a: (-a["size"], a["uri"])):
-        load, i = heapq.heappop(heap)
-        buckets[i].append(a)
-        heapq.heappush(heap, (load + max(a["size"], 1), i))
-    return buckets
-
-
-def new_index_run() -> tuple[str, datetime]:
-    """An index run id that sorts by time, and its timestamp."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ"), now
-
-
-# ---------------------------------------------------------------- Spark side
-
-
-def with_latest_index(df: Any) -> Any:
-    """Keep, for each archive, only the rows of its newest index run."""
-    from pyspark.sql import functions as F
-
-    latest = (df.filter(F.col("kind") == "archive")
-              .groupBy("archive_uri").agg(F.max("index_run").alias("_latest")))
-    return (df.join(latest, "archive_uri")
-            .filter(F.col("index_run") == F.col("_latest")).drop("_latest"))
-
-
-def read_manifest(spark: Any, uri: str) -> Any:
-    """The manifest as a DataFrame, newest index per archive."""
-    return spark.read.schema(manifest_schema()).parquet(uri).transform(with_latest_index)
-
-
-def manifest_exists(uri: str) -> bool:
-    """True when a manifest dataset has been written at ``uri``."""
-    if uris.is_s3(uri):
-        return any(True for _ in io_listing.list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
