@@ -25,6 +25,7 @@ if os.path.isdir(os.path.join(ROOT, "lib")):  # run from a checkout without `pip
 
 from dicom_reassembly import __version__, emr  # noqa: E402 - after the sys.path line above
 from dicom_reassembly.errors import ConfigError, CriteriaError, ReassemblyError  # noqa: E402
+from dicom_reassembly.reassembly import tasks  # noqa: E402
 
 PROG = "submit.py"
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             raise emr.EmrError("aws_unreachable", str(exc)) from exc
         region = region or clients["s3"].meta.region_name
         # a rerun sizes the reassemble shuffle from the manifest already there
-        plan = plan_for(region, emr.read_manifest_bytes(plan.layout.manifest))
+        plan = plan_for(region, tasks.read_manifest_bytes(plan.layout.manifest))
         emr.write_uploads(clients["s3"], plan.uploads)
         result = emr.run_plan(plan, emr=clients.get("emr"), serverless=clients.get("serverless"), wait=args.wait,
                               progress=progress, poll_seconds=config.poll_seconds,

@@ -36,7 +36,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
-    from dicom_reassembly.io import clients
     from dicom_reassembly.manifest import index as manifest_index
     from dicom_reassembly.manifest import listing as manifest_listing
     from dicom_reassembly.manifest import spark as manifest_spark
@@ -45,11 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = load_criteria(args.criteria) if args.criteria else None
-        s3, bucket = (spec.s3, spec.bucket) if spec is not None and spec.s3 is not None else (None, None)
-        # The input bucket only: the manifest is written with the environment's credentials.
-        clients.set_archive_s3_settings(s3, bucket)
+        # The input credentials reach the input bucket only: the manifest is written with the environment's.
+        access = spec.access if spec is not None else None
         cfg = load_config(args.config, manifest_tasks=args.tasks)
-        listing = manifest_listing.list_archives(args.text, args.images, cfg.archive_suffixes)
+        listing = manifest_listing.list_archives(args.text, args.images, cfg.archive_suffixes, access)
     except ReassemblyError as exc:
         return fail(exc)
 
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
-                                   s3=s3, s3_bucket=bucket)
+                                   access=access)
             df.write.mode("append").parquet(args.manifest)
         print(f"manifest: {args.manifest}")
         for line in manifest_listing.listing_summary(listing, todo):

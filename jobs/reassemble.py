@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from dicom_reassembly import errors
     from dicom_reassembly.config import load_config
-    from dicom_reassembly.io import clients, writes
+    from dicom_reassembly.io import writes
     from dicom_reassembly.selection.spec import load_criteria
     from dicom_reassembly.stow import StowAuth, StowSettings
     from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
@@ -67,15 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             writes.check_writable(args.out)
     except ReassemblyError as exc:
         return fail(exc)
-    if spec is not None and spec.s3 is not None:
-        clients.set_archive_s3_settings(spec.s3, spec.bucket)
 
     extra = dict(cfg.spark)
     if jdbc is not None:
         extra.update(jdbc_session_settings())
 
     def reassemble(spark: Any) -> int:
-        from dicom_reassembly.run import ReassembleRun
+        from dicom_reassembly.reassembly.run import ReassembleRun
 
         run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
                             runs_uri=args.runs or args.ledger.rstrip("/") + "_runs",

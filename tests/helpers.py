@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -185,9 +186,9 @@ def permissions_enforced_in_child() -> Callable[[], None] | None:
 
 
 @contextlib.contextmanager
-def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
-    """Until the block ends, our S3 calls run as an IAM user who may list and read ``bucket`` except
-    ``denied_keys`` (GetObject is denied on them), and the moto server enforces IAM: S3's real AccessDenied."""
+def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[Any]:
+    """An ``ArchiveAccess`` to ``bucket`` as an IAM user who may list and read it except ``denied_keys`` (GetObject
+    is denied on them); until the block ends the moto server enforces IAM: S3's real AccessDenied."""
     import json
     import uuid
 
@@ -209,8 +210,4 @@ def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
     settings = clients.S3Settings(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"],
                                   region="us-east-1", max_attempts=1)
     with enable_iam_authentication():
-        clients.set_default_s3_settings(settings)
-        try:
-            yield
-        finally:
-            clients.set_default_s3_settings(None)
+        yield clients.ArchiveAccess(settings, bucket)

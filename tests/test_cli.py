@@ -173,7 +173,7 @@ def _in_process(capsys, *args: str) -> tuple[int, str, list[str]]:  # noqa: ANN0
 def _check_like_the_pipeline(root: str, uid: str, inst: dict, members, capsys, tmp_path) -> None:  # noqa: ANN001
     """For one instance of the damaged delivery: the decision is the pipeline's expected status, and the command
     exits and explains it as documented, with the ledger's own reason."""
-    from dicom_reassembly.instance import outcome, reassemble_members
+    from dicom_reassembly.reassembly.instance import outcome, reassemble_members
 
     case = inst["case"] or uid
     status = inst["status"]

@@ -193,7 +193,7 @@ def test_key_templates(tmp_path: Any, template: str, expected: str | None) -> No
 
 def test_the_template_of_the_issue_gave_two_instances_one_key() -> None:
     """Why it is refused: the study UID's digits run into the instance UID's."""
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     template = "{study_instance_uid}{sop_instance_uid}.dcm"
     a = {"sop_instance_uid": "34.5", "study_instance_uid": "1.2"}
@@ -228,7 +228,7 @@ def _templates(draw: Any) -> str:
 def test_accepted_templates_give_distinct_instances_distinct_keys(template: str) -> None:
     """Every accepted template is injective: over every combination of the values above, a key is never shared
     by two instances that differ in a field the template uses."""
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     try:
         check_key_template(template)
@@ -247,7 +247,7 @@ def test_accepted_templates_give_distinct_instances_distinct_keys(template: str)
 
 def test_the_property_finds_collisions_where_the_rule_refuses() -> None:
     """The values above are rich enough to expose ambiguous templates (so the property is not vacuous)."""
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     for template in ("{study_instance_uid}{sop_instance_uid}", "{study_instance_uid}.{sop_instance_uid}",
                      "{modality}_{sop_instance_uid}", "{sop_instance_uid}1{series_instance_uid}"):

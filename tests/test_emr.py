@@ -25,6 +25,7 @@ from botocore.stub import Stubber
 
 from dicom_reassembly import emr
 from dicom_reassembly.errors import ConfigError, CriteriaError, StorageError
+from dicom_reassembly.reassembly import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = ROOT / "emr" / "submit.py"
@@ -255,25 +256,25 @@ def test_criteria_upload_is_encrypted_with_sse_s3_or_the_configured_kms_key(layo
 
 
 def test_shuffle_partitions_follow_manifest_size() -> None:
-    policy = emr.PartitionPolicy(bytes_per_partition=128 * emr.MIB, rows_per_partition=100_000, minimum=1,
+    policy = tasks.PartitionPolicy(bytes_per_partition=128 * emr.MIB, rows_per_partition=100_000, minimum=1,
                                  maximum=100_000, default=2000)
-    assert emr.shuffle_partitions_for(policy=policy) == 2000
-    assert emr.shuffle_partitions_for(10 * 1024 * emr.MIB, policy=policy) == 80
-    assert emr.shuffle_partitions_for(10 * 1024 * emr.MIB + 1, policy=policy) == 81
-    assert emr.shuffle_partitions_for(manifest_rows=1_000_000_000, policy=policy) == 10_000
+    assert tasks.shuffle_partitions_for(policy=policy) == 2000
+    assert tasks.shuffle_partitions_for(10 * 1024 * emr.MIB, policy=policy) == 80
+    assert tasks.shuffle_partitions_for(10 * 1024 * emr.MIB + 1, policy=policy) == 81
+    assert tasks.shuffle_partitions_for(manifest_rows=1_000_000_000, policy=policy) == 10_000
     # both measures: the larger estimate wins
-    assert emr.shuffle_partitions_for(10 * 1024 * emr.MIB, 1_000_000_000, policy=policy) == 10_000
+    assert tasks.shuffle_partitions_for(10 * 1024 * emr.MIB, 1_000_000_000, policy=policy) == 10_000
     sizes = [0, 1, 10**6, 10**9, 10**12, 10**15]
-    values = [emr.shuffle_partitions_for(s, policy=policy) for s in sizes]
+    values = [tasks.shuffle_partitions_for(s, policy=policy) for s in sizes]
     assert values == sorted(values)
 
 
 def test_shuffle_partitions_are_clamped() -> None:
-    policy = emr.PartitionPolicy(minimum=200, maximum=50_000)
-    assert emr.shuffle_partitions_for(1024, policy=policy) == 200
-    assert emr.shuffle_partitions_for(5 * 10**15, policy=policy) == 50_000  # 5 PB of manifest
+    policy = tasks.PartitionPolicy(minimum=200, maximum=50_000)
+    assert tasks.shuffle_partitions_for(1024, policy=policy) == 200
+    assert tasks.shuffle_partitions_for(5 * 10**15, policy=policy) == 50_000  # 5 PB of manifest
     with pytest.raises(ConfigError):
-        emr.shuffle_partitions_for(-1, policy=policy)
+        tasks.shuffle_partitions_for(-1, policy=policy)
 
 
 # --------------------------------------------------------------------------- submit and wait (Stubber)
@@ -697,11 +698,11 @@ def test_unexpected_failure_is_one_line_unless_debugging(project: Path, monkeypa
 
 
 def test_read_manifest_bytes(aws: dict[str, Any]) -> None:
-    assert emr.read_manifest_bytes("s3://work-bucket/nothing/manifest") is None
+    assert tasks.read_manifest_bytes("s3://work-bucket/nothing/manifest") is None
     for i, size in enumerate((1000, 2345)):
         aws["s3"].put_object(Bucket="work-bucket", Key=f"m1/manifest/part-{i}.parquet", Body=b"x" * size)
     aws["s3"].put_object(Bucket="work-bucket", Key="m1/manifest/_SUCCESS", Body=b"")
-    assert emr.read_manifest_bytes("s3://work-bucket/m1/manifest") == 3345
+    assert tasks.read_manifest_bytes("s3://work-bucket/m1/manifest") == 3345
 
 
 # --------------------------------------------------------------------------- bootstrap

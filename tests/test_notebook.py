@@ -354,7 +354,7 @@ def sample_outputs(spark, sample_delivery, tmp_path_factory):  # noqa: ANN001, A
     from helpers import build_manifest
 
     from dicom_reassembly.config import Config
-    from dicom_reassembly.run import ReassembleRun
+    from dicom_reassembly.reassembly.run import ReassembleRun
 
     root, expected = sample_delivery
     base = str(tmp_path_factory.mktemp("notebook"))

@@ -214,12 +214,13 @@ def _delivery(tmp_path: Path, name: str) -> tuple[str, dict, str]:
 
 
 def test_notes_reach_the_ledger_reason_of_written_and_skipped_rows(tmp_path: Path) -> None:
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
 
     _, item, _ = _delivery(tmp_path, "693_J2KI.dcm")
-    ctx = WriteContext(run_id="r", out=str(tmp_path / "out"), upload_threads=1)
-    first = [row_dict(r) for r in reassemble_partition([dict(item)], ctx)]
-    again = [row_dict(r) for r in reassemble_partition([dict(item)], ctx)]
+    task = TaskSettings("r", WritePolicy(out=str(tmp_path / "out"), upload_threads=1))
+    first = [row_dict(r) for r in reassemble_partition([dict(item)], task)]
+    again = [row_dict(r) for r in reassemble_partition([dict(item)], task)]
     assert [r["status"] for r in first + again] == ["written", "skipped_existing"]
     for r in first + again:
         assert r["reason"] == "j2k_precision_differs: codestream precision 16 but BitsStored 14, written as is"

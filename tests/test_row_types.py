@@ -27,7 +27,8 @@ def assert_typed(rows: list[tuple], fields: list[tuple[str, str]]) -> None:
 def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tmp_path: Any) -> None:
     """The ledger DataFrame skips Spark's per-row type check: every outcome path must build typed rows itself."""
     from dicom_reassembly.ledger import LEDGER_FIELDS, STATUSES
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
 
     root, expected = sample_delivery
     (u1, i1), (u2, i2) = sorted(expected["instances"].items())[:2]
@@ -47,7 +48,7 @@ def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tm
     blocked.write_text("a file where a folder should be")
     rows = []
     for out in (str(tmp_path / "out"), str(blocked)):
-        rows += list(reassemble_partition(iter(items), WriteContext(run_id="r", out=out, upload_threads=2)))
+        rows += list(reassemble_partition(iter(items), TaskSettings("r", WritePolicy(out=out, upload_threads=2))))
     assert_typed(rows, LEDGER_FIELDS)
     seen = {row[2] for row in rows}
     assert {"written", "invalid_header", "invalid_pixels", "duplicate", "conflict", "failed"} <= seen <= set(STATUSES), seen

@@ -135,7 +135,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 def _reassemble(uid: str, members: Any, out: str, replace: bool) -> int:
     """Decide, write, and report in one line: the path on stdout, or the reason on stderr; notes for the rest."""
-    from .instance import location, outcome, reassemble_members
+    from .reassembly.instance import location, outcome, reassemble_members
 
     result = outcome(reassemble_members(uid, members, out, replace=replace))
     row = result.row

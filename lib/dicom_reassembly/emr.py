@@ -7,13 +7,11 @@ the boto3 client as an argument. Deployment choices (release label, fleets,
 Spark settings) come from ``conf/emr.json`` through :class:`EmrConfig`; none is
 written into the logic.
 """
-
 from __future__ import annotations
 
 import glob
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -21,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, CriteriaError, EmrError, NotFoundError, StorageError
+from .errors import ConfigError, CriteriaError, EmrError, StorageError
 from .io.clients import translate_client_error
 from .io.uris import is_s3, join_uri, split_s3
+from .reassembly.tasks import PartitionPolicy, shuffle_partitions_for
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +30,11 @@ COMMAND_RUNNER = "command-runner.jar"
 JOB_NAMES = ("build_manifest", "reassemble")
 STEP_NAME_PREFIX = "dicom-reassembly"
 MIB = 1024 * 1024
-
 # Step and job-run states after which waiting is pointless.
 STEP_FAILURE_STATES = {"FAILED": "step_failed", "CANCELLED": "step_cancelled", "INTERRUPTED": "step_interrupted"}
 JOB_RUN_FAILURE_STATES = {"FAILED": "job_failed", "CANCELLED": "job_cancelled"}
-
 # Spark conf keys that would carry a secret; such keys must never reach spark-submit (it is logged by YARN).
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|access[._-]?key", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class PartitionPolicy:
-    """How ``spark.sql.shuffle.partitions`` follows the manifest size."""
-
-    bytes_per_partition: int = 128 * MIB
-    rows_per_partition: int = 100_000
-    minimum: int = 200
-    maximum: int = 100_000
-    default: int = 2000
 
 
 @dataclass(frozen=True)
@@ -174,34 +157,6 @@ def _require(section: Mapping[str, Any], key: str, where: str, source: str) -> A
     if value in (None, "", [], {}):
         raise ConfigError("missing_config_key", f"{where}.{key} is required", uri=source)
     return value
-
-
-# --------------------------------------------------------------------------- sizing
-
-
-def shuffle_partitions_for(manifest_bytes: int | None = None, manifest_rows: int | None = None,
-                           policy: PartitionPolicy = PartitionPolicy()) -> int:
-    """Shuffle partitions for the UID join, from the manifest's size on disk and/or row count.
-
-    The join shuffles almost every manifest column (keys, locations, header JSON),
-    and shuffle blocks compress about like Parquet, so the manifest's bytes are a
-    fair estimate of the shuffle volume. With both measures, the larger estimate
-    wins. The result is clamped to ``[policy.minimum, policy.maximum]``; with
-    neither measure, ``policy.default`` is returned.
-    """
-    estimates = []
-    for value, per in ((manifest_bytes, policy.bytes_per_partition), (manifest_rows, policy.rows_per_partition)):
-        if value is None:
-            continue
-        if value < 0:
-            raise ConfigError("bad_manifest_size", f"negative size {value}")
-        estimates.append(math.ceil(value / per))
-    if not estimates:
-        return policy.default
-    return max(policy.minimum, min(policy.maximum, max(estimates)))
-
-
-# --------------------------------------------------------------------------- layout and uploads
 
 
 @dataclass(frozen=True)
@@ -394,9 +349,6 @@ def _same_size(s3: Any, bucket: str, key: str, size: int) -> bool:
         raise
 
 
-# --------------------------------------------------------------------------- job arguments and Spark settings
-
-
 def build_job_args(layout: WorkLayout, *, text: str, images: str, out: str, criteria_uri: str | None = None,
                    job_config_uri: str | None = None) -> dict[str, list[str]]:
     """The command-line arguments of both jobs (the same for EMR steps and EMR Serverless)."""
@@ -470,9 +422,6 @@ def _check_args(args: Sequence[str], what: str) -> list[str]:
     if isinstance(args, (str, bytes)) or not all(isinstance(a, str) for a in args):
         raise ConfigError("bad_step_args", f"{what} must be a list of strings, never one string to split")
     return list(args)
-
-
-# --------------------------------------------------------------------------- EMR on EC2 requests
 
 
 def build_spark_step(name: str, script_uri: str, args: Sequence[str], conf: Mapping[str, Any],
@@ -610,9 +559,6 @@ def build_cluster_request(config: EmrConfig, layout: WorkLayout, steps: Sequence
     return request
 
 
-# --------------------------------------------------------------------------- EMR Serverless requests
-
-
 def build_serverless_job_run(application_id: str, execution_role_arn: str, name: str, script_uri: str,
                              args: Sequence[str], conf: Mapping[str, Any], py_files: Sequence[str] = (), *,
                              log_uri: str | None = None, client_token: str,
@@ -665,9 +611,6 @@ def build_serverless_runs(config: EmrConfig, layout: WorkLayout, application_id:
             execution_timeout_minutes=s.get("execution_timeout_minutes"))
         for job in JOB_NAMES
     ]
-
-
-# --------------------------------------------------------------------------- submit and wait
 
 
 def _aws_call(what: str, context: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
@@ -824,24 +767,6 @@ def wait_for_job_run(client: Any, application_id: str, job_run_id: str, progress
             raise EmrError("wait_timeout", f"{name} ({job_run_id}) still {state} after {timeout_seconds:.0f}s",
                            uri=application_id)
         sleep(poll_seconds)
-
-
-def read_manifest_bytes(manifest_uri: str) -> int | None:
-    """Total size of an existing manifest dataset, or None when there is none yet."""
-    from .io.listing import list_objects
-
-    try:
-        total = sum(o.size for o in list_objects(manifest_uri, (".parquet",)))
-    except NotFoundError:
-        return None
-    except StorageError as exc:
-        if exc.reason == "no_such_bucket":
-            return None
-        raise
-    return total or None
-
-
-# --------------------------------------------------------------------------- a whole submission
 
 
 TARGETS = ("cluster", "new_cluster", "serverless")

@@ -22,10 +22,8 @@ import io
 import json
 import logging
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +35,7 @@ from .errors import ConfigError, NotFoundError, StorageError
 from .io import arrow_io, clients, reads, writes
 from .io import listing as io_listing
 from .io import uris as io_uris
+from .io.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,8 @@ def _state(needed: str, storage_class: str | None) -> str:
 
 
 def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, criteria: Any = None, *,
-                 suffixes: tuple[str, ...] = (".tar",), always_evaluate: bool = False) -> RestorePlan:
+                 suffixes: tuple[str, ...] = (".tar",), always_evaluate: bool = False,
+                 access: clients.ArchiveAccess | None = None) -> RestorePlan:
     """Plan the restore of a delivery: text archives in wave 1, the pixel archives needed in wave 2.
 
     ``criteria`` is a ``CriteriaSpec`` or a criteria file. Without manifest and criteria every archive is
@@ -162,10 +162,11 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
 
     When no pixel archive is indexed yet and no header's ``pixel_ref`` names one, the criteria cannot spare
     any pixel archive, so the headers are not parsed at all (billions of JSON documents on the full delivery)
-    unless ``always_evaluate``; every pixel archive is then ``unknown``.
+    unless ``always_evaluate``; every pixel archive is then ``unknown``. ``access``: the input credentials, used
+    to list the input bucket.
     """
-    text = list(io_listing.list_objects(text_uri, suffixes))
-    images = list(io_listing.list_objects(images_uri, suffixes))
+    text = list(io_listing.list_objects(text_uri, suffixes, access))
+    images = list(io_listing.list_objects(images_uri, suffixes, access))
     unreadable = [o for o in [*text, *images] if o.error]
     notes: list[str] = [f"{len(unreadable)} listed entries cannot be read and are left out, e.g. "
                         f"{unreadable[0].uri}: {unreadable[0].error}: {unreadable[0].error_detail}"] if unreadable else []
@@ -398,41 +399,6 @@ class _ArchiveResolver:
             if part in self.by_name:
                 return self.by_name[part]
         return None
-
-
-# ---------------------------------------------------------------------------------------- rate limiting
-
-
-class TokenBucket:
-    """A thread-safe token bucket: at most ``rate`` acquisitions per second, bursts up to ``burst``.
-
-    ``clock`` and ``sleep`` are injectable so that tests can run on a simulated clock.
-    """
-
-    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        if not rate or rate <= 0:
-            raise ConfigError("bad_rate", f"the request rate must be positive, got {rate!r}")
-        self.rate = float(rate)
-        self.capacity = float(burst) if burst else max(1.0, self.rate / 10)
-        self.clock = clock
-        self.sleep = sleep
-        self.tokens = self.capacity
-        self.last = clock()
-        self.lock = threading.Lock()
-
-    def acquire(self) -> None:
-        """Take one token, waiting as long as needed."""
-        while True:
-            with self.lock:
-                now = self.clock()
-                self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-                self.last = now
-                if self.tokens >= 1.0 - 1e-9:  # tolerance: float refill can fall short by an ulp forever
-                    self.tokens = max(0.0, self.tokens - 1.0)
-                    return
-                wait = (1.0 - self.tokens) / self.rate
-            self.sleep(wait)
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -893,11 +859,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("ledger_required", "--ledger URI is required: every restore request is recorded")
     spec = _as_spec(args.criteria)
     settings = getattr(spec, "s3", None)
-    if settings is not None:
-        clients.set_archive_s3_settings(settings, getattr(spec, "bucket", None))  # the input bucket only
     suffixes = tuple(s for s in args.suffixes if s) if args.suffixes else (".tar",)
     plan = plan_restore(args.text, args.images, args.manifest, spec, suffixes=suffixes,
-                        always_evaluate=args.evaluate_all)
+                        always_evaluate=args.evaluate_all, access=getattr(spec, "access", None))
     include_unknown = not args.exclude_unknown
     if args.restore_command == "plan":
         summary = plan.summary(include_unknown)

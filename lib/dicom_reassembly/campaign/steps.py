@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from .. import errors, restore
 from ..errors import ConfigError, ReassemblyError
 from ..io import clients, uris
+from ..io.clients import ArchiveAccess
 from ..manifest import listing as manifest_listing
 from ..manifest import spark
 from . import jobs
@@ -72,14 +73,10 @@ class Inputs:
 
         return redact(text, self.spec)
 
-    @contextlib.contextmanager
-    def access(self) -> Iterator[None]:
-        """Archive reads and listings in this process use the input credentials, for the input bucket only."""
-        clients.set_archive_s3_settings(self.spec.s3, self.spec.bucket)
-        try:
-            yield
-        finally:
-            clients.set_archive_s3_settings(None, None)
+    @property
+    def access(self) -> ArchiveAccess | None:
+        """The input credentials for the input bucket only, for the listings and reads of this process."""
+        return self.spec.access
 
 
 def layout_of(params: CampaignParams) -> CampaignLayout:
@@ -101,8 +98,7 @@ def plan_wave(params: CampaignParams, inputs: Inputs, wave: int) -> restore.Rest
     layout = layout_of(params)
     manifest = layout.manifest if spark.manifest_exists(layout.manifest) else None
     spec = inputs.spec if wave == restore.WAVE_PIXELS and params.criteria and manifest else None
-    with inputs.access():
-        return restore.plan_restore(params.text, params.images, manifest, spec)
+    return restore.plan_restore(params.text, params.images, manifest, spec, access=inputs.access)
 
 
 def read_active_restores(ledger_uri: str, now: datetime) -> set[str]:
@@ -204,8 +200,7 @@ def archives_to_index(params: CampaignParams, inputs: Inputs) -> tuple[int, int]
     from ..io import arrow_io
 
     suffixes = load_config(params.config).archive_suffixes if params.config and not params.emr else (".tar",)
-    with inputs.access():
-        listing = manifest_listing.list_archives(params.text, params.images, suffixes)
+    listing = manifest_listing.list_archives(params.text, params.images, suffixes, inputs.access)
     manifest = layout_of(params).manifest
     indexed: list[dict[str, Any]] = []
     if spark.manifest_exists(manifest):

@@ -73,7 +73,7 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     """(app, intake or None) from ``serve`` arguments."""
     from ..config import load_config
     from ..intake.receiver import Intake, IntakeSettings
-    from ..run import new_run_id
+    from ..reassembly.run import new_run_id
     from .app import create_app
     from .auth import AuthSettings
     from .query import CatalogIndex

@@ -90,7 +90,7 @@ def _settings(args: argparse.Namespace, run_id: str) -> Any:
 
 def run_listen(args: argparse.Namespace) -> int:
     """Serve until a signal; returns 0 after a clean drain. Bad options raise ConfigError (exit 2)."""
-    from ..run import new_run_id
+    from ..reassembly.run import new_run_id
     from .receiver import Intake
     from .scp import build_ae, handlers
 

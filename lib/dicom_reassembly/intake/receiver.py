@@ -29,8 +29,7 @@ from ..dicom.part10 import Part10
 from ..errors import ReassemblyError
 from ..io import uris, writes
 from ..ledger import ledger_row, row_dict
-from ..output import write_once
-from ..reassembly import output_key
+from ..reassembly.writes import output_key, write_once
 from .forwarder import Forwarder
 from .records import Recorder
 from .spool import Spool

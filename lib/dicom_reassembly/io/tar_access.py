@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import ArchiveError, NotRestoredError, ReassemblyError
 from . import listing, reads, uris
+from .clients import ArchiveAccess
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,9 @@ class _RangedSource:
     each GET fetches a few header blocks only, so member data is not read.
     """
 
-    def __init__(self, uri: str, size: int, coalesce_gap: int) -> None:
+    def __init__(self, uri: str, size: int, coalesce_gap: int, access: ArchiveAccess | None = None) -> None:
         self.uri = uri
+        self.access = access
         self.size = size
         self.coalesce_gap = coalesce_gap
         self.buf = b""
@@ -151,7 +153,7 @@ class _RangedSource:
         window = min(window, self.size - offset)
         if window <= 0:
             return b""
-        self.buf = reads.read_range(self.uri, offset, window)
+        self.buf = reads.read_range(self.uri, offset, window, self.access)
         self.buf_start = offset
         return self.buf[:n]
 
@@ -400,18 +402,20 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "",
 
 
 def iter_members(uri: str, size: int | None = None, with_data: bool = False,
-                 coalesce_gap: int = DEFAULT_COALESCE_GAP, max_data: int | None = None) -> Iterator[Member | Damage]:
+                 coalesce_gap: int = DEFAULT_COALESCE_GAP, max_data: int | None = None,
+                 access: ArchiveAccess | None = None) -> Iterator[Member | Damage]:
     """Members of one archive, local or S3, followed by a Damage if it is damaged.
 
     ``with_data=True`` streams the archive once (one GET) and attaches each
     regular member's bytes, up to ``max_data`` (larger ones are marked
     ``too_large`` and skipped); otherwise only headers are read: by seeking locally,
     by coalesced ranged reads on S3. Storage errors become a Damage too, except
-    NotRestoredError, which callers report as ``not_restored``.
+    NotRestoredError, which callers report as ``not_restored``. ``access``: the input credentials
+    (``io.clients.ArchiveAccess``).
     """
     try:
         if size is None:
-            info = listing.head(uri)
+            info = listing.head(uri, access)
             if info is None:
                 yield Damage("not_found", "archive does not exist", 0)
                 return
@@ -420,10 +424,10 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
             yield Damage("empty_archive", "archive is 0 bytes", 0)
             return
         if with_data:
-            with reads.open_read(uri) as stream:
+            with reads.open_read(uri, access=access) as stream:
                 yield from walk(_StreamSource(stream), size, True, uri, max_data)
         elif uris.is_s3(uri):
-            yield from walk(_RangedSource(uri, size, coalesce_gap), size, False, uri)
+            yield from walk(_RangedSource(uri, size, coalesce_gap, access), size, False, uri)
         else:
             src = _LocalSeekSource(uri)
             try:
@@ -439,9 +443,9 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
         yield Damage("read_error", f"{type(exc).__name__}: {str(exc)[:200]}", 0)
 
 
-def read_member(uri: str, data_offset: int, size: int) -> bytes:
+def read_member(uri: str, data_offset: int, size: int, access: ArchiveAccess | None = None) -> bytes:
     """One member's bytes by a single ranged read."""
-    data = reads.read_range(uri, data_offset, size)
+    data = reads.read_range(uri, data_offset, size, access)
     if len(data) < size:
         raise ArchiveError("truncated_archive", f"member at {data_offset} cut at {len(data)} of {size} bytes", uri=uri)
     return data

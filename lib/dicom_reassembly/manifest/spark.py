@@ -11,6 +11,7 @@ from typing import Any
 from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..io import listing as io_listing
 from ..io import uris
+from ..io.clients import ArchiveAccess
 from .index import index_archive, manifest_schema
 
 log = logging.getLogger(__name__)
@@ -59,24 +60,20 @@ def manifest_exists(uri: str) -> bool:
 
 
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
-                      s3_bucket: str | None = None) -> Any:
+                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *,
+                      access: ArchiveAccess | None = None) -> Any:
     """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks.
 
-    ``s3``/``s3_bucket`` (input_s3_parameters) reach the executors in the task closure, as reassembly's
-    WriteContext does, never through Spark settings; they apply to the input bucket only.
+    ``access`` (the input credentials, for the input bucket only) reaches the executors in the task closure, as
+    reassembly's ``TaskSettings`` does, never through Spark settings.
     """
     buckets = balance_by_bytes(archives, tasks) if archives else []
     keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
     n = max(1, len(buckets))
 
     def index_partition(items: Any) -> Any:
-        from ..io import clients
-
-        if s3 is not None:
-            clients.set_archive_s3_settings(s3, s3_bucket)
         for _, archive in items:
-            yield from index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
+            yield from index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes, access)
 
     rdd = (spark.sparkContext.parallelize(keyed, n)
            .partitionBy(n, lambda k: k)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import CriteriaError, ReassemblyError
 from ..io import json_document
-from ..io.clients import S3Settings
+from ..io.clients import ArchiveAccess, S3Settings, archive_access
 from ..io.secret_store import is_secret_arn, read_secret_bytes
 from .criteria import Criterion, compile_criterion, show
 
@@ -56,6 +56,11 @@ class CriteriaSpec:
     def __reduce__(self) -> Any:
         # Pickling would carry the secret into Spark tasks; executors only need the criteria.
         raise TypeError("CriteriaSpec holds credentials and is not picklable; ship spec.criteria instead")
+
+    @property
+    def access(self) -> ArchiveAccess | None:
+        """The input credentials for the input bucket only, to hand to whatever lists or reads the archives."""
+        return archive_access(self.s3, self.bucket)
 
     @property
     def tag_keys(self) -> tuple[str, ...]:

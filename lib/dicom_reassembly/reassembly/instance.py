@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ledger import ledger_row, row_dict
-from .manifest.lookup import Members
-from .reassembly import PENDING, PLAN_NAMES, WriteContext, plan_instance, reassemble_partition
+from ..ledger import ledger_row, row_dict
+from ..manifest.lookup import Members
+from .executor import TaskSettings, reassemble_partition
+from .plan import PENDING, PLAN_NAMES, plan_instance
+from .writes import WritePolicy
 
 # The instance's fate is its most decisive row: a written object, else a conflict, else why it failed.
 _PRECEDENCE = ("written", "skipped_existing", "conflict", "invalid_header", "invalid_pixels", "unreadable_archive",
@@ -35,14 +37,14 @@ def reassemble_members(uid: str, members: Members, out: str, *, replace: bool = 
 
     ``replace`` replaces an earlier, different object of this instance at the key (``skip_existing: false``).
     """
-    ctx = WriteContext(run_id="cli", out=out, skip_existing=not replace, upload_threads=1)
+    task = TaskSettings(run_id="cli", writes=WritePolicy(out=out, skip_existing=not replace, upload_threads=1))
     rows: list[dict[str, Any]] = []
     for plan in plan_instance(uid, members.headers, members.pixels):
         item = dict(zip(PLAN_NAMES, plan))
         if item["status"] == PENDING:
-            rows += [row_dict(r) for r in reassemble_partition([item], ctx)]
+            rows += [row_dict(r) for r in reassemble_partition([item], task)]
         else:
-            rows.append(row_dict(ledger_row(ctx.run_id, item["status"], item["reason"],
+            rows.append(row_dict(ledger_row(task.run_id, item["status"], item["reason"],
                                             **{k: item.get(k) for k in _LOCATION_FIELDS})))
     return rows
 

@@ -1,24 +1,20 @@
-"""The Spark side of both jobs: small DataFrame transforms and the functions that chain them.
+"""The run's DataFrame steps (``with_*``): members grouped by UID, their plan, ledger columns, damage rows, and
+work grouped by archive into tasks.
 
-Heavy work (tar walking, DICOM assembly, writes) happens in plain-Python
-generators from ``manifest`` and ``reassembly``, called through ``mapPartitions``.
-Nothing here reads member data on the driver.
+Heavy work happens in the plain-Python generators of ``plan`` and ``executor``, called through ``mapPartitions``;
+nothing here reads member data on the driver.
 """
+
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from .ledger import LEDGER_NAMES, ledger_schema
-from .manifest import spark as manifest_spark
-from .reassembly import PENDING, WriteContext, plan_instance, plan_schema, reassemble_partition
+from ..ledger import LEDGER_NAMES, ledger_schema
+from .plan import PENDING, plan_instance, plan_schema
+from .tasks import TASK_KEY
 
-# Above this many pixel archives in one run, tasks take archives by hash instead of by size: balancing
-# collects each archive's wanted bytes to the driver (about 200 bytes each).
-MAX_BALANCED_ARCHIVES = 200_000
-TASK_KEY = "task_key"
 MEMBER_COLUMNS = ["archive_uri", "archive_size", "member_name", "data_offset", "size", "error", "error_detail"]
 HEADER_COLUMNS = [*MEMBER_COLUMNS, "header_json", "header_sha256", "study_instance_uid", "series_instance_uid", "modality"]
 
@@ -148,95 +144,3 @@ def with_manifest_damage(manifest: Any) -> Any:
         F.when(~is_header_side, F.col("archive_uri")).alias("pixel_archive"),
         F.when(~is_header_side, member).alias("pixel_member"),
     )
-
-
-def count_pending_restore(manifest: Any) -> dict[str, int]:
-    """Archives per role (text, images) the manifest could not index because they are still in Glacier."""
-    from pyspark.sql import functions as F
-
-    rows = (manifest.filter((F.col("kind") == "archive") & (F.col("error") == "not_restored"))
-            .groupBy("archive_role").count().collect())
-    return {r["archive_role"]: int(r["count"]) for r in rows}
-
-
-def reassemble_ledger(plan: Any, manifest: Any, ctx: WriteContext, finished_at: datetime, partitions: int,
-                      task_keys: Any = None) -> Any:
-    """The whole run's ledger as one lazy DataFrame: terminal outcomes, damage, and written instances.
-
-    Evaluating it writes the objects, so it is evaluated exactly once (by the ledger write).
-    """
-    from pyspark.sql import functions as F
-
-    terminal = plan.filter(F.col("status") != PENDING).transform(with_ledger_columns(ctx.run_id, finished_at))
-    damage = manifest.transform(with_manifest_damage).transform(with_ledger_columns(ctx.run_id, finished_at))
-    work = plan.filter(F.col("status") == PENDING).transform(with_archive_locality(partitions, task_keys))
-    written = plan.sparkSession.createDataFrame(
-        work.rdd.mapPartitions(lambda rows: reassemble_partition(rows, ctx)), ledger_schema(),
-        verifySchema=False)  # rows come from ledger_row, typed by construction (tests/test_row_types.py)
-    return terminal.unionByName(damage).unionByName(written)
-
-
-def skipped_archives(plan: Any, manifest: Any) -> dict[str, int]:
-    """Image archives (and bytes) that no pending instance needs: never opened by this run."""
-    from pyspark.sql import functions as F
-
-    images = (manifest.filter((F.col("kind") == "archive") & (F.col("archive_role") == "images"))
-              .select("archive_uri", "archive_size").distinct())
-    needed = plan.filter(F.col("status") == PENDING).select(F.col("pixel_archive").alias("archive_uri")).distinct()
-    unneeded = images.join(needed, "archive_uri", "left_anti")
-    row = unneeded.agg(F.count(F.lit(1)).alias("n"), F.sum("archive_size").alias("b")).collect()[0]
-    total = images.agg(F.count(F.lit(1)).alias("n")).collect()[0]
-    return {"archives_total": int(total["n"] or 0), "archives_skipped": int(row["n"] or 0), "bytes_skipped": int(row["b"] or 0)}
-
-
-def plan_reassembly_tasks(plan: Any, configured: int, task_bytes: int,
-                          max_balanced: int = MAX_BALANCED_ARCHIVES) -> tuple[int, Any]:
-    """How many reassembly tasks, and which task each pixel archive goes to.
-
-    Tasks: configured, else sized by the pixel bytes to read. Sized from the
-    data, not from the executors registered when the driver starts: under
-    dynamic allocation that is one executor, and the job would never give the
-    cluster enough work to scale out. Never more tasks than pixel archives,
-    since an archive is never split.
-
-    Archives are spread over the tasks by wanted bytes, largest first onto the
-    lightest task: hashing leaves tasks uneven (a few big archives can share
-    one), and the run waits for its slowest task. Returns (tasks, task_keys):
-    task_keys is a small DataFrame (pixel_archive, task_key) for
-    ``with_archive_locality``, or None when there is one task or more than
-    ``max_balanced`` archives (their list is collected to the driver).
-    """
-    from pyspark.sql import functions as F
-
-    per_archive = (plan.filter(F.col("status") == PENDING).groupBy("pixel_archive")
-                   .agg(F.sum("pixel_size").alias("b")))
-    row = per_archive.agg(F.count(F.lit(1)).alias("n"), F.sum("b").alias("b")).collect()[0]
-    archives, wanted = int(row["n"] or 0), int(row["b"] or 0)
-    if configured > 0:
-        tasks = configured
-    else:
-        cores = plan.sparkSession.sparkContext.defaultParallelism
-        tasks = max(1, min(archives, max(2 * cores, math.ceil(wanted / task_bytes))))
-    if tasks < 2 or archives < 2 or archives > max_balanced:
-        return tasks, None
-    keys = partition_keys(plan.sparkSession, tasks)
-    if keys is None:
-        return tasks, None
-    sizes = [{"uri": r["pixel_archive"], "size": int(r["b"] or 0)} for r in per_archive.collect()]
-    placed = [(a["uri"], keys[i]) for i, bucket in enumerate(manifest_spark.balance_by_bytes(sizes, tasks)) for a in bucket]
-    return tasks, plan.sparkSession.createDataFrame(placed, f"pixel_archive string, {TASK_KEY} long")
-
-
-def partition_keys(spark: Any, partitions: int) -> list[int] | None:
-    """For each of ``partitions`` partitions, a long that ``repartition(partitions, col)`` sends there.
-
-    Spark places a row by a hash of the column; asking Spark for the hashes of
-    the first longs finds a key for every partition (None if some partition
-    got none, which the tests never saw: 64 tries each).
-    """
-    from pyspark.sql import functions as F
-
-    rows = (spark.range(0, 64 * partitions).select(F.pmod(F.hash("id"), F.lit(partitions)).alias("p"), "id")
-            .groupBy("p").agg(F.min("id").alias("id")).collect())
-    found = {int(r["p"]): int(r["id"]) for r in rows}
-    return [found[p] for p in range(partitions)] if len(found) == partitions else None

@@ -10,19 +10,22 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from .config import Config
-from .errors import ReassemblyError
-from .ledger import STATUSES, with_status_counts, with_unaccounted_members
-from .manifest import spark as manifest_spark
-from .pipeline import (
-    count_pending_restore,
-    plan_reassembly_tasks,
-    reassemble_ledger,
-    skipped_archives,
+from ..config import Config
+from ..errors import ReassemblyError
+from ..ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
+from ..manifest.spark import read_manifest
+from .executor import TaskSettings, reassemble_partition
+from .plan import PENDING
+from .reads import ReadTuning
+from .tasks import PartitionPolicy, plan_reassembly_tasks, read_manifest_bytes, shuffle_partitions_for
+from .transforms import (
+    with_archive_locality,
     with_instance_plan,
+    with_ledger_columns,
+    with_manifest_damage,
     with_members_by_uid,
 )
-from .reassembly import WriteContext
+from .writes import WritePolicy
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +55,29 @@ class ReassembleRun:
     argv: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
-    def context(self, run_id: str) -> WriteContext:
-        """The picklable settings the executors get; the criteria secret goes only as S3 settings."""
-        return WriteContext(
-            run_id=run_id, out=self.out, key_template=self.cfg.key_template,
-            write_options=self.cfg.write_options(), skip_existing=self.cfg.skip_existing,
-            upload_threads=self.cfg.upload_threads, stream_fraction=self.cfg.stream_fraction,
-            coalesce_gap=self.cfg.coalesce_gap, large_member_bytes=self.cfg.large_member_bytes,
-            max_header_bytes=self.cfg.max_header_bytes,
-            put_rate=self.cfg.put_rate, existing_check=self.cfg.existing_check,
-            s3=self.spec.s3 if self.spec is not None else None, s3_bucket=self.spec.bucket if self.spec is not None else None,
-            stow=self.stow, stow_auth=self.stow_auth,
+    def task_settings(self, run_id: str) -> TaskSettings:
+        """The picklable settings the executors get; the criteria's credentials go only as archive access."""
+        cfg = self.cfg
+        return TaskSettings(
+            run_id=run_id,
+            writes=WritePolicy(out=self.out, key_template=cfg.key_template, write_options=cfg.write_options(),
+                               skip_existing=cfg.skip_existing, existing_check=cfg.existing_check,
+                               put_rate=cfg.put_rate, upload_threads=cfg.upload_threads),
+            reads=ReadTuning(stream_fraction=cfg.stream_fraction, coalesce_gap=cfg.coalesce_gap,
+                             large_member_bytes=cfg.large_member_bytes),
+            access=self.spec.access if self.spec is not None else None,
+            max_header_bytes=cfg.max_header_bytes, stow=self.stow, stow_auth=self.stow_auth,
         )
 
     def execute(self) -> dict[str, Any]:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from .selection.criteria import first_failure_json
+        from ..selection.criteria import first_failure_json
 
         run_id = new_run_id(self.started)
         self.size_shuffle()
-        manifest = manifest_spark.read_manifest(self.spark, self.manifest_uri)
+        manifest = read_manifest(self.spark, self.manifest_uri)
         pending_restore = count_pending_restore(manifest)
         # Executors get the criteria alone: the spec itself holds the input credentials.
         select = partial(first_failure_json, self.spec.criteria) if self.spec is not None and self.spec.criteria else None
@@ -85,7 +89,7 @@ class ReassembleRun:
             log.info("run %s: %d of %d image archives need no read (%d bytes)", run_id,
                      skipped["archives_skipped"], skipped["archives_total"], skipped["bytes_skipped"])
             partitions, task_keys = plan_reassembly_tasks(plan, self.cfg.reassemble_partitions, self.cfg.task_bytes)
-            ledger = reassemble_ledger(plan, manifest, self.context(run_id), datetime.now(timezone.utc), partitions,
+            ledger = reassemble_ledger(plan, manifest, self.task_settings(run_id), datetime.now(timezone.utc), partitions,
                                        task_keys)
             ledger.write.mode("append").partitionBy("run_id").parquet(self.ledger_uri)
         finally:
@@ -107,8 +111,6 @@ class ReassembleRun:
 
     def size_shuffle(self) -> None:
         """Size the UID join's shuffle from the manifest, unless the configuration pins it."""
-        from .emr import PartitionPolicy, read_manifest_bytes, shuffle_partitions_for
-
         key = "spark.sql.shuffle.partitions"
         if key in self.cfg.spark or self.spark.conf.get(key) != "200":  # 200: Spark's default, i.e. not pinned
             return
@@ -122,8 +124,8 @@ class ReassembleRun:
         """Per-series computations over the selected, written instances; recorded in their table."""
         from pyspark.sql import functions as F
 
-        from .computations import computations_schema, run_computations_partition
-        from .tables import write_table
+        from ..computations import computations_schema, run_computations_partition
+        from ..tables import write_table
 
         if not self.out or not self.cfg.computations:
             return {}
@@ -139,7 +141,7 @@ class ReassembleRun:
 
     def write_tables(self, run_ledger: Any, summary: dict[str, Any]) -> None:
         """The runs row always; the ledger too when PostgreSQL is configured."""
-        from .tables import build_runs_df, scrub_arguments, write_table
+        from ..tables import build_runs_df, scrub_arguments, write_table
 
         row = {
             "run_id": summary["run_id"], "job": "reassemble", "started_at": summary["started_at"],
@@ -152,7 +154,7 @@ class ReassembleRun:
         }
         write_table(build_runs_df(self.spark, row), "runs", self.runs_uri, self.jdbc)
         if self.jdbc is not None:
-            from .tables import write_jdbc
+            from ..tables import write_jdbc
 
             write_jdbc(run_ledger, "ledger", self.jdbc)
 
@@ -180,3 +182,42 @@ class ReassembleRun:
 
 
 __all__ = ["ReassembleRun", "ReassemblyError", "new_run_id"]
+
+
+def count_pending_restore(manifest: Any) -> dict[str, int]:
+    """Archives per role (text, images) the manifest could not index because they are still in Glacier."""
+    from pyspark.sql import functions as F
+
+    rows = (manifest.filter((F.col("kind") == "archive") & (F.col("error") == "not_restored"))
+            .groupBy("archive_role").count().collect())
+    return {r["archive_role"]: int(r["count"]) for r in rows}
+
+
+def reassemble_ledger(plan: Any, manifest: Any, task: TaskSettings, finished_at: datetime, partitions: int,
+                      task_keys: Any = None) -> Any:
+    """The whole run's ledger as one lazy DataFrame: terminal outcomes, damage, and written instances.
+
+    Evaluating it writes the objects, so it is evaluated exactly once (by the ledger write).
+    """
+    from pyspark.sql import functions as F
+
+    terminal = plan.filter(F.col("status") != PENDING).transform(with_ledger_columns(task.run_id, finished_at))
+    damage = manifest.transform(with_manifest_damage).transform(with_ledger_columns(task.run_id, finished_at))
+    work = plan.filter(F.col("status") == PENDING).transform(with_archive_locality(partitions, task_keys))
+    written = plan.sparkSession.createDataFrame(
+        work.rdd.mapPartitions(lambda rows: reassemble_partition(rows, task)), ledger_schema(),
+        verifySchema=False)  # rows come from ledger_row, typed by construction (tests/test_row_types.py)
+    return terminal.unionByName(damage).unionByName(written)
+
+
+def skipped_archives(plan: Any, manifest: Any) -> dict[str, int]:
+    """Image archives (and bytes) that no pending instance needs: never opened by this run."""
+    from pyspark.sql import functions as F
+
+    images = (manifest.filter((F.col("kind") == "archive") & (F.col("archive_role") == "images"))
+              .select("archive_uri", "archive_size").distinct())
+    needed = plan.filter(F.col("status") == PENDING).select(F.col("pixel_archive").alias("archive_uri")).distinct()
+    unneeded = images.join(needed, "archive_uri", "left_anti")
+    row = unneeded.agg(F.count(F.lit(1)).alias("n"), F.sum("archive_size").alias("b")).collect()[0]
+    total = images.agg(F.count(F.lit(1)).alias("n")).collect()[0]
+    return {"archives_total": int(total["n"] or 0), "archives_skipped": int(row["n"] or 0), "bytes_skipped": int(row["b"] or 0)}
