@@ -509,9 +509,9 @@ def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[
 
 def _partition_in_process(items: list[dict[str, Any]], out_dir: str) -> None:
     """Child process body: the executor's own partition function over ``items``; exit 1 unless all were written."""
-    from dicom_reassembly.ledger import LEDGER_NAMES
     from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
     from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import LEDGER_NAMES
 
     status = LEDGER_NAMES.index("status")
     rows = list(reassemble_partition(items, TaskSettings("bench", WritePolicy(out=out_dir))))

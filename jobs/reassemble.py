@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_reassembly import errors
     from dicom_reassembly.config import load_config
     from dicom_reassembly.io import writes
+    from dicom_reassembly.records.tables import JdbcTarget, jdbc_session_settings
     from dicom_reassembly.selection.spec import load_criteria
     from dicom_reassembly.stow import StowAuth, StowSettings
-    from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
 
     started = datetime.now(timezone.utc)
     try:

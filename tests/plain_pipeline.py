@@ -26,12 +26,12 @@ from typing import Any
 from helpers import dcmftest_ok
 
 from dicom_reassembly.config import Config
-from dicom_reassembly.ledger import LEDGER_NAMES, row_dict
 from dicom_reassembly.manifest import index, listing
 from dicom_reassembly.reassembly.executor import reassemble_partition
 from dicom_reassembly.reassembly.plan import PENDING, PLAN_NAMES, plan_instance
 from dicom_reassembly.reassembly.run import ReassembleRun
 from dicom_reassembly.reassembly.transforms import HEADER_COLUMNS, MEMBER_COLUMNS
+from dicom_reassembly.records.ledger import LEDGER_NAMES, row_dict
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 RUN_ID = "plain"

@@ -15,7 +15,7 @@ from matplotlib import image as mpimg
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_reassembly.computations import (
+from dicom_reassembly.records.computations import (
     COMPUTATIONS,
     COMPUTATIONS_NAMES,
     computations_schema,

@@ -28,9 +28,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from dicom_reassembly import catalog
 from dicom_reassembly.intake.receiver import Intake, IntakeSettings
 from dicom_reassembly.intake.validation import Refused, check_dataset
+from dicom_reassembly.records import catalog
 
 if TYPE_CHECKING:
     from orthanc_fixture import OrthancServer

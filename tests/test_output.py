@@ -120,9 +120,9 @@ def test_a_colliding_template_in_a_partition_gives_written_and_conflict(sample_d
     object and one conflict row naming both instances, never two written rows."""
     from helpers import dcmftest_ok, work_item
 
-    from dicom_reassembly.ledger import row_dict
     from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
     from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import row_dict
 
     root, expected = sample_delivery
     picked = [(u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native"][:2]

@@ -13,7 +13,6 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicom_reassembly.config import Config
-from dicom_reassembly.ledger import STATUSES
 from dicom_reassembly.manifest import index
 from dicom_reassembly.manifest import listing as manifest_listing
 from dicom_reassembly.manifest import spark as manifest_spark
@@ -21,6 +20,7 @@ from dicom_reassembly.manifest.spark import indexed_archives
 from dicom_reassembly.reassembly.run import ReassembleRun
 from dicom_reassembly.reassembly.tasks import partition_keys, plan_reassembly_tasks
 from dicom_reassembly.reassembly.transforms import with_archive_locality, with_manifest_damage, with_members_by_uid
+from dicom_reassembly.records.ledger import STATUSES
 
 pytestmark = pytest.mark.spark
 

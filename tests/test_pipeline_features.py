@@ -202,7 +202,7 @@ def _orthanc_id(orthanc, uid: str) -> str | None:  # noqa: ANN001
 
 
 def test_tables_also_go_to_postgresql(spark, indexed, postgres, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    from dicom_reassembly.tables import JdbcTarget
+    from dicom_reassembly.records.tables import JdbcTarget
 
     root, base, expected = indexed
     monkeypatch.setenv("DICOM_REASSEMBLY_JDBC_USER", postgres.user)

@@ -275,10 +275,10 @@ def test_output_keys_never_leave_the_output_prefix() -> None:
 def test_members_above_the_memory_threshold_are_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
     from helpers import dcmftest_ok, work_item
 
-    from dicom_reassembly.ledger import row_dict
     from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
     from dicom_reassembly.reassembly.reads import ReadTuning
     from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import row_dict
 
     root, expected = sample_delivery
     uid, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native")

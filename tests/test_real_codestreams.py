@@ -44,7 +44,7 @@ from pydicom.encaps import generate_fragments, generate_frames
 
 from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import PixelError
-from dicom_reassembly.ledger import row_dict
+from dicom_reassembly.records.ledger import row_dict
 from dicom_reassembly.testing.instances import header_json
 
 J2K_SYNTAXES = {

@@ -26,9 +26,9 @@ def assert_typed(rows: list[tuple], fields: list[tuple[str, str]]) -> None:
 
 def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tmp_path: Any) -> None:
     """The ledger DataFrame skips Spark's per-row type check: every outcome path must build typed rows itself."""
-    from dicom_reassembly.ledger import LEDGER_FIELDS, STATUSES
     from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
     from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import LEDGER_FIELDS, STATUSES
 
     root, expected = sample_delivery
     (u1, i1), (u2, i2) = sorted(expected["instances"].items())[:2]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, NotFoundError
 from .io import arrow_io, listing
 from .io import uris as io_uris
-from .ledger import STATUSES
+from .records.ledger import STATUSES
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -150,7 +150,7 @@ class Config:
             raise ConfigError("bad_config", f"archive_suffixes: must be name endings such as .tar, not "
                                             f"{_shown(self.archive_suffixes)}")
         if self.computations:
-            from .computations import COMPUTATIONS
+            from .records.computations import COMPUTATIONS
 
             for name in self.computations:
                 if name not in COMPUTATIONS:

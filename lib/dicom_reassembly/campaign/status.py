@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import NotFoundError, StorageError
 from ..io import listing, uris
-from ..ledger import STATUSES
+from ..records.ledger import STATUSES
 from .layout import campaign_layout
 
 log = logging.getLogger(__name__)

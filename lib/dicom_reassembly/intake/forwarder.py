@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from ..ledger import ledger_row, row_dict
+from ..records.ledger import ledger_row, row_dict
 from ..stow import StowClient, StowItem, StowSettings
 from .spool import Spool
 from .state import IntakeState

@@ -20,7 +20,7 @@ from ..dicom.part10 import Part10, assemble
 from ..errors import ReassemblyError
 from ..io import reads, uris
 from ..io.clients import ArchiveAccess
-from ..ledger import ledger_row
+from ..records.ledger import ledger_row
 from ..stow import StowAuth, StowSettings
 from .forward import StowForward
 from .reads import Payload, ReadTuning, read_archive_members

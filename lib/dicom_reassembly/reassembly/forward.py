@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from ..dicom.part10 import Part10
-from ..ledger import LEDGER_NAMES
+from ..records.ledger import LEDGER_NAMES
 from ..stow import StowAuth, StowClient, StowItem, StowResult, StowSettings
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ledger import ledger_row, row_dict
 from ..manifest.lookup import Members
+from ..records.ledger import ledger_row, row_dict
 from .executor import TaskSettings, reassemble_partition
 from .plan import PENDING, PLAN_NAMES, plan_instance
 from .writes import WritePolicy

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ReassemblyError
-from ..ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
 from ..manifest.spark import read_manifest
+from ..records.ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
 from .executor import TaskSettings, reassemble_partition
 from .plan import PENDING
 from .reads import ReadTuning
@@ -124,8 +124,8 @@ class ReassembleRun:
         """Per-series computations over the selected, written instances; recorded in their table."""
         from pyspark.sql import functions as F
 
-        from ..computations import computations_schema, run_computations_partition
-        from ..tables import write_table
+        from ..records.computations import computations_schema, run_computations_partition
+        from ..records.tables import write_table
 
         if not self.out or not self.cfg.computations:
             return {}
@@ -141,7 +141,7 @@ class ReassembleRun:
 
     def write_tables(self, run_ledger: Any, summary: dict[str, Any]) -> None:
         """The runs row always; the ledger too when PostgreSQL is configured."""
-        from ..tables import build_runs_df, scrub_arguments, write_table
+        from ..records.tables import build_runs_df, scrub_arguments, write_table
 
         row = {
             "run_id": summary["run_id"], "job": "reassemble", "started_at": summary["started_at"],
@@ -154,7 +154,7 @@ class ReassembleRun:
         }
         write_table(build_runs_df(self.spark, row), "runs", self.runs_uri, self.jdbc)
         if self.jdbc is not None:
-            from ..tables import write_jdbc
+            from ..records.tables import write_jdbc
 
             write_jdbc(run_ledger, "ledger", self.jdbc)
 

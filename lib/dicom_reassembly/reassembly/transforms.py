@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ..ledger import LEDGER_NAMES, ledger_schema
+from ..records.ledger import LEDGER_NAMES, ledger_schema
 from .plan import PENDING, plan_instance, plan_schema
 from .tasks import TASK_KEY
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from .errors import NotFoundError
-from .io import arrow_io, listing, uris
+from ..errors import NotFoundError
+from ..io import arrow_io, listing, uris
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def attributes_from_dataset(ds: Any) -> dict[str, Any]:
 
 def attributes_from_json(header: Mapping[str, Any]) -> dict[str, Any]:
     """The catalogue's header columns from a DICOM JSON dict (keys GGGGEEEE, upper case)."""
-    from .dicom.dicom_json import first_value
+    from ..dicom.dicom_json import first_value
 
     return _attributes(lambda tag, _kind: first_value(dict(header), tag))
 

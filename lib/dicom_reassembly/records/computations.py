@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HeaderError, NotFoundError, PixelError, ReassemblyError, StorageError
-from .io import clients, reads, writes
-from .io import uris as io_uris
+from ..errors import HeaderError, NotFoundError, PixelError, ReassemblyError, StorageError
+from ..io import clients, reads, writes
+from ..io import uris as io_uris
 
 log = logging.getLogger(__name__)
 

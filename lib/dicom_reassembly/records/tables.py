@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
