@@ -14,7 +14,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail, run_spark_job  # noqa: E402
+from dicom_reassembly.cli.main import configure_logging, fail, run_spark_job
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_reassembly.io import writes
     from dicom_reassembly.records.tables import JdbcTarget, jdbc_session_settings
     from dicom_reassembly.selection.spec import load_criteria
-    from dicom_reassembly.stow import StowAuth, StowSettings
+    from dicom_reassembly.stow.settings import StowAuth, StowSettings
 
     started = datetime.now(timezone.utc)
     try:
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         # Read here: executors on a cluster do not inherit the driver's environment.
         stow_auth = StowAuth.from_env() if args.stow_url else None
         jdbc = JdbcTarget.from_env(args.jdbc_url) if args.jdbc_url else None
-        from dicom_reassembly.manifest import spark as manifest_spark
+        from dicom_reassembly.manifest.spark import manifest_exists
 
-        if not manifest_spark.manifest_exists(args.manifest):
+        if not manifest_exists(args.manifest):
             raise errors.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
         if args.out:
             writes.check_writable(args.out)

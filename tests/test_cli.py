@@ -163,7 +163,7 @@ def test_inspect_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001
 
 def _in_process(capsys, *args: str) -> tuple[int, str, list[str]]:  # noqa: ANN001
     """The command in this process (the sweeps below run it dozens of times): exit code, stdout, stderr lines."""
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     rc = main(list(args))
     captured = capsys.readouterr()

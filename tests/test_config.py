@@ -69,8 +69,8 @@ def test_other_tools_sections_may_share_the_file(tmp_path: Any) -> None:
 
 def test_the_other_tools_top_level_keys_are_the_ones_they_read() -> None:
     from dicom_reassembly.config import OTHER_TOP_LEVEL_KEYS
-    from dicom_reassembly.emr import _TOP_KEYS
-    from dicom_reassembly.restore import RestoreConfig
+    from dicom_reassembly.emr.config import _TOP_KEYS
+    from dicom_reassembly.restore.batch import RestoreConfig
 
     with open(os.path.join(ROOT, "conf", "prices.json")) as f:
         prices = set(json.load(f))
@@ -403,8 +403,8 @@ def test_a_colliding_key_template_flag_is_refused_before_spark(monkeypatch: pyte
 
 
 def test_the_emr_and_restore_config_readers_have_the_same_bounds(tmp_path: Any) -> None:
-    from dicom_reassembly.emr import read_emr_config
-    from dicom_reassembly.restore import read_restore_config
+    from dicom_reassembly.emr.config import read_emr_config
+    from dicom_reassembly.restore.batch import read_restore_config
 
     deep = tmp_path / "deep.json"
     deep.write_text('{"cluster": ' + "[" * 50_000 + "]" * 50_000 + "}")

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError, CriteriaError
 from ..io.uris import is_s3, split_s3
-from ..restore import TIERS
+from ..restore.requests import TIERS
 
 DEFAULT_POLL_SECONDS = 600.0
 # Restore times AWS gives (Flexible Retrieval / Deep Archive): Expedited 1-5 min, Standard 3-5 h / 12 h,

@@ -137,10 +137,10 @@ def read_restore_state(restore_ledger_uri: str, now: datetime, expiring_hours: f
                        head: Callable[[list[str]], dict[str, tuple[str, datetime | None]]] | None = None,
                        head_limit: int = 1000) -> dict[str, Any]:
     """Archives waiting for their restore, and restored copies expiring within ``expiring_hours``."""
-    from .. import restore
+    from ..restore import ledger as restore_ledger
 
     try:
-        table = restore.read_restore_ledger(restore_ledger_uri)
+        table = restore_ledger.read_restore_ledger(restore_ledger_uri)
     except NotFoundError:
         table = None
     newest: dict[str, dict[str, Any]] = {}

@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 from ..records.ledger import ledger_row, row_dict
-from ..stow import StowClient, StowItem, StowSettings
+from ..stow.client import StowClient, StowItem
+from ..stow.settings import StowSettings
 from .spool import Spool
 from .state import IntakeState
 

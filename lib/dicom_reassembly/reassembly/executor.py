@@ -21,7 +21,7 @@ from ..errors import ReassemblyError
 from ..io import reads, uris
 from ..io.clients import ArchiveAccess
 from ..records.ledger import ledger_row
-from ..stow import StowAuth, StowSettings
+from ..stow.settings import StowAuth, StowSettings
 from .forward import StowForward
 from .reads import Payload, ReadTuning, read_archive_members
 from .writes import WritePolicy, WriterPool, output_key, write_once

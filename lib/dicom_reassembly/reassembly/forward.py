@@ -9,7 +9,8 @@ from collections.abc import Iterable, Iterator
 
 from ..dicom.part10 import Part10
 from ..records.ledger import LEDGER_NAMES
-from ..stow import StowAuth, StowClient, StowItem, StowResult, StowSettings
+from ..stow.client import StowClient, StowItem, StowResult
+from ..stow.settings import StowAuth, StowSettings
 
 log = logging.getLogger(__name__)
 

@@ -65,8 +65,8 @@ def absolute_uri(uri: str) -> str:
 
 
 def _settings(args: argparse.Namespace, run_id: str) -> Any:
-    from ..stow import StowSettings
-    from .receiver import IntakeSettings
+    from ..intake.receiver import IntakeSettings
+    from ..stow.settings import StowSettings
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("bad_port", f"--port {args.port} is not 0-65535")
@@ -90,9 +90,9 @@ def _settings(args: argparse.Namespace, run_id: str) -> Any:
 
 def run_listen(args: argparse.Namespace) -> int:
     """Serve until a signal; returns 0 after a clean drain. Bad options raise ConfigError (exit 2)."""
+    from ..intake.receiver import Intake
+    from ..intake.scp import build_ae, handlers
     from ..reassembly.run import new_run_id
-    from .receiver import Intake
-    from .scp import build_ae, handlers
 
     run_id = new_run_id(datetime.now(timezone.utc))
     settings = _settings(args, run_id)

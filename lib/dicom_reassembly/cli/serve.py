@@ -14,9 +14,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from ..dicomweb.auth import ENV_SECRET
 from ..errors import ConfigError
-from ..intake.command import DEFAULT_LEDGER, DEFAULT_OUT, absolute_uri, default_catalog
-from .auth import ENV_SECRET
+from .listen import DEFAULT_LEDGER, DEFAULT_OUT, absolute_uri, default_catalog
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def add_token_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_token(args: argparse.Namespace) -> int:
     """Print a token; bad input raises ConfigError (exit 2)."""
-    from .auth import ALL_PATIENTS, mint_token, parse_ttl
+    from ..dicomweb.auth import ALL_PATIENTS, mint_token, parse_ttl
 
     secret = os.environ.get(ENV_SECRET)
     if not secret:
@@ -72,11 +72,11 @@ def run_token(args: argparse.Namespace) -> int:
 def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     """(app, intake or None) from ``serve`` arguments."""
     from ..config import load_config
+    from ..dicomweb.app import create_app
+    from ..dicomweb.auth import AuthSettings
+    from ..dicomweb.query import CatalogIndex
     from ..intake.receiver import Intake, IntakeSettings
     from ..reassembly.run import new_run_id
-    from .app import create_app
-    from .auth import AuthSettings
-    from .query import CatalogIndex
 
     auth = AuthSettings.from_env(args.jwks)
     ledger = absolute_uri(args.ledger)

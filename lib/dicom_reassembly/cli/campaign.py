@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("prefect_api_url_unset", "set PREFECT_API_URL to a Prefect server (`make prefect-server` "
                                                    "starts one at http://127.0.0.1:4200/api)")
     _require_prefect()
-    from .flow import serve
+    from ..campaign.flow import serve
 
     serve()
     return 0
@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the flow once in process; print the report as JSON; exit 1 when the run did not complete."""
-    from .params import read_params
+    from ..campaign.params import read_params
 
     read_params(args.params)  # bad parameters end here, before Prefect starts: one line, exit 2
     with open(args.params, encoding="utf-8-sig") as fh:
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _require_prefect()
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
-    from .flow import campaign_flow
+    from ..campaign.flow import campaign_flow
 
     # The embedded ephemeral server; its 20 s start-up bound is too short on a busy two-core machine.
     updates = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else \
@@ -94,16 +94,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _head_with(params_path: str) -> Any:
     """A HEAD function over the input bucket with the campaign's credentials."""
-    from .. import restore
-    from .params import read_params, resolve_credentials
-    from .steps import Inputs
+    from ..campaign.params import read_params, resolve_credentials
+    from ..campaign.steps import Inputs
+    from ..restore import plan, status
 
     params = read_params(params_path)
     inputs = Inputs(params, resolve_credentials(params))
 
     def head(uris: list[str]) -> dict[str, tuple[str, datetime | None]]:
-        objs = [restore.PlannedObject(u, 0, "", 0, restore.STATE_RESTORE, "status", "GLACIER") for u in uris]
-        report = restore.restore_status(objs, settings=inputs.settings)
+        objs = [plan.PlannedObject(u, 0, "", 0, plan.STATE_RESTORE, "status", "GLACIER") for u in uris]
+        report = status.restore_status(objs, settings=inputs.settings)
         return {s.uri: (s.state, s.expiry) for s in report.objects}
 
     return head
@@ -111,7 +111,7 @@ def _head_with(params_path: str) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the campaign's status (a table with a progress bar, or JSON)."""
-    from .status import campaign_status, format_status, to_json
+    from ..campaign.status import campaign_status, format_status, to_json
 
     head = _head_with(args.params) if args.params else None
     while True:

@@ -10,160 +10,35 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import textwrap
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, NotFoundError
-from .io import arrow_io, listing
-from .io import uris as io_uris
-from .records.ledger import STATUSES
+from ..errors import ConfigError
+from ..io import listing
+from ..records.ledger import STATUSES
+from .inputs import Inputs
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MANIFEST = "out/demo/manifest"
-DEFAULT_LEDGER = "out/demo/ledger"
-
-MANIFEST_COLUMNS = (
-    "archive_uri", "archive_role", "archive_size", "index_run", "member_name", "size", "kind", "sop_instance_uid",
-    "error", "error_detail", "modality", "study_date", "patient_age",
-)
-LEDGER_COLUMNS = (
-    "run_id", "sop_instance_uid", "status", "reason", "header_archive", "header_member", "pixel_archive",
-    "pixel_member", "output_bytes",
-)
 MEMBER_KINDS = ("header", "pixels", "other")
 ROLES = ("text", "images")
 ORPHAN_STATUSES = ("orphan_header", "orphan_pixels")
 DUPLICATE_STATUSES = ("duplicate", "conflict")
 ARCHIVE_STATUSES = ("unreadable_archive", "not_restored")
 MISSING = "(missing)"
-
 _AS = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
 _AS_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 _REASON_CODE = re.compile(r"^([a-z][a-z0-9_]*):")
 
 
-# ------------------------------------------------------------------------------------------------ inputs
-
-
-def resolve_input(value: str | None, default: str, root: str) -> str:
-    """An input path from an environment value (or ``default``); relative local paths are taken from ``root``."""
-    path = (value or "").strip() or default
-    if io_uris.is_s3(path) or os.path.isabs(path):
-        return path
-    return os.path.normpath(os.path.join(root, path))
-
-
-def _has_parquet(uri: str) -> bool:
-    if io_uris.is_s3(uri):
-        return any(True for _ in listing.list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
-
-
-def read_manifest_frame(uri: str, columns: Iterable[str] = MANIFEST_COLUMNS) -> pd.DataFrame:
-    """The manifest's newest index per archive as pandas, with only ``columns`` read."""
-    cols = list(dict.fromkeys(["archive_uri", "index_run", "kind", *columns]))
-    try:
-        table = arrow_io.read_manifest_table(uri, cols)
-    except NotFoundError as exc:
-        raise NotFoundError("manifest_not_found", "no Parquet manifest here (run `make demo` or set MANIFEST)",
-                            uri=uri) from exc
-    return table.to_pandas()
-
-
-def _ledger_partitioning() -> Any:
-    """``run_id=...`` folders, always read as strings (inferred types would turn an all-digit id into a number)."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-
-    return pads.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
-
-
-def ledger_runs(uri: str) -> list[str]:
-    """The run ids present in a ledger (from its ``run_id=`` partitions), oldest first; [] when there is none."""
-    import pyarrow.dataset as pads
-
-    if not _has_parquet(uri):
-        return []
-    runs: set[str] = set()
-    for fragment in arrow_io.open_dataset(uri, _ledger_partitioning()).get_fragments():
-        run = pads.get_partition_keys(fragment.partition_expression).get("run_id")
-        if run is not None:
-            runs.add(str(run))
-    return sorted(runs)
-
-
-def read_ledger_frame(uri: str, run_id: str | None = None,
-                      columns: Iterable[str] = LEDGER_COLUMNS) -> tuple[pd.DataFrame, str | None]:
-    """One run of the ledger (the newest unless ``run_id``) and its id; an empty frame when there is no ledger."""
-    import pandas as pd
-    import pyarrow.dataset as pads
-
-    cols = list(dict.fromkeys(["run_id", *columns]))
-    runs = ledger_runs(uri)
-    if run_id is None:
-        if not runs:
-            log.info("no ledger run under %s", uri)
-            return pd.DataFrame({c: pd.Series(dtype="object") for c in cols}), None
-        run_id = runs[-1]
-    elif run_id not in runs:
-        raise ConfigError("ledger_run_not_found", f"no run {run_id!r} (runs: {', '.join(runs) or 'none'})", uri=uri)
-    ds = arrow_io.open_dataset(uri, _ledger_partitioning())
-    table = ds.to_table(columns=[c for c in cols if c in ds.schema.names], filter=pads.field("run_id") == run_id)
-    return table.to_pandas(), run_id
-
-
-def _common_prefix(uris: Iterable[str]) -> str:
-    """The longest common prefix ending with '/', so names stay whole."""
-    values = [u for u in uris if isinstance(u, str)]
-    if not values:
-        return ""
-    prefix = os.path.commonprefix(values)
-    return prefix[: prefix.rfind("/") + 1]
-
-
-def _strip_prefix(series: pd.Series, prefix: str) -> pd.Series:
-    if not prefix:
-        return series
-    return series.map(lambda u: u[len(prefix):] if isinstance(u, str) and u.startswith(prefix) else u)
-
-
-@dataclass
-class Inputs:
-    """The loaded manifest and ledger run; archive URIs are shown relative to ``prefix``."""
-
-    manifest_uri: str
-    ledger_uri: str
-    manifest: pd.DataFrame
-    ledger: pd.DataFrame
-    run_id: str | None
-    runs: list[str] = field(default_factory=list)
-    prefix: str = ""
-
-
-def read_inputs(manifest_uri: str, ledger_uri: str, run_id: str | None = None, shorten: bool = True) -> Inputs:
-    """Read the manifest (newest index) and one ledger run; optionally shorten archive URIs for display."""
-    manifest = read_manifest_frame(manifest_uri)
-    ledger, run = read_ledger_frame(ledger_uri, run_id)
-    prefix = _common_prefix(manifest["archive_uri"].dropna().unique()) if shorten else ""
-    if prefix:
-        manifest["archive_uri"] = _strip_prefix(manifest["archive_uri"], prefix)
-        for col in ("header_archive", "pixel_archive"):
-            if col in ledger:
-                ledger[col] = _strip_prefix(ledger[col], prefix)
-    log.info("manifest %s: %d rows; ledger run %s: %d rows", manifest_uri, len(manifest), run, len(ledger))
-    return Inputs(manifest_uri, ledger_uri, manifest, ledger, run, ledger_runs(ledger_uri), prefix)
-
-
-# ------------------------------------------------------------------------------------------------ tables
+def format_number(value: float) -> str:
+    """Two decimals for everyday amounts, significant digits for the tiny ones a sample gives."""
+    if value != value:
+        return "n/a"
+    return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
 
 
 def overview(inputs: Inputs) -> pd.DataFrame:
@@ -399,9 +274,6 @@ def age_summary(manifest: pd.DataFrame) -> pd.DataFrame:
         "years")
 
 
-# -------------------------------------------------------------------------------------------------- cost
-
-
 @dataclass
 class CostTables:
     """The cost model's estimate as tables: one-time lines, monthly storage per class, totals."""
@@ -423,11 +295,13 @@ def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str |
     import pandas as pd
 
     from . import cost
+    from . import prices as estimate_prices
+    from . import workload as estimate_workload
 
-    workload = cost.read_manifest_workload(manifest_uri)
+    workload = estimate_workload.read_manifest_workload(manifest_uri)
     if text and images:
-        workload = cost.merge_listing(workload, *listing.count_objects(text), *listing.count_objects(images))
-    est = cost.estimate_cost(workload, cost.read_prices(prices, region), cost.Assumptions(**assumptions),
+        workload = estimate_workload.merge_listing(workload, *listing.count_objects(text), *listing.count_objects(images))
+    est = cost.estimate_cost(workload, estimate_prices.read_prices(prices, region), cost.Assumptions(**assumptions),
                              bench_report)
     lines = pd.DataFrame([{"group": ln.group, "item": ln.item, "quantity": ln.quantity, "unit": ln.unit,
                            "unit price": ln.unit_price, f"cost ({est.currency})": ln.cost, "as of": ln.as_of}
@@ -442,177 +316,14 @@ def cost_estimate(manifest_uri: str, *, region: str = "us-east-1", prices: str |
         "workload": workload.source,
         "instances": workload.instances,
         "archives": workload.archives,
-        "archive GB": _num(workload.archive_bytes / cost.GB),
-        f"one-time total ({cur})": _num(est.one_time_total),
-        f"storage per month ({cur}, {est.assumptions['destination_class']})": _num(est.monthly_total),
-        f"one-time per million instances ({cur})": _num(est.one_time_total * per_million),
-        f"storage per month per million instances ({cur})": _num(est.monthly_total * per_million),
-        "worker node-hours": _num(d["node_hours"]),
-        "wall-clock hours": _num(d["wall_clock_hours"]),
+        "archive GB": format_number(workload.archive_bytes / estimate_prices.GB),
+        f"one-time total ({cur})": format_number(est.one_time_total),
+        f"storage per month ({cur}, {est.assumptions['destination_class']})": format_number(est.monthly_total),
+        f"one-time per million instances ({cur})": format_number(est.one_time_total * per_million),
+        f"storage per month per million instances ({cur})": format_number(est.monthly_total * per_million),
+        "worker node-hours": format_number(d["node_hours"]),
+        "wall-clock hours": format_number(d["wall_clock_hours"]),
         "throughput per core (MB/s)": f"{d['per_core_mb_s']:g} ({d['per_core_mb_s_source']})",
         "prices": f"{est.prices_file} ({est.region})",
     }, dtype="object")}).rename_axis("estimate")
     return CostTables(lines, store, totals, est)
-
-
-def _num(value: float) -> str:
-    """Two decimals for everyday amounts, significant digits for the tiny ones a sample gives."""
-    if value != value:
-        return "n/a"
-    return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
-
-
-# ------------------------------------------------------------------------------------------------ charts
-
-
-def _figure(ncols: int = 1, width: float = 6.0, height: float = 3.6) -> tuple[Figure, list[Any]]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def _no_data(ax: Any, title: str, what: str = "no data") -> None:
-    ax.set_title(title)
-    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="grey")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _hist(ax: Any, series: Mapping[str, Any], title: str, xlabel: str) -> None:
-    """Overlaid histograms of positive values, log-spaced when they span more than two decades."""
-    import numpy as np
-
-    present = {k: [x for x in v if x is not None and x == x] for k, v in series.items()}
-    data = {k: np.asarray([x for x in v if x > 0], dtype="float64") for k, v in present.items()}
-    empty = {k: len(present[k]) - len(v) for k, v in data.items()}
-    data = {k: v for k, v in data.items() if len(v)}
-    if not data:
-        _no_data(ax, title)
-        return
-    lo = min(v.min() for v in data.values())
-    hi = max(v.max() for v in data.values())
-    if hi / lo > 100:
-        bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 30)
-        ax.set_xscale("log")
-    else:
-        bins = np.linspace(lo, hi + (1 if hi == lo else 0), 30)
-    for label, values in data.items():
-        note = f"; {empty[label]} empty, not shown" if empty[label] else ""
-        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)}{note})")
-    from matplotlib.ticker import EngFormatter, MaxNLocator
-
-    if xlabel == "bytes":  # 400 kB rather than 400000: six-digit tick labels ran into each other
-        ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
-    if ax.get_xscale() == "linear":
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    ax.legend(fontsize="small")
-
-
-def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: str,
-          colors: list[str] | None = None) -> None:
-    if not labels:
-        _no_data(ax, title)
-        return
-    from matplotlib.ticker import MaxNLocator
-
-    pos = list(range(len(labels)))
-    ax.barh(pos, values, color=colors)
-    ax.xaxis.set_major_locator(MaxNLocator(4))
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 6))
-    ax.set_yticks(pos, labels)
-    ax.invert_yaxis()
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    for p, v in zip(pos, values, strict=True):
-        ax.annotate(f"{v:,.4g}", (v, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
-
-
-def plot_members_per_archive(archives: pd.DataFrame) -> Figure:
-    """Members per archive: stacked bars by kind for a few archives, a histogram by role for many."""
-    few = len(archives) <= 40
-    fig, (ax,) = _figure(width=8, height=max(3.0, 0.3 * len(archives) + 1) if few else 4.0)
-    if not len(archives):
-        _no_data(ax, "Members per archive")
-        return fig
-    if few:
-        names = [str(a) for a in archives.index]
-        left = [0] * len(archives)
-        for kind in MEMBER_KINDS:
-            values = archives[kind].tolist()
-            ax.barh(names, values, left=left, label=kind)
-            left = [a + b for a, b in zip(left, values, strict=True)]
-        ax.invert_yaxis()
-        ax.set_xlabel("members")
-        ax.legend(fontsize="small")
-        ax.set_title("Members per archive, by kind")
-    else:
-        _hist(ax, {role: archives.loc[archives["role"] == role, "members"].tolist() for role in ROLES},
-              "Members per archive, by role", "members")
-    return fig
-
-
-def plot_size_distributions(manifest: pd.DataFrame) -> Figure:
-    """Histograms: archive sizes by role, member sizes by kind, header (JSON) sizes."""
-    fig, axes = _figure(3, width=4.6)
-    arch = manifest[manifest["kind"] == "archive"].drop_duplicates("archive_uri")
-    _hist(axes[0], {r: arch.loc[arch["archive_role"] == r, "archive_size"].tolist() for r in ROLES},
-          "Archive sizes", "bytes")
-    _hist(axes[1], {k: manifest.loc[manifest["kind"] == k, "size"].tolist() for k in ("pixels", "other")},
-          "Pixel and other member sizes", "bytes")
-    _hist(axes[2], {"header": manifest.loc[manifest["kind"] == "header", "size"].tolist()},
-          "Header (JSON) sizes", "bytes")
-    return fig
-
-
-_STATUS_COLORS = {"written": "tab:green", "skipped_existing": "tab:olive", "filtered_out": "tab:gray"}
-
-
-def plot_status_counts(counts: pd.DataFrame, run_id: str | None = None) -> Figure:
-    """Ledger rows per status (written in green, problems in red)."""
-    fig, (ax,) = _figure(width=7, height=max(2.5, 0.35 * len(counts) + 1.2))
-    title = f"Outcomes per status (run {run_id})" if run_id else "Outcomes per status"
-    if not len(counts):
-        _no_data(ax, title, "no ledger run")
-        return fig
-    labels = [str(s) for s in counts.index]
-    _bars(ax, labels, counts["rows"].tolist(), title, "ledger rows",
-          [_STATUS_COLORS.get(s, "tab:red") for s in labels])
-    return fig
-
-
-def plot_demographics(modalities: pd.DataFrame, dates: pd.DataFrame, ages: pd.DataFrame) -> Figure:
-    """Three bar charts: instances per modality, per study year/month, per patient-age band."""
-    fig, axes = _figure(3, width=4.6, height=3.8)
-    for ax, frame, title in ((axes[0], modalities, "Modality"), (axes[1], dates, f"Study {dates.index.name}"),
-                             (axes[2], ages, "Patient age (years)")):
-        if not len(frame) or not frame["instances"].sum():
-            _no_data(ax, title)
-            continue
-        labels = [str(x) for x in frame.index]
-        ax.bar(range(len(labels)), frame["instances"].tolist(),
-               color=["tab:gray" if x == MISSING else "tab:blue" for x in labels])
-        ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 6 else 0, ha="right"
-                      if len(labels) > 6 else "center", fontsize="small")
-        ax.set_title(title)
-        ax.set_ylabel("instances")
-    return fig
-
-
-def plot_cost(tables: CostTables) -> Figure:
-    """One-time cost per line (largest first) and monthly destination storage per class."""
-    fig, axes = _figure(2, width=6.5, height=4.5)
-    cost_col = [c for c in tables.lines.columns if c.startswith("cost (")][0]
-    lines = tables.lines[tables.lines[cost_col] > 0].sort_values(cost_col, ascending=False)
-    _bars(axes[0], [textwrap.shorten(f"{g}: {i}", 50, placeholder="...") for g, i in
-                    zip(lines["group"], lines["item"], strict=True)],
-          lines[cost_col].tolist(), "One-time cost by line", cost_col)
-    month_col = [c for c in tables.storage.columns if c.startswith("per month")][0]
-    _bars(axes[1], [str(c) for c in tables.storage.index], tables.storage[month_col].tolist(),
-          "Destination storage per month", month_col)
-    return fig
