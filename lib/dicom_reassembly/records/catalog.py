@@ -272,12 +272,16 @@ def series_sql(source: str) -> str:
             "GROUP BY series_instance_uid, modality, study_year")
 
 
-def duckdb_source_sql(files: list[str]) -> str:
-    """A DuckDB relation over these Parquet files of a local catalogue, partition columns typed from the paths."""
+def duckdb_source_sql(files: list[str], typed: str) -> str:
+    """A DuckDB relation over these Parquet files of a local catalogue, partition columns typed from the paths.
+
+    ``typed`` is a relation with every catalogue column and no row: unioned by name, it gives files written
+    before a column existed that column (null), and every column its type.
+    """
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return (f"(SELECT * REPLACE (NULLIF(modality, '{HIVE_NULL}') AS modality) FROM read_parquet([{listed}], "
-            "hive_partitioning = true, hive_types = {'modality': VARCHAR, 'study_year': INTEGER}, "
-            "union_by_name = true))")
+    return (f"(SELECT * FROM {typed} UNION ALL BY NAME SELECT * REPLACE (NULLIF(modality, '{HIVE_NULL}') AS modality) "
+            f"FROM read_parquet([{listed}], hive_partitioning = true, "
+            "hive_types = {'modality': VARCHAR, 'study_year': INTEGER}, union_by_name = true))")
 
 
 def create_current_view(con: Any, uri: str, name: str = "catalog", series: str | None = None) -> None:
@@ -289,21 +293,21 @@ def create_current_view(con: Any, uri: str, name: str = "catalog", series: str |
     """
     import pyarrow as pa
 
-    source = None
+    typed = f"{name}_columns"
+    con.register(typed, pa.Table.from_pylist([], schema=arrow_schema()))
+    source = typed
     if uris.is_s3(uri):
         try:
             dataset = arrow_io.open_dataset(uri, partitioning=_arrow_partitioning())
             if dataset.files:
                 con.register(f"{name}_files", dataset)
-                source = f"{name}_files"
+                source = f"(SELECT * FROM {typed} UNION ALL BY NAME SELECT * FROM {name}_files)"
         except (FileNotFoundError, OSError):
             pass
     else:
         files = [f.uri for f in list_catalog_files(uri)]
-        source = duckdb_source_sql(files) if files else None
-    if source is None:
-        con.register(f"{name}_files", pa.Table.from_pylist([], schema=arrow_schema()))
-        source = f"{name}_files"
+        if files:
+            source = duckdb_source_sql(files, typed)
     con.execute(f"CREATE OR REPLACE VIEW {name} AS {current_rows_sql(source)}")
     if series:
         con.execute(f"CREATE OR REPLACE VIEW {series} AS {series_sql(name)}")
