@@ -35,23 +35,28 @@ class Listed:
     output_uri: str | None = None
 
 
-def format_uid_list(rows: Iterable[Sequence[Any]]) -> str:
-    """CSV text of rows in ``LIST_COLUMNS`` order, header first."""
-    buf = io.StringIO()
-    out = csv.writer(buf, lineterminator="\n")
-    out.writerow(LIST_COLUMNS)
-    out.writerows(["" if v is None else v for v in row] for row in rows)
-    return buf.getvalue()
+def _write_rows(out: Any, rows: Iterable[Sequence[Any]]) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LIST_COLUMNS)
+    n = 0
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+        n += 1
+    return n
 
 
-def write_uid_list(uri: str, rows: Iterable[Sequence[Any]]) -> None:
-    """Write a list (local path or ``s3://``) from rows in ``LIST_COLUMNS`` order."""
-    text = format_uid_list(rows)
+def write_uid_list(uri: str, rows: Iterable[Sequence[Any]]) -> int:
+    """Write a list (local path or ``s3://``) from rows in ``LIST_COLUMNS`` order; returns how many rows."""
     if uris.is_s3(uri):
-        writes.write_bytes(uri, text.encode("utf-8"))
-        return
-    with open(uri, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
+        buf = io.StringIO()
+        n = _write_rows(buf, rows)
+        writes.write_bytes(uri, buf.getvalue().encode("utf-8"))
+        return n
+    try:
+        with open(uri, "w", encoding="utf-8", newline="") as fh:
+            return _write_rows(fh, rows)
+    except OSError as exc:
+        raise ConfigError("uid_list_unwritable", exc.strerror or type(exc).__name__, uri=uri) from None
 
 
 def parse_uid_list(text: str, where: str, complete: bool = True) -> list[Listed]:
