@@ -254,3 +254,26 @@ def test_only_restricts_a_run_to_a_list_and_says_which_uids_the_manifest_lacks(s
     assert sorted(f[:-4] for f in os.listdir(tmp_path / "dcm") if f.endswith(".dcm")) == chosen
     assert sorted(_view_rows(str(tmp_path / "ledger_catalog"))) == chosen
     assert "listed UIDs not in the manifest: 1" in ReassembleRun.report(summary)
+
+
+def test_rows_name_objects_and_archives_by_absolute_location(spark) -> None:  # noqa: ANN001
+    """A run given relative local paths still records where things are for readers elsewhere (Athena, stow)."""
+    import json
+
+    from dicom_reassembly.reassembly.catalog_rows import with_catalog_rows
+    from dicom_reassembly.records.ledger import ledger_row, ledger_schema
+
+    header = {"00080018": {"vr": "UI", "Value": ["1.2"]}, "00080060": {"vr": "CS", "Value": ["MR"]},
+              "00080020": {"vr": "DA", "Value": ["20230102"]}}
+    plan = spark.createDataFrame([("1.2", "pending", json.dumps(header)), ("1.3", "filtered_out", None)],
+                                 "sop_instance_uid string, status string, header_json string")
+    ledger = spark.createDataFrame([
+        ledger_row("r", "written", sop_instance_uid="1.2", output_uri="out/1.2.dcm", output_bytes=5,
+                   header_archive="s3://b/t.tar", pixel_archive="/abs/i.tar", finished_at=datetime.now(timezone.utc)),
+        ledger_row("r", "filtered_out", sop_instance_uid="1.3", header_archive="t.tar"),
+    ], ledger_schema())
+    (row,) = ledger.transform(with_catalog_rows(plan, "/base/")).collect()
+    assert (row["output_uri"], row["header_archive"], row["pixel_archive"]) == ("/base/out/1.2.dcm", "s3://b/t.tar",
+                                                                                "/abs/i.tar")
+    assert (row["modality"], row["study_date"], row["study_year"], row["criteria_values"]) == \
+        ("MR", date(2023, 1, 2), 2023, {"00080060": ["MR"], "00080020": ["20230102"]})

@@ -20,11 +20,13 @@ _FROM_LEDGER = ("status", "transfer_syntax", "output_uri", "output_bytes", "outp
                 "header_archive", "pixel_archive")
 
 
-def with_catalog_rows(plan: Any) -> Callable[[Any], Any]:
+def with_catalog_rows(plan: Any, base_dir: str) -> Callable[[Any], Any]:
     """Transform: a run's ledger -> catalogue rows (``catalog.spark_schema()``) of the objects it stored.
 
     ``plan`` is the run's plan; its pending rows carry each instance's header JSON. A row records when its
-    ledger row finished (``recorded_at``), so the newest row of an instance is its current state.
+    ledger row finished (``recorded_at``), so the newest row of an instance is its current state. Local paths
+    the run was given relative to ``base_dir`` (the driver's folder) are made absolute: the catalogue is read
+    from elsewhere.
     """
 
     def transform(ledger: Any) -> Any:
@@ -40,6 +42,10 @@ def with_catalog_rows(plan: Any) -> Callable[[Any], Any]:
         joined = stored.join(attributes, "sop_instance_uid", "left")
         columns = {n: F.col(n) for n in ("sop_instance_uid", *ATTRIBUTE_NAMES, *_FROM_LEDGER)}
         columns.update(study_year=F.year("study_date"), recorded_at=F.col("finished_at"))
+        for name in ("output_uri", "header_archive", "pixel_archive"):
+            path = F.col(name)
+            absolute = path.rlike("^[A-Za-z][A-Za-z0-9+.-]*:") | path.startswith("/")
+            columns[name] = F.when(absolute, path).otherwise(F.concat(F.lit(base_dir.rstrip("/") + "/"), path))
         types = {f.name: f.dataType for f in spark_schema().fields}
         return joined.select(*[columns[n].cast(types[n]).alias(n) for n, _ in CATALOG_FIELDS])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -140,7 +141,7 @@ class ReassembleRun:
         if not self.catalog_uri or not self.out:
             return None
         run_ledger = self.spark.read.parquet(self.ledger_uri).filter(F.col("run_id") == run_id)
-        rows = run_ledger.transform(with_catalog_rows(plan))
+        rows = run_ledger.transform(with_catalog_rows(plan, os.getcwd()))
         return write_catalog(self.spark, rows, self.catalog_uri, anywhere=replaces_objects(run_ledger))
 
     def size_shuffle(self) -> None:
