@@ -52,10 +52,10 @@ system-deps:
 	fi
 
 # The sample delivery in the partner's layout (data/text, data/images), so `dicom-reassembly uid` needs no flags.
-$(DATA)/expected.json: $(VENV)/.installed lib/dicom_reassembly/sample_data.py
+$(DATA)/expected.json: $(VENV)/.installed $(wildcard lib/dicom_reassembly/testing/*.py)
 	@# The demo's old layout (data/sample/...) is ours to remove: data/ must hold one delivery.
 	@if grep -qs '"generator": "dicom_reassembly.sample_data"' $(DATA)/sample/expected.json; then rm -rf $(DATA)/sample; fi
-	@$(PY) -m dicom_reassembly.sample_data $(DATA)
+	@$(PY) -m dicom_reassembly.testing.sample_data $(DATA)
 
 ## demo: generate the sample delivery, build the manifest, reassemble it, say what was written and what to try next
 demo: setup $(DATA)/expected.json
@@ -71,7 +71,7 @@ demo: setup $(DATA)/expected.json
 	@echo "  ledger/    Parquet, one row per outcome, by run_id; ledger_runs/ and ledger_computations/ beside it"
 	@echo "  dcm/_computations/series_summary/<SeriesInstanceUID>/: the \"computations\" above, one per series:"
 	@echo "             preview.png (the series' middle slice as an image) and summary.json (pixel statistics)"
-	@uids="$$($(PY) -m dicom_reassembly.sample_data $(DATA) --pick 3)" && \
+	@uids="$$($(PY) -m dicom_reassembly.testing.sample_data $(DATA) --pick 3)" && \
 	  echo "== three sample UIDs in $(DATA)/text and $(DATA)/images:" && echo "$$uids" && \
 	  echo "== next: . .venv/bin/activate && dicom-reassembly uid $$(echo "$$uids" | awk 'NR == 1 {print $$1}')" && \
 	  echo "   (README.md, \"Your first ten minutes\")"
@@ -134,8 +134,10 @@ bench: setup
 prefect-server: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
+## lint: ruff, and import-linter's layer contracts (pyproject.toml)
 lint: setup
 	$(VENV)/bin/ruff check lib jobs tests emr bench notebooks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(OUT) $(DATA) build dist *.egg-info .pytest_cache

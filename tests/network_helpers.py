@@ -14,7 +14,7 @@ import sys
 import time
 
 import pydicom
-from conftest import free_port, require_tool
+from helpers import free_port, require_tool
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import free_port, require_tool
+from helpers import free_port, require_tool
 
 DICOMWEB_PLUGIN_CANDIDATES = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",

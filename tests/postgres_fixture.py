@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import free_port, require_tool
+from helpers import free_port, require_tool
 
 PG_USER = "dr_test"
 PG_PASSWORD = "secret-pw"

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
+from helpers import free_port
 
-from dicom_reassembly import arrow_io, storage
 from dicom_reassembly.errors import ConfigError, NotFoundError, StorageError
-from dicom_reassembly.lookup import manifest_members
+from dicom_reassembly.io import arrow_io, clients, reads
+from dicom_reassembly.manifest.lookup import manifest_members
 
 SCHEMA = pa.schema([("archive_uri", pa.string()), ("archive_role", pa.string()), ("index_run", pa.string()),
                     ("member_name", pa.string()), ("data_offset", pa.int64()), ("size", pa.int64()),
@@ -67,7 +67,7 @@ def _write_local(folder: str, runs: list[list[dict[str, Any]]]) -> str:
 
 @pytest.fixture()
 def bucket(s3: Any) -> str:
-    storage._clients.clear()  # a client cached before AWS_ENDPOINT_URL was set would miss moto
+    clients._clients.clear()  # a client cached before AWS_ENDPOINT_URL was set would miss moto
     name = f"arrow-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
@@ -192,6 +192,6 @@ def test_lookup_by_manifest_reads_the_members_of_the_newest_index(s3: Any, bucke
     got = manifest_members(uid, manifest)
     assert [(h["archive_uri"], h["data_offset"], h["size"]) for h in got.headers] == [(t, *text_at[f"{uid}.json"])]
     assert [(p["archive_uri"], p["data_offset"], p["size"]) for p in got.pixels] == [(i, *images_at[f"{uid}.j2c"])]
-    assert storage.read_range(t, *text_at[f"{uid}.json"]) == header
+    assert reads.read_range(t, *text_at[f"{uid}.json"]) == header
     none = manifest_members("1.2.3.404", manifest)
     assert (none.headers, none.pixels) == ([], [])

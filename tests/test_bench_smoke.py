@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+from helpers import ROOT, require_tool
 from pydicom.dataset import Dataset
 
 sys.path.insert(0, ROOT)  # bench/ is a package at the repository root, not an installed one

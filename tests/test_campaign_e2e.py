@@ -19,7 +19,7 @@ import time
 import pyarrow.dataset as pads
 import pytest
 from campaign_servers import BIN, http, iam_moto_server, prefect_server, stop
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 
 pytestmark = [pytest.mark.e2e]
 

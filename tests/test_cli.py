@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import dcmftest_ok, permissions_enforced_in_child
+from helpers import dcmftest_ok, permissions_enforced_in_child
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -163,7 +163,7 @@ def test_inspect_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001
 
 def _in_process(capsys, *args: str) -> tuple[int, str, list[str]]:  # noqa: ANN001
     """The command in this process (the sweeps below run it dozens of times): exit code, stdout, stderr lines."""
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     rc = main(list(args))
     captured = capsys.readouterr()
@@ -173,7 +173,7 @@ def _in_process(capsys, *args: str) -> tuple[int, str, list[str]]:  # noqa: ANN0
 def _check_like_the_pipeline(root: str, uid: str, inst: dict, members, capsys, tmp_path) -> None:  # noqa: ANN001
     """For one instance of the damaged delivery: the decision is the pipeline's expected status, and the command
     exits and explains it as documented, with the ledger's own reason."""
-    from dicom_reassembly.instance import outcome, reassemble_members
+    from dicom_reassembly.reassembly.instance import outcome, reassemble_members
 
     case = inst["case"] or uid
     status = inst["status"]
@@ -209,7 +209,7 @@ def _check_like_the_pipeline(root: str, uid: str, inst: dict, members, capsys, t
 
 
 def members_of(uid: str, members: list[str]):  # noqa: ANN201
-    from dicom_reassembly.lookup import manifest_members, scan_members
+    from dicom_reassembly.manifest.lookup import manifest_members, scan_members
 
     if members[0] == "--manifest":
         return manifest_members(uid, members[1])
@@ -227,7 +227,7 @@ def test_uid_decides_every_damaged_case_as_the_pipeline_does(damaged_delivery, t
 
 
 def test_uid_from_the_manifest_decides_as_the_pipeline_does(spark, damaged_delivery, tmp_path, capsys) -> None:  # noqa: ANN001
-    from conftest import build_manifest
+    from helpers import build_manifest
 
     root, expected = damaged_delivery
     manifest = str(tmp_path / "manifest")
@@ -289,7 +289,7 @@ def test_uid_help_documents_the_exit_codes() -> None:
 
 
 def _loose_pair(root: str, inst: dict, folder, header_name: str = "header.json", pixels_name: str = "pixels.bin"):  # noqa: ANN001, ANN201
-    from conftest import read_tar_member
+    from helpers import read_tar_member
 
     folder.mkdir(parents=True, exist_ok=True)
     header, pixels = folder / header_name, folder / pixels_name

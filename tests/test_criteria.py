@@ -13,17 +13,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_reassembly.criteria import (
-    CriteriaSpec,
-    first_failure,
-    first_failure_json,
-    load_criteria,
-    matches,
-    parse_criteria,
-    redact,
-)
 from dicom_reassembly.errors import CriteriaError
-from dicom_reassembly.storage import S3Settings
+from dicom_reassembly.io.clients import S3Settings
+from dicom_reassembly.selection.criteria import first_failure, first_failure_json, matches
+from dicom_reassembly.selection.spec import CriteriaSpec, load_criteria, parse_criteria, redact
 
 KEY_ID = "AKIAEXAMPLEKEYID42"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRETzz"

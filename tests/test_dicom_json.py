@@ -12,19 +12,13 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 from pydicom import dcmread
 
-from dicom_reassembly.dicom_json import (
-    build_dataset,
-    canonical_sha256,
-    check_identity,
-    key_tags,
-    parse_header,
-)
+from dicom_reassembly.dicom.dicom_json import build_dataset, canonical_sha256, check_identity, key_tags, parse_header
+from dicom_reassembly.dicom.part10 import assemble
+from dicom_reassembly.dicom.uids import IMPLEMENTATION_CLASS_UID, is_valid_uid, member_uid, uid_problem
 from dicom_reassembly.errors import HeaderError
-from dicom_reassembly.part10 import assemble
-from dicom_reassembly.uids import IMPLEMENTATION_CLASS_UID, is_valid_uid, member_uid, uid_problem
 
 UID = "1.2.826.0.1.3680043.10.1234.7"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"

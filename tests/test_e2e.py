@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import JAVA_OPTIONS, ROOT, dcmftest_ok
+from helpers import JAVA_OPTIONS, ROOT, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 

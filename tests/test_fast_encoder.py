@@ -18,17 +18,17 @@ import tarfile
 from typing import Any
 
 import pytest
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.datadict import DicomDictionary
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from dicom_reassembly import fast_encoder
-from dicom_reassembly.dicom_json import build_dataset, check_identity, parse_header
+from dicom_reassembly.dicom import fast_encoder
+from dicom_reassembly.dicom.dicom_json import build_dataset, check_identity, parse_header
+from dicom_reassembly.dicom.part10 import assemble, encode_header_pydicom
 from dicom_reassembly.errors import HeaderError, ReassemblyError
-from dicom_reassembly.part10 import assemble, encode_header_pydicom
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 TRANSFER_SYNTAXES = (EXPLICIT_LE, "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201")

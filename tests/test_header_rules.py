@@ -14,15 +14,15 @@ import warnings
 from typing import Any
 
 import pytest
-from conftest import dciodvfy_errors, dcmftest_ok
+from helpers import dciodvfy_errors, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from dicom_reassembly import dicom_json
-from dicom_reassembly.dicom_json import key_tags, parse_header
+from dicom_reassembly.dicom import dicom_json
+from dicom_reassembly.dicom.dicom_json import key_tags, parse_header
+from dicom_reassembly.dicom.header_rules import MAX_SEQUENCE_DEPTH
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import HeaderError
-from dicom_reassembly.header_rules import MAX_SEQUENCE_DEPTH
-from dicom_reassembly.part10 import assemble
 
 UID = "1.2.826.0.1.3680043.10.1234.7"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dciodvfy_errors, dcmftest_ok, require_tool
+from helpers import dciodvfy_errors, dcmftest_ok, require_tool
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
-from dicom_reassembly import pixels
-from dicom_reassembly.part10 import assemble
-from dicom_reassembly.sample_data import header_json, json_bytes, read_source
+from dicom_reassembly.dicom import pixels
+from dicom_reassembly.dicom.part10 import assemble
+from dicom_reassembly.testing.instances import header_json, json_bytes, read_source
 
 
 def _ojph_encode(frame: np.ndarray, signed: bool, bits: int, tmp: Path, reversible: bool = True) -> bytes:

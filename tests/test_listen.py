@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pydicom
 import pytest
 import requests
-from conftest import dciodvfy_errors, dcmftest_ok
+from helpers import dciodvfy_errors, dcmftest_ok
 from network_helpers import (
     SOURCES,
     ListenProcess,
@@ -28,9 +28,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from dicom_reassembly import catalog
 from dicom_reassembly.intake.receiver import Intake, IntakeSettings
 from dicom_reassembly.intake.validation import Refused, check_dataset
+from dicom_reassembly.records import catalog
 
 if TYPE_CHECKING:
     from orthanc_fixture import OrthancServer

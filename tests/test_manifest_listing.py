@@ -12,10 +12,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from conftest import permissions_enforced, s3_access_denied
+from helpers import permissions_enforced, s3_access_denied
 from test_row_types import assert_typed
 
-from dicom_reassembly import manifest as mf
+from dicom_reassembly.manifest import index
+from dicom_reassembly.manifest import listing as manifest_listing
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 JSON = b'{"00080018": {"vr": "UI", "Value": ["1.2.3.1"]}}'
@@ -44,9 +45,10 @@ STRAYS: dict[str, tuple[bytes, str]] = {
 }
 
 
-def _archive_rows(listing: list[dict[str, Any]]) -> tuple[dict[str, tuple[str | None, str | None]], list[tuple]]:
-    rows = [row for a in listing for row in mf.index_archive(a, "run", NOW)]
-    fields = mf.FIELD_NAMES
+def _archive_rows(listing: list[dict[str, Any]], access: Any = None
+                  ) -> tuple[dict[str, tuple[str | None, str | None]], list[tuple]]:
+    rows = [row for a in listing for row in index.index_archive(a, "run", NOW, access=access)]
+    fields = index.FIELD_NAMES
     archive = {os.path.basename(r[fields.index("archive_uri")]): (r[fields.index("error")], r[fields.index("error_detail")])
                for r in rows if r[fields.index("kind")] == "archive"}
     return archive, rows
@@ -68,18 +70,18 @@ def test_every_local_object_gets_rows_or_a_reason(tmp_path: Any) -> None:
     os.chmod(images / "denied.tar", 0)
     os.chmod(images / "denied.md5", 0)
     with permissions_enforced():
-        listing = mf.list_archives(str(text), str(images))
+        listing = manifest_listing.list_archives(str(text), str(images))
         archive, rows = _archive_rows(listing)
     assert {k: v[0] for k, v in archive.items()} == {
         "t.tar": None, "i.tar": None, "locked": "access_denied", "broken.tar": "broken_link", "denied.tar": "access_denied",
         "denied.md5": "access_denied", **{name: reason for name, (_, reason) in STRAYS.items()}}
     assert "a tar by its content" in archive["plain.tgz"][1] and "gzip data" in archive["batch.tar.gz"][1]
     assert "gone.tar" in archive["broken.tar"][1]
-    assert_typed(rows, mf.MANIFEST_FIELDS)
+    assert_typed(rows, index.MANIFEST_FIELDS)
     # The members of the archives that could be read are indexed as before.
-    members = {r[mf.FIELD_NAMES.index("member_name")] for r in rows if r[mf.FIELD_NAMES.index("kind")] != "archive"}
+    members = {r[index.FIELD_NAMES.index("member_name")] for r in rows if r[index.FIELD_NAMES.index("kind")] != "archive"}
     assert members == {"1.2.3.1.json", "1.2.3.1.j2c"}
-    [line] = mf.listing_summary(listing, listing[:5])
+    [line] = manifest_listing.listing_summary(listing, listing[:5])
     assert line.startswith(f"objects listed: {len(listing)} (") and "indexed this run: 5; unchanged and skipped: 8" in line
     # By name: t.tar, i.tar, denied.tar, gzip-inside.tar; the folder and the broken link could not be listed.
     assert "4 archives, 7 other objects (not_an_archive or compressed_archive), 2 unreadable while listing" in line
@@ -94,26 +96,26 @@ def test_every_s3_object_gets_rows_or_a_reason(s3: Any) -> None:
     s3.put_object(Bucket=bucket, Key="d/text/folder/", Body=b"")  # a console folder marker: no object of ours
     for name, (content, _) in STRAYS.items():
         s3.put_object(Bucket=bucket, Key=f"d/images/{name}", Body=content)
-    with s3_access_denied(bucket, ["d/text/secret.tar", "d/text/secret.txt"]):
-        listing = mf.list_archives(f"s3://{bucket}/d/text", f"s3://{bucket}/d/images")
-        archive, rows = _archive_rows(listing)
+    with s3_access_denied(bucket, ["d/text/secret.tar", "d/text/secret.txt"]) as access:
+        listing = manifest_listing.list_archives(f"s3://{bucket}/d/text", f"s3://{bucket}/d/images", access=access)
+        archive, rows = _archive_rows(listing, access)
     assert {k: v[0] for k, v in archive.items()} == {
         "t.tar": None, "secret.tar": "access_denied", "secret.txt": "access_denied",
         **{name: reason for name, (_, reason) in STRAYS.items()}}
-    assert_typed(rows, mf.MANIFEST_FIELDS)
+    assert_typed(rows, index.MANIFEST_FIELDS)
 
 
 def test_a_former_stray_is_indexed_once_archive_suffixes_names_it(tmp_path: Any) -> None:
     (tmp_path / "text").mkdir()
     (tmp_path / "images").mkdir()
     (tmp_path / "text" / "batch.tape").write_bytes(TAR)
-    first = mf.list_archives(str(tmp_path / "text"), str(tmp_path / "images"))
+    first = manifest_listing.list_archives(str(tmp_path / "text"), str(tmp_path / "images"))
     archive, rows = _archive_rows(first)
     assert archive["batch.tape"][0] == "not_an_archive" and "add its suffix to archive_suffixes" in archive["batch.tape"][1]
-    indexed = [dict(zip(mf.FIELD_NAMES, r)) for r in rows]
-    assert mf.archives_to_index(first, indexed) == []
-    again = mf.list_archives(str(tmp_path / "text"), str(tmp_path / "images"), (".tar", ".tape"))
-    assert [a["uri"] for a in mf.archives_to_index(again, indexed)] == [str(tmp_path / "text" / "batch.tape")]
+    indexed = [dict(zip(index.FIELD_NAMES, r)) for r in rows]
+    assert manifest_listing.archives_to_index(first, indexed) == []
+    again = manifest_listing.list_archives(str(tmp_path / "text"), str(tmp_path / "images"), (".tar", ".tape"))
+    assert [a["uri"] for a in manifest_listing.archives_to_index(again, indexed)] == [str(tmp_path / "text" / "batch.tape")]
     archive, _ = _archive_rows(again)
     assert archive["batch.tape"][0] is None
 
@@ -123,4 +125,4 @@ def test_overlapping_prefixes_are_still_refused(tmp_path: Any, suffixes: tuple[s
     from dicom_reassembly.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        mf.list_archives(str(tmp_path), str(tmp_path / "images"), suffixes)
+        manifest_listing.list_archives(str(tmp_path), str(tmp_path / "images"), suffixes)

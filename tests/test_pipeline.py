@@ -8,22 +8,19 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from conftest import ROOT, build_manifest, dcmftest_ok
+from helpers import ROOT, build_manifest, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicom_reassembly import manifest as mf
 from dicom_reassembly.config import Config
-from dicom_reassembly.ledger import STATUSES
-from dicom_reassembly.pipeline import (
-    indexed_archives,
-    partition_keys,
-    plan_reassembly_tasks,
-    with_archive_locality,
-    with_manifest_damage,
-    with_members_by_uid,
-)
-from dicom_reassembly.run import ReassembleRun
+from dicom_reassembly.manifest import index
+from dicom_reassembly.manifest import listing as manifest_listing
+from dicom_reassembly.manifest import spark as manifest_spark
+from dicom_reassembly.manifest.spark import indexed_archives
+from dicom_reassembly.reassembly.run import ReassembleRun
+from dicom_reassembly.reassembly.tasks import partition_keys, plan_reassembly_tasks
+from dicom_reassembly.reassembly.transforms import with_archive_locality, with_manifest_damage, with_members_by_uid
+from dicom_reassembly.records.ledger import STATUSES
 
 pytestmark = pytest.mark.spark
 
@@ -31,7 +28,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def _manifest_rows(spark, rows: list[dict]):  # noqa: ANN001, ANN202
-    return spark.createDataFrame([tuple(r.get(n) for n in mf.FIELD_NAMES) for r in rows], mf.manifest_schema())
+    return spark.createDataFrame([tuple(r.get(n) for n in index.FIELD_NAMES) for r in rows], index.manifest_schema())
 
 
 def test_with_latest_index_keeps_only_the_newest_index_of_each_archive(spark) -> None:  # noqa: ANN001
@@ -43,7 +40,7 @@ def test_with_latest_index_keeps_only_the_newest_index_of_each_archive(spark) ->
         {"archive_uri": "b", "index_run": "1", "kind": "archive"},
         {"archive_uri": "b", "index_run": "1", "kind": "header", "member_name": "h.json"},
     ]
-    got = _manifest_rows(spark, rows).transform(mf.with_latest_index).select("archive_uri", "index_run", "member_name")
+    got = _manifest_rows(spark, rows).transform(manifest_spark.with_latest_index).select("archive_uri", "index_run", "member_name")
     expected = spark.createDataFrame(
         [("a", "2", None), ("a", "2", "new.j2c"), ("b", "1", None), ("b", "1", "h.json")],
         "archive_uri string, index_run string, member_name string")
@@ -219,17 +216,17 @@ def test_rebuilding_the_manifest_indexes_only_new_or_changed_archives(sample_run
     root, _ = sample_delivery
     base = sample_run[0]
     manifest_uri = os.path.join(base, "manifest")
-    listing = mf.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
-    assert mf.archives_to_index(listing, indexed_archives(spark, manifest_uri)) == []
+    listing = manifest_listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
+    assert manifest_listing.archives_to_index(listing, indexed_archives(spark, manifest_uri)) == []
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     with open(copy / "images" / "images-000.tar", "ab") as f:
         f.write(b"\0" * 1024)
-    changed = mf.list_archives(str(copy / "text"), str(copy / "images"))
+    changed = manifest_listing.list_archives(str(copy / "text"), str(copy / "images"))
     # Same names, different URIs: all new. Then the original listing with one archive grown.
-    assert len(mf.archives_to_index(changed, indexed_archives(spark, manifest_uri))) == len(changed)
+    assert len(manifest_listing.archives_to_index(changed, indexed_archives(spark, manifest_uri))) == len(changed)
     grown = [dict(a, size=a["size"] + 1024) if a["uri"].endswith("images-000.tar") else a for a in listing]
-    assert [a["uri"] for a in mf.archives_to_index(grown, indexed_archives(spark, manifest_uri))] == [
+    assert [a["uri"] for a in manifest_listing.archives_to_index(grown, indexed_archives(spark, manifest_uri))] == [
         a["uri"] for a in listing if a["uri"].endswith("images-000.tar")]
 
 
@@ -291,7 +288,7 @@ def test_every_ledger_reason_is_one_line(damaged_run, spark) -> None:  # noqa: A
 
 
 def test_the_jvm_plan_for_clean_pairs_equals_the_python_plan(spark) -> None:  # noqa: ANN001
-    from dicom_reassembly.pipeline import with_instance_plan
+    from dicom_reassembly.reassembly.transforms import with_instance_plan
 
     def header(uid: str, archive: str = "t.tar", sha: str = "s") -> dict:
         return {"archive_uri": archive, "archive_size": 10240, "kind": "header", "member_name": f"{uid}.json",
@@ -317,7 +314,7 @@ def test_local_runs_use_the_c1_only_jit_everywhere_they_start_a_jvm(spark) -> No
     """conf/spark-defaults.conf defines the local JVM options once: the shared session gets them from it (the fixture
     names none), make and a hand run through the venv's spark-submit, which points SPARK_CONF_DIR at conf/
     (tests/test_readme.py checks its launch command); the benchmark names the same options."""
-    from conftest import JAVA_OPTIONS, read_spark_defaults
+    from helpers import JAVA_OPTIONS, read_spark_defaults
 
     from bench.measure import JAVA_OPTIONS as BENCH_JAVA_OPTIONS
     from dicom_reassembly.session import LOCAL_JIT_OPTIONS
@@ -341,7 +338,7 @@ def test_objects_that_are_not_indexed_reach_the_ledger_and_conservation_holds(sp
     import json
     import tarfile
 
-    from conftest import permissions_enforced, read_tar_member
+    from helpers import permissions_enforced, read_tar_member
 
     root, expected = sample_delivery
     uid0, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "j2k")

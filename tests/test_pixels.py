@@ -12,13 +12,13 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import dcmftest_ok
+from helpers import dcmftest_ok
 from openjpeg.utils import encode_array
 from pydicom import dcmread
 
-from dicom_reassembly import pixels
+from dicom_reassembly.dicom import pixels
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import HeaderError, PixelError
-from dicom_reassembly.part10 import assemble
 
 UID = "1.2.826.0.1.3680043.10.1234.1"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -779,10 +779,10 @@ def test_other_subsampled_native_data_is_written_as_it_is(photometric: str, n: i
 
 
 def test_real_ybr_full_422_file_is_reassembled_pixel_exact(tmp_path) -> None:  # noqa: ANN001
-    from conftest import dciodvfy_errors
+    from helpers import dciodvfy_errors
     from pydicom.data import get_testdata_file
 
-    from dicom_reassembly.sample_data import header_json
+    from dicom_reassembly.testing.instances import header_json
 
     source_path = get_testdata_file("SC_ybr_full_422_uncompressed.dcm", download=False)
     src = dcmread(source_path)
@@ -818,10 +818,10 @@ def test_native_longer_than_needed_is_written_unchanged_with_a_note(extra: int, 
 
 def test_native_longer_than_needed_differs_for_dciodvfy_only_in_the_length(tmp_path) -> None:  # noqa: ANN001
     """dciodvfy reports the extra bytes, and nothing else: the note in the ledger says the same."""
-    from conftest import dciodvfy_errors
+    from helpers import dciodvfy_errors
     from pydicom.data import get_testdata_file
 
-    from dicom_reassembly.sample_data import header_json
+    from dicom_reassembly.testing.instances import header_json
 
     source_path = get_testdata_file("MR_small.dcm", download=False)
     src = dcmread(source_path)

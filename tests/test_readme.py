@@ -19,7 +19,7 @@ import sys
 
 import pydicom
 import pytest
-from conftest import ROOT, dcmftest_ok, require_tool
+from helpers import ROOT, dcmftest_ok, require_tool
 
 README = os.path.join(ROOT, "README.md")
 SEQUENCE_SECTION = "Your first ten minutes"

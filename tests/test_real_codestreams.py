@@ -37,15 +37,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dciodvfy_errors, dcmftest_ok
+from helpers import dciodvfy_errors, dcmftest_ok
 from pydicom import dcmread
 from pydicom.data import data_manager, get_testdata_file
 from pydicom.encaps import generate_fragments, generate_frames
 
+from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import PixelError
-from dicom_reassembly.ledger import row_dict
-from dicom_reassembly.part10 import assemble
-from dicom_reassembly.sample_data import header_json
+from dicom_reassembly.records.ledger import row_dict
+from dicom_reassembly.testing.instances import header_json
 
 J2K_SYNTAXES = {
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
@@ -214,12 +214,13 @@ def _delivery(tmp_path: Path, name: str) -> tuple[str, dict, str]:
 
 
 def test_notes_reach_the_ledger_reason_of_written_and_skipped_rows(tmp_path: Path) -> None:
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
 
     _, item, _ = _delivery(tmp_path, "693_J2KI.dcm")
-    ctx = WriteContext(run_id="r", out=str(tmp_path / "out"), upload_threads=1)
-    first = [row_dict(r) for r in reassemble_partition([dict(item)], ctx)]
-    again = [row_dict(r) for r in reassemble_partition([dict(item)], ctx)]
+    task = TaskSettings("r", WritePolicy(out=str(tmp_path / "out"), upload_threads=1))
+    first = [row_dict(r) for r in reassemble_partition([dict(item)], task)]
+    again = [row_dict(r) for r in reassemble_partition([dict(item)], task)]
     assert [r["status"] for r in first + again] == ["written", "skipped_existing"]
     for r in first + again:
         assert r["reason"] == "j2k_precision_differs: codestream precision 16 but BitsStored 14, written as is"

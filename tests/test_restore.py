@@ -13,35 +13,43 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dicom_reassembly import storage
+from dicom_reassembly import errors
 from dicom_reassembly.errors import ConfigError, NotRestoredError, StorageError
-from dicom_reassembly.restore import (
-    OUTCOME_ALREADY_RESTORED,
-    OUTCOME_ERROR,
-    OUTCOME_NOT_ARCHIVED,
-    OUTCOME_REQUESTED,
+from dicom_reassembly.io import clients, listing, reads
+from dicom_reassembly.io import uris as io_uris
+from dicom_reassembly.io.throttle import TokenBucket
+from dicom_reassembly.restore.batch import (
+    BatchManifest,
+    RestoreConfig,
+    build_batch_restore_job,
+    submit_batch_job,
+    write_batch_manifest,
+)
+from dicom_reassembly.restore.ledger import read_restore_ledger
+from dicom_reassembly.restore.plan import (
     STATE_AVAILABLE,
     STATE_NOT_NEEDED,
     STATE_RESTORE,
     STATE_UNKNOWN,
+    PlannedObject,
+    plan_restore,
+)
+from dicom_reassembly.restore.requests import (
+    OUTCOME_ALREADY_RESTORED,
+    OUTCOME_ERROR,
+    OUTCOME_NOT_ARCHIVED,
+    OUTCOME_REQUESTED,
+    request_restores,
+)
+from dicom_reassembly.restore.status import (
     STATUS_MISSING,
     STATUS_NOT_NEEDED,
     STATUS_NOT_REQUESTED,
     STATUS_PENDING,
     STATUS_RESTORED,
-    BatchManifest,
-    PlannedObject,
-    RestoreConfig,
-    TokenBucket,
-    build_batch_restore_job,
     parse_restore_header,
-    plan_restore,
-    read_restore_ledger,
-    request_restores,
     restore_status,
     status_one,
-    submit_batch_job,
-    write_batch_manifest,
 )
 
 CRITERIA = [
@@ -53,7 +61,7 @@ CRITERIA = [
 @pytest.fixture()
 def bucket(s3) -> str:  # noqa: ANN001
     """A fresh bucket on the moto server, with the library's cached clients reset onto it."""
-    storage._clients.clear()  # a client cached before AWS_ENDPOINT_URL was set would miss moto
+    clients._clients.clear()  # a client cached before AWS_ENDPOINT_URL was set would miss moto
     name = f"restore-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
@@ -91,7 +99,7 @@ def write_manifest(path: str, uris: dict[str, str], *, u3_ref: str | None = None
     u1 (CT 2023) is selected, pixels in p1; u2 (MR 2021) is filtered out, pixels in p2; u3 (CT 2023) is
     selected with pixels in the unindexed p3. The older run of p2 claims u1 and u3: it must be ignored.
     """
-    infos = {k: storage.head(v) for k, v in uris.items()}
+    infos = {k: listing.head(v) for k, v in uris.items()}
     rows = []
 
     def archive(name: str, role: str, run: str, error: str | None = None) -> None:
@@ -142,7 +150,7 @@ def criteria_file(tmp_path) -> str:  # noqa: ANN001
 
 
 def states(plan) -> dict[str, str]:  # noqa: ANN001
-    return {storage.basename(o.uri).removesuffix(".tar"): o.state for o in plan.objects}
+    return {io_uris.basename(o.uri).removesuffix(".tar"): o.state for o in plan.objects}
 
 
 # ------------------------------------------------------------------------------------------- reads before
@@ -151,12 +159,12 @@ def states(plan) -> dict[str, str]:  # noqa: ANN001
 def test_reads_before_restore_are_not_restored_and_work_after(s3, bucket) -> None:  # noqa: ANN001
     uri = put(s3, bucket, "images/cold.tar", body=b"0123456789" * 100)
     with pytest.raises(NotRestoredError) as exc:
-        storage.open_read(uri)
+        reads.open_read(uri)
     assert exc.value.reason == "not_restored" and exc.value.status == "not_restored"
     with pytest.raises(NotRestoredError):
-        storage.read_range(uri, 10, 20)
+        reads.read_range(uri, 10, 20)
     s3.restore_object(Bucket=bucket, Key="images/cold.tar", RestoreRequest={"Days": 1})
-    assert storage.read_range(uri, 10, 5) == b"01234"  # moto restores at once
+    assert reads.read_range(uri, 10, 5) == b"01234"  # moto restores at once
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -172,7 +180,7 @@ def test_plan_without_manifest_needs_everything_headers_first(s3, bucket) -> Non
     assert [o.wave for o in todo] == [1, 1, 2, 2, 2]
     s = plan.summary()
     assert s["waves"]["1"][STATE_RESTORE]["count"] == 2
-    assert s["waves"]["2"][STATE_AVAILABLE] == {"count": 1, "bytes": storage.head(uris["p4"]).size}
+    assert s["waves"]["2"][STATE_AVAILABLE] == {"count": 1, "bytes": listing.head(uris["p4"]).size}
     assert s["to_restore"]["count"] == 5
 
 
@@ -211,7 +219,7 @@ def test_plan_stale_index_is_not_trusted(s3, bucket, tmp_path, criteria_file) ->
 
 def test_plan_manifest_missing_is_a_clear_error(s3, bucket, tmp_path, criteria_file) -> None:  # noqa: ANN001
     delivery(s3, bucket)
-    with pytest.raises(storage.NotFoundError) as exc:
+    with pytest.raises(errors.NotFoundError) as exc:
         plan_restore(f"s3://{bucket}/text", f"s3://{bucket}/images", str(tmp_path / "nope"), criteria_file)
     assert exc.value.reason == "manifest_not_found"
 
@@ -309,11 +317,11 @@ def test_status_pending_restored_and_not_needed(s3, bucket, capsys) -> None:  # 
     uris = delivery(s3, bucket)
     plan = plan_restore(f"s3://{bucket}/text", f"s3://{bucket}/images")
     s3.delete_object(Bucket=bucket, Key="text/t2.tar")  # deleted after planning
-    before = {storage.basename(s.uri): s.state for s in restore_status(plan).objects}
+    before = {io_uris.basename(s.uri): s.state for s in restore_status(plan).objects}
     assert before["p1.tar"] == STATUS_NOT_REQUESTED and before["p4.tar"] == STATUS_NOT_NEEDED
     s3.restore_object(Bucket=bucket, Key="images/p1.tar", RestoreRequest={"Days": 2})
     report = restore_status(plan, progress=True)
-    by = {storage.basename(s.uri): s for s in report.objects}
+    by = {io_uris.basename(s.uri): s for s in report.objects}
     assert by["p1.tar"].state == STATUS_RESTORED
     assert timedelta(days=1) < by["p1.tar"].expiry - datetime.now(timezone.utc) <= timedelta(days=3)
     assert by["t2.tar"].state == STATUS_MISSING
@@ -388,7 +396,7 @@ def test_create_job_request_shape_and_submit() -> None:
 
 def run_cli(argv: list[str]) -> int:
     """The real console entry point, as a user runs it."""
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     return main(argv)
 
@@ -460,9 +468,9 @@ def test_plan_only_counts_archive_suffixes(s3, bucket) -> None:  # noqa: ANN001
     delivery(s3, bucket)
     put(s3, bucket, "images/checksums.md5")
     plan = plan_restore(f"s3://{bucket}/text", f"s3://{bucket}/images")
-    assert "checksums.md5" not in {storage.basename(o.uri) for o in plan.objects}
+    assert "checksums.md5" not in {io_uris.basename(o.uri) for o in plan.objects}
     everything = plan_restore(f"s3://{bucket}/text", f"s3://{bucket}/images", suffixes=())
-    assert "checksums.md5" in {storage.basename(o.uri) for o in everything.objects}
+    assert "checksums.md5" in {io_uris.basename(o.uri) for o in everything.objects}
 
 
 def test_plan_first_campaign_skips_header_parsing_when_nothing_can_be_located(s3, bucket, tmp_path,  # noqa: ANN001
@@ -493,5 +501,5 @@ def test_plan_goes_on_past_what_the_listing_cannot_read(tmp_path) -> None:  # no
     (tmp_path / "images" / "p1.tar").write_bytes(b"x" * 20)
     os.symlink(tmp_path / "gone.tar", tmp_path / "images" / "p0.tar")
     plan = plan_restore(str(tmp_path / "text"), str(tmp_path / "images"))
-    assert [(storage.basename(o.uri), o.size) for o in plan.objects] == [("t1.tar", 10), ("p1.tar", 20)]
+    assert [(io_uris.basename(o.uri), o.size) for o in plan.objects] == [("t1.tar", 10), ("p1.tar", 20)]
     assert any("p0.tar: broken_link" in n for n in plan.notes), plan.notes

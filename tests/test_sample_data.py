@@ -20,10 +20,11 @@ import numpy as np
 import openjpeg
 import pydicom
 import pytest
-from conftest import require_tool
+from helpers import require_tool
 
 from dicom_reassembly.errors import ConfigError
-from dicom_reassembly.sample_data import JP2_SIGNATURE, main, write_sample_delivery
+from dicom_reassembly.testing.instances import JP2_SIGNATURE
+from dicom_reassembly.testing.sample_data import main, write_sample_delivery
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 J2K_START = b"\xff\x4f\xff\x51"

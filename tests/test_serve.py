@@ -19,8 +19,8 @@ import pyarrow.dataset as pads
 import pydicom
 import pytest
 import requests
-from conftest import dcmftest_ok, free_port
 from dicomweb_client import DICOMwebClient
+from helpers import dcmftest_ok, free_port
 from network_helpers import CLI, make_instance, part10_bytes
 from PIL import Image
 from pydicom.uid import generate_uid

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import permissions_enforced, s3_access_denied
+from helpers import permissions_enforced, s3_access_denied
 
-from dicom_reassembly import storage
 from dicom_reassembly.errors import NotFoundError, NotRestoredError, StorageError
-from dicom_reassembly.storage import S3Settings, WriteOptions
+from dicom_reassembly.io import clients, listing, reads, writes
+from dicom_reassembly.io.clients import S3Settings
+from dicom_reassembly.io.writes import WriteOptions
 
 
 @pytest.fixture()
@@ -33,12 +34,12 @@ def _leftovers(folder: str) -> list[str]:
 def test_local_write_is_complete_and_leaves_no_temp_file(tmp_path: Any) -> None:
     target = os.path.join(tmp_path, "out", "nested", "1.2.3.dcm")
     parts = [b"head", memoryview(b"-pixels-"), b"tail"]
-    storage.write_parts(target, parts, 16, storage.sha256_hex([b"head-pixels-tail"]))
+    writes.write_parts(target, parts, 16, writes.sha256_hex([b"head-pixels-tail"]))
     with open(target, "rb") as f:
         assert f.read() == b"head-pixels-tail"
     assert _leftovers(os.path.dirname(target)) == []
-    storage.write_bytes(target, b"second")
-    assert storage.read_bytes(target) == b"second"
+    writes.write_bytes(target, b"second")
+    assert reads.read_bytes(target) == b"second"
     assert _leftovers(os.path.dirname(target)) == []
 
 
@@ -49,14 +50,14 @@ class _Boom:
 def test_local_write_failing_midway_leaves_no_partial_file(tmp_path: Any) -> None:
     target = os.path.join(tmp_path, "1.2.3.dcm")
     with pytest.raises(TypeError):
-        storage.write_parts(target, [b"x" * 100_000, _Boom(), b"never"], 100_010, "0" * 64)
+        writes.write_parts(target, [b"x" * 100_000, _Boom(), b"never"], 100_010, "0" * 64)
     assert not os.path.exists(target)
     assert _leftovers(tmp_path) == []
     # An existing object is not replaced by a failed write.
-    storage.write_bytes(target, b"good")
+    writes.write_bytes(target, b"good")
     with pytest.raises(TypeError):
-        storage.write_parts(target, [b"bad", _Boom()], 3, "0" * 64)
-    assert storage.read_bytes(target) == b"good"
+        writes.write_parts(target, [b"bad", _Boom()], 3, "0" * 64)
+    assert reads.read_bytes(target) == b"good"
     assert _leftovers(tmp_path) == []
 
 
@@ -71,8 +72,8 @@ def test_local_write_completes_after_short_writes(tmp_path: Any, monkeypatch: py
     monkeypatch.setattr(os, "writev", at_most_seven_bytes)
     parts = [b"head", memoryview(b"-pixels-" * 5), b"", bytearray(b"tail")]
     target = os.path.join(tmp_path, "1.2.3.dcm")
-    storage.write_parts(target, parts, 48, "0" * 64)
-    assert storage.read_bytes(target) == b"head" + b"-pixels-" * 5 + b"tail"
+    writes.write_parts(target, parts, 48, "0" * 64)
+    assert reads.read_bytes(target) == b"head" + b"-pixels-" * 5 + b"tail"
     assert len(calls) == 8  # 4 + 40 + 4 bytes, seven at a time, each short write resumed where it stopped
 
 
@@ -80,10 +81,10 @@ def test_local_write_remakes_a_folder_removed_since_the_last_write(tmp_path: Any
     import shutil
 
     target = os.path.join(tmp_path, "out", "1.2.3.dcm")
-    storage.write_bytes(target, b"one")
+    writes.write_bytes(target, b"one")
     shutil.rmtree(os.path.join(tmp_path, "out"))
-    storage.write_bytes(target, b"two")
-    assert storage.read_bytes(target) == b"two"
+    writes.write_bytes(target, b"two")
+    assert reads.read_bytes(target) == b"two"
 
 
 def _race(write: Any, contenders: list[bytes]) -> list[Any]:
@@ -112,13 +113,13 @@ def test_a_create_exclusive_local_write_never_replaces(tmp_path: Any) -> None:
     from dicom_reassembly.errors import AlreadyExistsError
 
     target = os.path.join(tmp_path, "out", "1.2.3.dcm")
-    storage.write_parts(target, [b"first"], 5, "0" * 64, if_absent=True)
+    writes.write_parts(target, [b"first"], 5, "0" * 64, if_absent=True)
     with pytest.raises(AlreadyExistsError):
-        storage.write_parts(target, [b"second"], 6, "0" * 64, if_absent=True)
-    assert storage.read_bytes(target) == b"first"
+        writes.write_parts(target, [b"second"], 6, "0" * 64, if_absent=True)
+    assert reads.read_bytes(target) == b"first"
     assert _leftovers(os.path.dirname(target)) == []
-    storage.write_parts(target, [b"third"], 5, "0" * 64)  # a plain write still replaces
-    assert storage.read_bytes(target) == b"third"
+    writes.write_parts(target, [b"third"], 5, "0" * 64)  # a plain write still replaces
+    assert reads.read_bytes(target) == b"third"
 
 
 def test_local_writers_racing_for_one_name_leave_one_winner(tmp_path: Any) -> None:
@@ -126,10 +127,10 @@ def test_local_writers_racing_for_one_name_leave_one_winner(tmp_path: Any) -> No
 
     target = os.path.join(tmp_path, "race.dcm")
     contenders = [bytes([i]) * (200_000 + i) for i in range(8)]  # large enough that writes overlap
-    results = _race(lambda d: storage.write_parts(target, [d], len(d), "0" * 64, if_absent=True), contenders)
+    results = _race(lambda d: writes.write_parts(target, [d], len(d), "0" * 64, if_absent=True), contenders)
     winners = [i for i, r in enumerate(results) if r is None]
     assert len(winners) == 1 and all(isinstance(r, AlreadyExistsError) for r in results if r is not None)
-    assert storage.read_bytes(target) == contenders[winners[0]]
+    assert reads.read_bytes(target) == contenders[winners[0]]
     assert _leftovers(tmp_path) == []
 
 
@@ -143,13 +144,13 @@ def test_without_hard_links_a_local_write_is_still_exclusive(tmp_path: Any, monk
 
     monkeypatch.setattr(os, "link", no_links)
     target = os.path.join(tmp_path, "1.2.3.dcm")
-    storage.write_parts(target, [b"fi", b"rst"], 5, "0" * 64, if_absent=True)
+    writes.write_parts(target, [b"fi", b"rst"], 5, "0" * 64, if_absent=True)
     with pytest.raises(AlreadyExistsError):
-        storage.write_parts(target, [b"second"], 6, "0" * 64, if_absent=True)
-    assert storage.read_bytes(target) == b"first"
+        writes.write_parts(target, [b"second"], 6, "0" * 64, if_absent=True)
+    assert reads.read_bytes(target) == b"first"
     other = os.path.join(tmp_path, "1.2.4.dcm")
     with pytest.raises(TypeError):  # a failed in-place write removes what it created
-        storage.write_parts(other, [b"x" * 1000, _Boom()], 1000, "0" * 64, if_absent=True)
+        writes.write_parts(other, [b"x" * 1000, _Boom()], 1000, "0" * 64, if_absent=True)
     assert not os.path.exists(other) and _leftovers(tmp_path) == []
 
 
@@ -162,26 +163,26 @@ def test_local_listing_with_suffix_filter(tmp_path: Any) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(body)
-    listed = {os.path.relpath(o.uri, tmp_path): o.size for o in storage.list_objects(str(tmp_path), (".tar",))}
+    listed = {os.path.relpath(o.uri, tmp_path): o.size for o in listing.list_objects(str(tmp_path), (".tar",))}
     assert listed == {"a.tar": 1, os.path.join("b", "c.tar"): 2, os.path.join("b", "e", "f.tar"): 4}
-    everything = [o.uri for o in storage.list_objects(str(tmp_path))]
+    everything = [o.uri for o in listing.list_objects(str(tmp_path))]
     assert len(everything) == 4
-    single = list(storage.list_objects(os.path.join(tmp_path, "a.tar")))
+    single = list(listing.list_objects(os.path.join(tmp_path, "a.tar")))
     assert [o.size for o in single] == [1]
     with pytest.raises(NotFoundError):
-        list(storage.list_objects(os.path.join(tmp_path, "missing")))
+        list(listing.list_objects(os.path.join(tmp_path, "missing")))
 
 
 def test_local_head_and_ranges(tmp_path: Any) -> None:
     path = os.path.join(tmp_path, "x.bin")
-    storage.write_bytes(path, bytes(range(256)))
-    info = storage.head(path)
+    writes.write_bytes(path, bytes(range(256)))
+    info = listing.head(path)
     assert info is not None and info.size == 256
-    assert storage.head(os.path.join(tmp_path, "nope")) is None
-    assert storage.read_range(path, 10, 5) == bytes(range(10, 15))
-    assert storage.read_range(path, 250, 100) == bytes(range(250, 256))  # short only at the end
+    assert listing.head(os.path.join(tmp_path, "nope")) is None
+    assert reads.read_range(path, 10, 5) == bytes(range(10, 15))
+    assert reads.read_range(path, 250, 100) == bytes(range(250, 256))  # short only at the end
     with pytest.raises(NotFoundError):
-        storage.read_bytes(os.path.join(tmp_path, "nope"))
+        reads.read_bytes(os.path.join(tmp_path, "nope"))
 
 
 # ---------------------------------------------------------------- S3
@@ -193,7 +194,7 @@ def small_pages() -> Iterator[list[int]]:
 
     Over 1000 keys would exercise the default page size, but takes moto several seconds to create.
     """
-    client = storage.s3_client()
+    client = clients.s3_client()
     pages: list[int] = []
 
     def set_page(params: dict[str, Any], **_: Any) -> None:
@@ -218,50 +219,50 @@ def test_s3_listing_follows_every_page(s3: Any, bucket: str, small_pages: list[i
     s3.put_object(Bucket=bucket, Key="deliveries/text/", Body=b"")  # a "folder" marker
     s3.put_object(Bucket=bucket, Key="deliveries/text/readme.txt", Body=b"r")
     s3.put_object(Bucket=bucket, Key="deliveries/text2/other.tar", Body=b"o")  # a sibling prefix
-    listed = list(storage.list_objects(f"s3://{bucket}/deliveries/text", (".tar",)))
+    listed = list(listing.list_objects(f"s3://{bucket}/deliveries/text", (".tar",)))
     assert len(small_pages) == 3
     assert [o.uri for o in listed] == [f"s3://{bucket}/{k}" for k in keys]
     assert [o.size for o in listed] == [len(k) % 7 for k in keys]
     assert all(o.etag and '"' not in o.etag and o.mtime is not None for o in listed)
-    everything = [o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(f"s3://{bucket}/deliveries/text/")]
+    everything = [o.uri.rsplit("/", 1)[-1] for o in listing.list_objects(f"s3://{bucket}/deliveries/text/")]
     assert len(everything) == 121 and "readme.txt" in everything and "" not in everything
 
 
 def test_s3_head_read_and_missing(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="a/b.bin", Body=bytes(range(100)))
-    info = storage.head(f"s3://{bucket}/a/b.bin")
+    info = listing.head(f"s3://{bucket}/a/b.bin")
     assert info is not None and info.size == 100 and info.etag == hashlib.md5(bytes(range(100))).hexdigest()
-    assert storage.head(f"s3://{bucket}/a/missing.bin") is None
-    assert storage.read_range(f"s3://{bucket}/a/b.bin", 90, 50) == bytes(range(90, 100))
+    assert listing.head(f"s3://{bucket}/a/missing.bin") is None
+    assert reads.read_range(f"s3://{bucket}/a/b.bin", 90, 50) == bytes(range(90, 100))
     with pytest.raises(NotFoundError) as exc:
-        storage.read_bytes(f"s3://{bucket}/a/missing.bin")
+        reads.read_bytes(f"s3://{bucket}/a/missing.bin")
     assert exc.value.reason == "not_found" and exc.value.uri == f"s3://{bucket}/a/missing.bin"
     with pytest.raises(StorageError) as exc:
-        storage.read_bytes(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
+        reads.read_bytes(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
     assert exc.value.reason == "no_such_bucket"
 
 
 def test_s3_glacier_object_is_not_restored(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="cold/a.tar", Body=b"x" * 1024, StorageClass="GLACIER")
     uri = f"s3://{bucket}/cold/a.tar"
-    for read in (lambda: storage.read_bytes(uri), lambda: storage.read_range(uri, 0, 512)):
+    for read in (lambda: reads.read_bytes(uri), lambda: reads.read_range(uri, 0, 512)):
         with pytest.raises(NotRestoredError) as exc:
             read()
         assert exc.value.reason == "not_restored" and exc.value.status == "not_restored"
-    info = storage.head(uri)
+    info = listing.head(uri)
     assert info is not None and info.storage_class == "GLACIER"
-    assert [o.storage_class for o in storage.list_objects(f"s3://{bucket}/cold")] == ["GLACIER"]
+    assert [o.storage_class for o in listing.list_objects(f"s3://{bucket}/cold")] == ["GLACIER"]
 
 
 def test_s3_small_write_stores_its_sha256(s3: Any, bucket: str) -> None:
     data = b"DICM" * 1000
     uri = f"s3://{bucket}/out/1.2.3.dcm"
-    storage.write_bytes(uri, data)
+    writes.write_bytes(uri, data)
     r = s3.head_object(Bucket=bucket, Key="out/1.2.3.dcm")
     assert r["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert r["ContentType"] == "application/dicom"
     assert "-" not in r["ETag"]  # a single PutObject
-    assert storage.read_bytes(uri) == data
+    assert reads.read_bytes(uri) == data
 
 
 def test_s3_multipart_write(s3: Any, bucket: str) -> None:
@@ -270,15 +271,15 @@ def test_s3_multipart_write(s3: Any, bucket: str) -> None:
     tail = b"T" * 77
     parts = [head, memoryview(body), tail]
     whole = head + body + tail
-    sha = storage.sha256_hex(parts)
+    sha = writes.sha256_hex(parts)
     assert sha == hashlib.sha256(whole).hexdigest()
     uri = f"s3://{bucket}/out/big.dcm"
-    storage.write_parts(uri, parts, len(whole), sha, WriteOptions(multipart_threshold=5 * 1024 * 1024))
+    writes.write_parts(uri, parts, len(whole), sha, WriteOptions(multipart_threshold=5 * 1024 * 1024))
     r = s3.head_object(Bucket=bucket, Key="out/big.dcm")
     assert "-" in r["ETag"].strip('"')  # a multipart upload's ETag is <md5 of md5s>-<part count>
     assert r["ContentLength"] == len(whole)
     assert r["Metadata"]["sha256"] == hashlib.sha256(whole).hexdigest()
-    assert storage.read_bytes(uri) == whole
+    assert reads.read_bytes(uri) == whole
 
 
 def test_s3_settings_repr_hides_the_secret() -> None:
@@ -294,7 +295,7 @@ def test_s3_settings_repr_hides_the_secret() -> None:
 
 def test_s3_metadata_joins_the_checksum(s3: Any, bucket: str) -> None:
     uri = f"s3://{bucket}/m/1.2.3.dcm"
-    storage.write_parts(uri, [b"data"], 4, hashlib.sha256(b"data").hexdigest(), metadata={"sop-instance-uid": "1.2.3"})
+    writes.write_parts(uri, [b"data"], 4, hashlib.sha256(b"data").hexdigest(), metadata={"sop-instance-uid": "1.2.3"})
     meta = s3.head_object(Bucket=bucket, Key="m/1.2.3.dcm")["Metadata"]
     assert meta == {"sop-instance-uid": "1.2.3", "sha256": hashlib.sha256(b"data").hexdigest()}
 
@@ -306,15 +307,15 @@ def test_a_conditional_multipart_write_never_replaces(s3: Any, bucket: str) -> N
     first = [b"H" * 100, memoryview(bytes(range(256)) * (40 * 1024)), b"T" * 7]  # 10 MiB: two parts
     whole = b"".join(bytes(p) for p in first)
     uri = f"s3://{bucket}/mp/big.dcm"
-    storage.write_parts(uri, first, len(whole), hashlib.sha256(whole).hexdigest(), opts, if_absent=True,
+    writes.write_parts(uri, first, len(whole), hashlib.sha256(whole).hexdigest(), opts, if_absent=True,
                         metadata={"sop-instance-uid": "1.2"})
     head = s3.head_object(Bucket=bucket, Key="mp/big.dcm")
     assert head["ETag"].strip('"').endswith("-2") and head["Metadata"]["sop-instance-uid"] == "1.2"
-    assert storage.read_bytes(uri) == whole
+    assert reads.read_bytes(uri) == whole
     other = b"O" * (6 * 1024 * 1024)
     with pytest.raises(AlreadyExistsError):
-        storage.write_parts(uri, [other], len(other), hashlib.sha256(other).hexdigest(), opts, if_absent=True)
-    assert storage.read_bytes(uri) == whole
+        writes.write_parts(uri, [other], len(other), hashlib.sha256(other).hexdigest(), opts, if_absent=True)
+    assert reads.read_bytes(uri) == whole
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the refused upload was aborted
 
 
@@ -325,7 +326,7 @@ def test_conditional_write_refuses_to_replace_and_sends_our_checksum(s3: Any, bu
     from dicom_reassembly.errors import AlreadyExistsError
 
     sent: list[dict] = []
-    client = storage.s3_client()
+    client = clients.s3_client()
 
     def capture(params: dict, **_: Any) -> None:
         sent.append(dict(params))
@@ -335,9 +336,9 @@ def test_conditional_write_refuses_to_replace_and_sends_our_checksum(s3: Any, bu
         uri = f"s3://{bucket}/cond/a.dcm"
         data = b"DICM-ish bytes"
         digest = hashlib.sha256(data).hexdigest()
-        storage.write_parts(uri, [data], len(data), digest, if_absent=True)
+        writes.write_parts(uri, [data], len(data), digest, if_absent=True)
         with pytest.raises(AlreadyExistsError):
-            storage.write_parts(uri, [b"other"], 5, hashlib.sha256(b"other").hexdigest(), if_absent=True)
+            writes.write_parts(uri, [b"other"], 5, hashlib.sha256(b"other").hexdigest(), if_absent=True)
         assert s3.get_object(Bucket=bucket, Key="cond/a.dcm")["Body"].read() == data
         assert sent[0]["IfNoneMatch"] == "*"
         assert sent[0]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
@@ -363,25 +364,25 @@ def _tree(root: Any) -> None:
 def test_local_listing_reports_what_it_cannot_use_and_goes_on(tmp_path: Any) -> None:
     _tree(tmp_path)
     with permissions_enforced():
-        listed = [(os.path.relpath(o.uri, tmp_path), o.size, o.error) for o in storage.list_objects(str(tmp_path), (".tar",))]
+        listed = [(os.path.relpath(o.uri, tmp_path), o.size, o.error) for o in listing.list_objects(str(tmp_path), (".tar",))]
     # Folders it cannot read or follow are listed whatever the suffix: archives may be inside.
     assert listed == [("a.tar", 10, None), ("broken.tar", 0, "broken_link"), ("elsewhere/d.tar", 10, None),
                       ("locked", 0, "access_denied"), ("loop.tar", 0, "broken_link"), ("sub/b.tar", 10, None),
                       ("sub/linked", 0, "not_an_archive")]
     with permissions_enforced():
-        details = {os.path.basename(o.uri): o.error_detail for o in storage.list_objects(str(tmp_path)) if o.error}
+        details = {os.path.basename(o.uri): o.error_detail for o in listing.list_objects(str(tmp_path)) if o.error}
     assert "gone.tar" in details["broken.tar"] and "permission denied" in details["locked"]
     assert "not followed" in details["linked"]
     # A prefix that cannot be listed at all is one clear error, not an empty delivery.
     with permissions_enforced(), pytest.raises(StorageError) as exc:
-        list(storage.list_objects(os.path.join(tmp_path, "locked")))
+        list(listing.list_objects(os.path.join(tmp_path, "locked")))
     assert exc.value.reason == "access_denied"
 
 
 def test_local_reads_keep_their_cause(tmp_path: Any) -> None:
     _tree(tmp_path)
     denied = os.path.join(tmp_path, "denied.bin")
-    storage.write_bytes(denied, b"secret")
+    writes.write_bytes(denied, b"secret")
     os.chmod(denied, 0)
     cases = {denied: (StorageError, "access_denied"), os.path.join(tmp_path, "broken.tar"): (NotFoundError, "broken_link"),
              os.path.join(tmp_path, "loop.tar"): (NotFoundError, "broken_link"),
@@ -389,30 +390,49 @@ def test_local_reads_keep_their_cause(tmp_path: Any) -> None:
              os.path.join(tmp_path, "locked", "c.tar"): (StorageError, "access_denied")}
     with permissions_enforced():
         for path, (kind, reason) in cases.items():
-            for read in (storage.read_bytes, lambda p: storage.read_range(p, 0, 4), storage.open_read):
+            for read in (reads.read_bytes, lambda p: reads.read_range(p, 0, 4), reads.open_read):
                 with pytest.raises(kind) as exc:
                     read(path)
                 assert (exc.value.reason, exc.value.uri) == (reason, path)
             if reason == "not_found":
-                assert storage.head(path) is None
+                assert listing.head(path) is None
             elif path == denied:  # its size is no secret: only reading it is refused
-                assert storage.head(path) is not None
+                assert listing.head(path) is not None
             else:
                 with pytest.raises(kind) as exc:
-                    storage.head(path)
+                    listing.head(path)
                 assert exc.value.reason == reason
+
+
+def test_input_credentials_reach_the_input_bucket_only(s3: Any, bucket: str) -> None:
+    """ArchiveAccess's settings (pointing nowhere here) serve the partner's bucket only: any other bucket, ours,
+    goes through the default chain even when the access is passed along."""
+    s3.put_object(Bucket=bucket, Key="t/ours.bin", Body=b"ours")
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1", access_key_id="input",
+                          secret_access_key="input-secret", max_attempts=1)
+    access = clients.ArchiveAccess(settings, "partner-input")
+    assert reads.read_bytes(f"s3://{bucket}/t/ours.bin", access) == b"ours"
+    assert [o.uri for o in listing.list_objects(f"s3://{bucket}/t", access=access)] == [f"s3://{bucket}/t/ours.bin"]
+    assert listing.head(f"s3://{bucket}/t/ours.bin", access).size == 4
+    with pytest.raises(StorageError) as exc:
+        reads.read_bytes("s3://partner-input/t/any.tar", access)
+    assert exc.value.reason == "s3_unreachable"
+    assert clients.archive_access(settings, None) is None  # without a bucket, input settings apply nowhere
+    assert "input-secret" not in repr(access)
 
 
 def test_s3_reads_keep_their_cause(s3: Any, bucket: str) -> None:
     for key in ("t/open.tar", "t/secret.tar"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x" * 100)
-    with s3_access_denied(bucket, ["t/secret.tar"]):
-        assert [o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(f"s3://{bucket}/t")] == ["open.tar", "secret.tar"]
-        assert storage.read_range(f"s3://{bucket}/t/open.tar", 0, 4) == b"xxxx"
-        for read in (storage.read_bytes, lambda u: storage.read_range(u, 0, 4), storage.head):
+    with s3_access_denied(bucket, ["t/secret.tar"]) as access:
+        assert [o.uri.rsplit("/", 1)[-1] for o in listing.list_objects(f"s3://{bucket}/t", access=access)] == [
+            "open.tar", "secret.tar"]
+        assert reads.read_range(f"s3://{bucket}/t/open.tar", 0, 4, access) == b"xxxx"
+        for read in (lambda u: reads.read_bytes(u, access), lambda u: reads.read_range(u, 0, 4, access),
+                     lambda u: listing.head(u, access)):
             with pytest.raises(StorageError) as exc:
                 read(f"s3://{bucket}/t/secret.tar")
             assert exc.value.reason == "access_denied"
         with pytest.raises(NotFoundError) as exc:
-            storage.read_bytes(f"s3://{bucket}/t/missing.tar")
+            reads.read_bytes(f"s3://{bucket}/t/missing.tar", access)
         assert exc.value.reason == "not_found"

@@ -26,16 +26,11 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
+from dicom_reassembly.cli.stow import add_stow_parser, run_stow
 from dicom_reassembly.errors import ConfigError
-from dicom_reassembly.stow import (
-    StowAuth,
-    StowClient,
-    StowItem,
-    StowSettings,
-    add_stow_parser,
-    read_failed_from_ledger,
-    run_stow,
-)
+from dicom_reassembly.stow.client import StowClient, StowItem
+from dicom_reassembly.stow.command import read_failed_from_ledger
+from dicom_reassembly.stow.settings import StowAuth, StowSettings
 
 if TYPE_CHECKING:
     from orthanc_fixture import OrthancServer
@@ -523,7 +518,7 @@ def test_xml_response_is_understood(fake_stow: FakeStow, no_auth_env: None) -> N
 
 
 def test_connection_refused_fails_fast_with_reason(no_auth_env: None, tmp_path: Any) -> None:
-    from conftest import free_port
+    from helpers import free_port
 
     ds, data = make_instance("MR_small.dcm")
     with StowClient(fast(f"http://127.0.0.1:{free_port()}/dicom-web", max_retries=1)) as client:
@@ -578,7 +573,7 @@ def test_stow_settings_validation() -> None:
 
 
 def test_insecure_flag_warns(no_auth_env: None, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    from conftest import free_port
+    from helpers import free_port
 
     parser = argparse.ArgumentParser()
     add_stow_parser(parser.add_subparsers(dest="command"))

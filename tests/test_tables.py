@@ -6,19 +6,21 @@ import copy
 import json
 import logging
 import os
+import zipfile
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pydicom
 import pytest
+from helpers import debian_package_files
 from postgres_fixture import postgres  # noqa: F401
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_reassembly.computations import computations_schema, run_computations_partition
 from dicom_reassembly.errors import ConfigError, StorageError
-from dicom_reassembly.ledger import ledger_row, ledger_schema
-from dicom_reassembly.tables import (
+from dicom_reassembly.records.computations import computations_schema, run_computations_partition
+from dicom_reassembly.records.ledger import ledger_row, ledger_schema
+from dicom_reassembly.records.tables import (
     JDBC_JAR,
     RUNS_NAMES,
     JdbcTarget,
@@ -72,7 +74,16 @@ def ledger_df(spark, run_id: str):  # noqa: ANN001, ANN201
 
 
 def test_session_settings_point_at_the_debian_jar() -> None:
-    assert jdbc_session_settings() == ({"spark.jars": JDBC_JAR} if os.path.exists(JDBC_JAR) else {})
+    """JDBC_JAR is where Debian's libpostgresql-jdbc-java puts the driver (CI and `make system-deps` install it)."""
+    files = debian_package_files("libpostgresql-jdbc-java")
+    assert JDBC_JAR in files, f"the package installs no {JDBC_JAR}: {sorted(f for f in files if f.endswith('.jar'))}"
+    assert jdbc_session_settings() == {"spark.jars": JDBC_JAR}
+    with zipfile.ZipFile(JDBC_JAR) as jar:
+        assert "org/postgresql/Driver.class" in jar.namelist()
+
+
+def test_session_settings_are_empty_without_the_jar(tmp_path) -> None:  # noqa: ANN001
+    assert jdbc_session_settings(str(tmp_path / "postgresql.jar")) == {}
 
 
 def test_ledger_to_parquet_and_postgres(jdbc_spark, postgres, target, tmp_path) -> None:  # noqa: ANN001, F811

@@ -14,21 +14,14 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import permissions_enforced, require_tool
+from helpers import permissions_enforced, require_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dicom_reassembly import storage
 from dicom_reassembly.errors import ArchiveError, NotRestoredError
-from dicom_reassembly.tar_access import (
-    MAX_EXTENDED_HEADER,
-    Damage,
-    Member,
-    _StreamSource,
-    iter_members,
-    read_member,
-    walk,
-)
+from dicom_reassembly.io import reads
+from dicom_reassembly.io.tar_access import MAX_EXTENDED_HEADER, Damage, Member, iter_members, read_member, walk
+from dicom_reassembly.io.tar_sources import StreamSource
 
 LONG_DIR = "text/" + "d" * 90 + "/"  # > 100 characters with the file name; ustar can still split it
 LONG_BASENAME = "1.2.826.0.1.3680043.10.1234." + "9" * 90 + ".json"  # > 100 characters on its own
@@ -167,10 +160,10 @@ def test_three_sources_agree(tmp_path: Any, s3: Any, bucket: str) -> None:
 def test_streaming_an_s3_archive_is_one_get(s3: Any, bucket: str) -> None:
     data = _tar_bytes(tarfile.GNU_FORMAT, [(f"1.2.3.{i}.json", _content(i, 900)) for i in range(20)])
     uri = _upload(s3, bucket, "one-get.tar", data)
-    storage.io_counter.reset()
+    reads.io_counter.reset()
     items = list(iter_members(uri, size=len(data), with_data=True))
     assert len(items) == 20 and not _damages(items)
-    assert storage.io_counter.gets == 1
+    assert reads.io_counter.gets == 1
 
 
 # ---------------------------------------------------------------- damage
@@ -282,10 +275,10 @@ def test_read_member_is_one_ranged_read(s3: Any, bucket: str) -> None:
     data = _tar_bytes(tarfile.GNU_FORMAT, members)
     uri = _upload(s3, bucket, "read.tar", data)
     _, _, data_offset, size, _, _ = _by_tarfile(data)[2]
-    storage.io_counter.reset()
+    reads.io_counter.reset()
     assert read_member(uri, data_offset, size) == members[2][1]
-    assert storage.io_counter.gets == 1
-    assert storage.io_counter.bytes_read == size
+    assert reads.io_counter.gets == 1
+    assert reads.io_counter.bytes_read == size
     with pytest.raises(ArchiveError) as exc:
         read_member(uri, len(data) - 100, 500)
     assert exc.value.reason == "truncated_archive"
@@ -295,25 +288,25 @@ def test_headers_only_indexing_of_large_members_skips_their_data(s3: Any, bucket
     members = [(f"1.2.3.{i}.j2c", _content(i, 1024 * 1024 + 333 * i)) for i in range(8)]
     data = _tar_bytes(tarfile.GNU_FORMAT, members)
     uri = _upload(s3, bucket, "large.tar", data)
-    storage.io_counter.reset()
+    reads.io_counter.reset()
     items = list(iter_members(uri, size=len(data)))
     assert _ours(items) == _by_tarfile(data)
-    assert storage.io_counter.bytes_read < 0.05 * len(data)
-    assert storage.io_counter.gets <= len(members) + 1
+    assert reads.io_counter.bytes_read < 0.05 * len(data)
+    assert reads.io_counter.gets <= len(members) + 1
 
 
 def test_headers_only_indexing_of_small_members_coalesces_reads(s3: Any, bucket: str) -> None:
     members = [(f"1.2.826.0.1.3680043.10.1234.{i}.json", _content(i, 600 + i % 300)) for i in range(400)]
     data = _tar_bytes(tarfile.PAX_FORMAT, members)
     uri = _upload(s3, bucket, "small.tar", data)
-    storage.io_counter.reset()
+    reads.io_counter.reset()
     items = list(iter_members(uri, size=len(data)))
     assert _ours(items) == _by_tarfile(data)
     # About one GET per coalescing window, far from one per member.
-    from dicom_reassembly.tar_access import DEFAULT_COALESCE_GAP
+    from dicom_reassembly.io.tar_access import DEFAULT_COALESCE_GAP
 
-    assert storage.io_counter.gets <= len(data) // DEFAULT_COALESCE_GAP + 10 < len(members) // 10, storage.io_counter.gets
-    assert storage.io_counter.bytes_read <= 2 * len(data)
+    assert reads.io_counter.gets <= len(data) // DEFAULT_COALESCE_GAP + 10 < len(members) // 10, reads.io_counter.gets
+    assert reads.io_counter.bytes_read <= 2 * len(data)
 
 
 # ---------------------------------------------------------------- hostile headers: tarfile's rules, never an exception
@@ -515,7 +508,7 @@ def test_hostile_header_bytes_end_the_walk_with_damage_never_an_exception(edits:
     if cut is not None:
         del data[cut:]
     raw = bytes(data)
-    for with_data, source in ((False, _BytesSource(raw)), (True, _StreamSource(io.BytesIO(raw)))):
+    for with_data, source in ((False, _BytesSource(raw)), (True, StreamSource(io.BytesIO(raw)))):
         items = list(walk(source, len(raw), with_data))
         members = [m for m in items if isinstance(m, Member)]
         assert all(isinstance(i, Member) for i in items[:-1]) and len(items) - len(members) <= 1

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, CriteriaError
-from ..restore import TIERS
-from ..storage import is_s3, split_s3
+from ..io.uris import is_s3, split_s3
+from ..restore.requests import TIERS
 
 DEFAULT_POLL_SECONDS = 600.0
 # Restore times AWS gives (Flexible Retrieval / Deep Archive): Expedited 1-5 min, Standard 3-5 h / 12 h,
@@ -100,11 +100,11 @@ class CampaignParams:
     max_wait_seconds: float | None = None
     restore_tier: str = "Bulk"
     restore_days: int = 7
+    config: str | None = None
     include_unknown: bool = True
     tranche: str | None = None
     stow_url: str | None = None
     emr: EmrTarget | None = None
-    config: str | None = None
 
     @property
     def wait_bound(self) -> float:
@@ -187,7 +187,7 @@ def _emr(raw: Any) -> EmrTarget | None:
 
 def _input(raw: Any, block: str | None, criteria: list[Any]) -> tuple[InputBucket | None, SecretText | None]:
     """The input bucket and inline credentials, checked with the criteria by the parser the jobs use."""
-    from ..criteria import parse_criteria
+    from ..selection.spec import parse_criteria
 
     if raw is None:
         if block:

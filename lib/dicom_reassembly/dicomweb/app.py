@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import storage
 from ..errors import ReassemblyError
-from ..storage import basename
+from ..io import listing
+from ..io.uris import basename
 from . import objects
 from .auth import AuthError, AuthSettings, Principal, verify_token
 from .query import BY_TAG, KEYS, LEVEL_KEYS, MAX_LIMIT, CatalogIndex, QueryError
@@ -187,7 +187,7 @@ def create_app(index: CatalogIndex, auth: AuthSettings, intake: Any = None) -> F
                                          "or transfer-syntax=*")
         uris = [r["output_uri"] for r in rows]
         for uri in uris:  # before the first byte: a missing object must be a clear error, not a cut stream
-            if storage.head(uri) is None:
+            if listing.head(uri) is None:
                 raise HTTPException(404, f"the stored object of {basename(uri)} is missing from the store")
         if not wants_multipart:
             return StreamingResponse(objects.stream_object(uris[0]), media_type="application/dicom")

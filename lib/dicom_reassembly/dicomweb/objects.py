@@ -1,6 +1,6 @@
 """Stored objects as DICOMweb answers: streamed bytes, multipart bodies, headers as DICOM JSON, rendered PNG.
 
-Objects are read through ``storage.open_read`` (local file or one S3 GET) and streamed in chunks, never
+Objects are read through ``io.reads.open_read`` (local file or one S3 GET) and streamed in chunks, never
 held whole, except where the answer needs the pixels decoded (rendered PNG) or the header parsed
 (metadata, a single tag): the header alone is read for those when the tag sits before Pixel Data.
 """
@@ -17,7 +17,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .. import storage
+from ..io import listing, reads
+from ..io import uris as io_uris
 
 CHUNK = 1 << 20
 HEADER_PROBE = 64 * 1024
@@ -26,7 +27,7 @@ PIXEL_DATA = 0x7FE00010
 
 def stream_object(uri: str) -> Iterator[bytes]:
     """The object's bytes in chunks (one GET on S3)."""
-    with storage.open_read(uri) as stream:
+    with reads.open_read(uri) as stream:
         while True:
             chunk = stream.read(CHUNK)
             if not chunk:
@@ -55,15 +56,15 @@ def _parse(data: bytes, stop_before_pixels: bool) -> Dataset:
 
 def read_header(uri: str) -> Dataset:
     """The dataset without Pixel Data and what follows it, reading only a prefix of the object when it can."""
-    if not storage.is_s3(uri):
+    if not io_uris.is_s3(uri):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return dcmread(uri, stop_before_pixels=True)
     size = HEADER_PROBE
-    info = storage.head(uri)
+    info = listing.head(uri)
     total = info.size if info else 0
     while True:
-        data = storage.read_range(uri, 0, min(size, total))
+        data = reads.read_range(uri, 0, min(size, total))
         try:
             ds = _parse(data, stop_before_pixels=True)
             if len(data) == total or PIXEL_DATA in ds or _reached_pixels(data):
@@ -83,8 +84,8 @@ def read_object(uri: str) -> Dataset:
     """The whole dataset (for rendering)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if storage.is_s3(uri):
-            return _parse(storage.read_bytes(uri), stop_before_pixels=False)
+        if io_uris.is_s3(uri):
+            return _parse(reads.read_bytes(uri), stop_before_pixels=False)
         return dcmread(uri)
 
 

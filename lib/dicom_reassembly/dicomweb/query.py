@@ -16,9 +16,10 @@ from typing import Any
 
 import duckdb
 
-from .. import catalog, storage
+from ..dicom.uids import uid_problem
 from ..errors import NotFoundError
-from ..uids import uid_problem
+from ..io import listing
+from ..records import catalog
 
 
 class QueryError(ValueError):
@@ -165,7 +166,7 @@ class CatalogIndex:
 
     def _listing(self) -> list[tuple[str, int, str]]:
         try:
-            return [(o.uri, o.size, o.etag) for o in storage.list_objects(self.uri, (".parquet",))]
+            return [(o.uri, o.size, o.etag) for o in listing.list_objects(self.uri, (".parquet",))]
         except NotFoundError:
             return []
 

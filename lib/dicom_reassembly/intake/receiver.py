@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import catalog, storage
+from ..dicom.part10 import Part10
 from ..errors import ReassemblyError
-from ..ledger import ledger_row, row_dict
-from ..output import write_once
-from ..part10 import Part10
-from ..reassembly import output_key
+from ..io import uris, writes
+from ..reassembly.writes import output_key, write_once
+from ..records import catalog
+from ..records.ledger import ledger_row, row_dict
 from .forwarder import Forwarder
 from .records import Recorder
 from .spool import Spool
@@ -51,7 +51,7 @@ class IntakeSettings:
     catalog: str
     run_id: str
     key_template: str = "{sop_instance_uid}.dcm"
-    write_options: storage.WriteOptions = storage.WriteOptions()
+    write_options: writes.WriteOptions = writes.WriteOptions()
     stow: Any = None  # stow.StowSettings
     max_backlog: int = 10000  # instances waiting to be forwarded before new ones are refused (0xA700)
     queue_size: int = 1000  # the forwarder's in-memory queue; more wait in the state file
@@ -168,7 +168,7 @@ class Intake:
                 "series_instance_uid": str(ds.SeriesInstanceUID), "modality": str(ds.get("Modality", "") or "")}
         base.update(sop_instance_uid=uid, study_instance_uid=item["study_instance_uid"],
                     series_instance_uid=item["series_instance_uid"])
-        uri = storage.join_uri(self.settings.out, output_key(self.settings.key_template, item))
+        uri = uris.join_uri(self.settings.out, output_key(self.settings.key_template, item))
         ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
         attributes = catalog.attributes_from_dataset(ds)
         del ds  # the pixels are not needed again: the file is written as it was spooled

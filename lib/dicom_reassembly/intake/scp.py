@@ -31,7 +31,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from ..part10 import build_file_meta
+from ..dicom.part10 import build_file_meta
 from .receiver import Intake
 from .validation import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 

@@ -25,8 +25,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ..dicom.uids import uid_problem
 from ..errors import HeaderError
-from ..uids import uid_problem
 
 # DIMSE status codes (PS3.4 Annex B.2.3, PS3.7 Annex C).
 SUCCESS = 0x0000

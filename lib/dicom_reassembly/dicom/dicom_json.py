@@ -1,0 +1,243 @@
+"""The header half: DICOM JSON model (PS3.18 Annex F) to a pydicom dataset.
+
+The JSON is parsed once; the parsed dict serves both the manifest's key tags
+and the dataset. Group 0002 goes to the file meta. A BulkDataURI is resolved
+only when it points at the instance's own pixel member. Before a header is
+encoded it must meet :mod:`header_rules` (limits, VMs, UIDs, character sets,
+nulls); pydicom's warnings are collected into the error or a debug log line,
+never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from ..errors import HeaderError
+from .header_rules import MAX_HEADER_BYTES, MAX_JSON_DEPTH, MAX_SEQUENCE_DEPTH, check_header, json_too_deep
+from .uids import uid_problem
+
+log = logging.getLogger(__name__)
+
+SOP_CLASS_UID = "00080016"
+SOP_INSTANCE_UID = "00080018"
+PIXEL_DATA_TAGS = ("7FE00010", "7FE00008", "7FE00009")
+# We write our own offset tables; stale ones from the source must not survive, nor its
+# Encapsulated Pixel Data Value Total Length.
+OFFSET_TABLE_TAGS = ("7FE00001", "7FE00002", "7FE00003")
+
+# Manifest column -> (tag, type). Typed columns later stages filter or group on.
+KEY_TAGS: dict[str, tuple[str, type]] = {
+    "sop_class_uid": (SOP_CLASS_UID, str),
+    "header_sop_instance_uid": (SOP_INSTANCE_UID, str),
+    "study_instance_uid": ("0020000D", str),
+    "series_instance_uid": ("0020000E", str),
+    "modality": ("00080060", str),
+    "study_date": ("00080020", str),
+    "patient_age": ("00101010", str),
+    "patient_sex": ("00100040", str),
+    "body_part_examined": ("00180015", str),
+    "manufacturer": ("00080070", str),
+    "lossy_image_compression": ("00282110", str),
+    "photometric_interpretation": ("00280004", str),
+    "instance_number": ("00200013", int),
+    "rows": ("00280010", int),
+    "columns": ("00280011", int),
+    "number_of_frames": ("00280008", int),
+    "samples_per_pixel": ("00280002", int),
+    "bits_allocated": ("00280100", int),
+    "bits_stored": ("00280101", int),
+    "pixel_representation": ("00280103", int),
+}
+
+
+def header_size(raw: bytes | str) -> int:
+    """A header's size in bytes (UTF-8 for text)."""
+    if isinstance(raw, str):
+        # A character is 1 to 4 bytes: encode only when the count alone cannot decide.
+        return len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
+
+
+def too_large(size: int, max_bytes: int) -> HeaderError:
+    """The error for a header of ``size`` bytes above ``max_bytes``."""
+    return HeaderError("too_large", f"header is {size} bytes, above max_header_bytes ({max_bytes})")
+
+
+def parse_header(raw: bytes | str, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """Parse a header member into a dict keyed by upper-case tag.
+
+    Raises HeaderError: ``too_large`` above ``max_bytes``, ``too_deep`` when nested past the
+    limit (json.loads recurses, so a document thousands deep raises RecursionError inside it).
+    """
+    size = header_size(raw)
+    if size > max_bytes:
+        raise too_large(size, max_bytes)
+    too_deep = HeaderError("too_deep", f"JSON nests more than {MAX_JSON_DEPTH} levels deep "
+                           f"(more than {MAX_SEQUENCE_DEPTH} sequence levels)")
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HeaderError("malformed_json", str(exc).splitlines()[0][:200]) from exc
+    if json_too_deep(obj):
+        raise too_deep
+    if isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], dict):
+        obj = obj[0]  # a QIDO/WADO metadata response holds a list of one dataset
+    if not isinstance(obj, dict):
+        raise HeaderError("malformed_json", f"top level is {type(obj).__name__}, not an object")
+    if any(not k.isupper() for k in obj if not k.isdigit()):
+        obj = {k.upper(): v for k, v in obj.items()}
+    return obj
+
+
+def canonical_sha256(header: dict[str, Any]) -> str:
+    """Hash of the header's content, independent of key order and whitespace."""
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def first_value(header: dict[str, Any], tag: str) -> Any:
+    """The first value of an element, PN as its Alphabetic string; None when absent or empty."""
+    elem = header.get(tag)
+    if not isinstance(elem, dict):
+        return None
+    values = elem.get("Value")
+    if not isinstance(values, list) or not values:
+        return None
+    v = values[0]
+    if isinstance(v, dict):
+        return v.get("Alphabetic")
+    return v
+
+
+def as_int(v: Any) -> int | None:
+    """An IS/US value as an int that fits 32-bit columns (the manifest's, the catalogue's), or None."""
+    try:
+        n = int(float(v)) if isinstance(v, str) else int(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if -(2**31) <= n < 2**31 else None
+
+
+def key_tags(header: dict[str, Any]) -> dict[str, Any]:
+    """The typed key tags of a header, for the manifest."""
+    out: dict[str, Any] = {}
+    for column, (tag, kind) in KEY_TAGS.items():
+        v = first_value(header, tag)
+        if v is None:
+            out[column] = None
+        elif kind is int:
+            out[column] = as_int(v)
+        else:
+            out[column] = str(v).strip()
+    out["pixel_ref"] = pixel_ref(header)
+    return out
+
+
+def pixel_ref(header: dict[str, Any]) -> str | None:
+    """The BulkDataURI of the header's Pixel Data, if it names one."""
+    for tag in PIXEL_DATA_TAGS:
+        elem = header.get(tag)
+        if isinstance(elem, dict) and isinstance(elem.get("BulkDataURI"), str) and elem["BulkDataURI"].strip():
+            return elem["BulkDataURI"]
+    return None
+
+
+def check_identity(header: dict[str, Any], uid: str) -> tuple[str, str]:
+    """Check the SOP UIDs; return (sop_class_uid, sop_instance_uid) or raise HeaderError."""
+    sop_instance = first_value(header, SOP_INSTANCE_UID)
+    sop_class = first_value(header, SOP_CLASS_UID)
+    if not sop_instance:
+        raise HeaderError("missing_sop_instance_uid", "SOPInstanceUID (0008,0018) is missing")
+    if not sop_class:
+        raise HeaderError("missing_sop_class_uid", "SOPClassUID (0008,0016) is missing")
+    sop_instance, sop_class = str(sop_instance).strip(), str(sop_class).strip()
+    for name, value in (("SOPInstanceUID", sop_instance), ("SOPClassUID", sop_class)):
+        problem = uid_problem(value)
+        if problem:
+            # Not the manifest's invalid_uid, which says a member's name is no UID and keeps it out of the join.
+            raise HeaderError("invalid_uid_value", f"{name} {value!r} is {problem}")
+    if sop_instance != uid:
+        raise HeaderError("uid_mismatch", f"header SOPInstanceUID {sop_instance} differs from member UID {uid}")
+    return sop_class, sop_instance
+
+
+def points_at_pixel_member(uri: str, uid: str, pixel_member: str | None) -> bool:
+    """Whether a Pixel Data BulkDataURI names the instance's own pixel member."""
+    if not uri.strip():
+        return True  # an empty URI names nothing (pydicom's own test1.json has one): the pixel member supplies the value
+    path = unquote(urlsplit(uri).path or uri).rstrip("/")
+    last = path.rsplit("/", 1)[-1]
+    if pixel_member and last == pixel_member.rsplit("/", 1)[-1]:
+        return True
+    stem, _, ext = last.rpartition(".")
+    # A numeric "extension" is a UID component: <uid>.5 is another instance, not our file.
+    return last == uid or (stem == uid and not ext.isdigit())
+
+
+def _refuse_bulkdata(tag: str, vr: str, value: str) -> Any:
+    raise HeaderError("unresolved_bulkdata", f"BulkDataURI on {tag} ({vr}) points outside the pixel member: {value}")
+
+
+def prepare_header(header: dict[str, Any], uid: str) -> tuple[str, str, dict[str, Any]]:
+    """Identity and header rules: (sop_class_uid, sop_instance_uid, the header to encode). Raises HeaderError."""
+    sop_class, sop_instance = check_identity(header, uid)
+    return sop_class, sop_instance, check_header(header)
+
+
+def warned(caught: list[warnings.WarningMessage]) -> str:
+    """pydicom's warnings as a suffix for an error's detail (pydicom warns, then fails)."""
+    if not caught:
+        return ""
+    first = str(caught[0].message).splitlines()[0][:160]
+    more = f" (+{len(caught) - 1} more)" if len(caught) > 1 else ""
+    return f"; pydicom warned: {first}{more}"
+
+
+def _empty_numbers(ds: Dataset) -> None:
+    """null in a multi-valued DS/IS is an empty value at its position (PS3.18 F.2.5); pydicom would write "None"."""
+    for elem in ds.iterall():
+        if elem.VR in ("DS", "IS") and elem.VM > 1 and any(v is None for v in elem.value):
+            elem.value = ["" if v is None else v for v in elem.value]
+
+
+def build_dataset(header: dict[str, Any], uid: str, pixel_member: str | None = None) -> tuple[Dataset, FileMetaDataset]:
+    """Build the dataset (without Pixel Data) and the file meta from a parsed header.
+
+    ``header`` is not modified. Raises HeaderError for unusable headers.
+    """
+    _, _, header = prepare_header(header, uid)
+    body: dict[str, Any] = {}
+    meta_json: dict[str, Any] = {}
+    for tag, elem in header.items():
+        if tag.startswith("0002"):
+            meta_json[tag] = elem
+        elif tag in PIXEL_DATA_TAGS:
+            if isinstance(elem, dict) and "BulkDataURI" in elem and not points_at_pixel_member(str(elem["BulkDataURI"]), uid, pixel_member):
+                _refuse_bulkdata(tag, str(elem.get("vr")), str(elem["BulkDataURI"]))
+        elif tag not in OFFSET_TABLE_TAGS:
+            body[tag] = elem
+    with warnings.catch_warnings(record=True) as caught:
+        # pydicom warns about values the partner sent as they are (e.g. a nested UID with a
+        # leading zero); they are kept verbatim, so the warning is a debug note, not noise per instance.
+        warnings.simplefilter("always")
+        try:
+            ds = Dataset.from_json(body, _refuse_bulkdata)
+            meta = FileMetaDataset(Dataset.from_json(meta_json, _refuse_bulkdata)) if meta_json else FileMetaDataset()
+            _empty_numbers(ds)
+        except HeaderError:
+            raise
+        except Exception as exc:  # pydicom raises assorted types for a bad JSON model
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise HeaderError("invalid_json_model", f"{type(exc).__name__}: {first}{warned(caught)}") from exc
+    for w in caught:
+        log.debug("header %s: %s", uid, w.message)
+    return ds, meta
