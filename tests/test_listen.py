@@ -26,7 +26,7 @@ from network_helpers import (
 )
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from dicom_reassembly.intake.receiver import Intake, IntakeSettings
 from dicom_reassembly.intake.validation import Refused, check_dataset
@@ -365,3 +365,21 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, args: list[str], rea
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and reason in res.stderr and "Traceback" not in res.stderr
+
+
+def test_accepted_associations_send_without_nagle_delay() -> None:
+    """Each C-STORE-RSP must leave at once: with Nagle on, it waits ~40 ms for the sender's delayed ACK."""
+    import socket
+    from types import SimpleNamespace
+
+    from dicom_reassembly.intake.scp import handle_open, handlers
+
+    assert any(h[0] is evt.EVT_CONN_OPEN and h[1] is handle_open for h in handlers(None))  # type: ignore[arg-type]
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            handle_open(SimpleNamespace(assoc=SimpleNamespace(dul=SimpleNamespace(socket=SimpleNamespace(socket=accepted)))))
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()
