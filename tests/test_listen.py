@@ -96,10 +96,10 @@ def send_pynetdicom(port: int, datasets: list[Dataset]) -> list[tuple[int, str |
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's note on the malformed UID the case sets
 @pytest.mark.parametrize(("change", "code", "reason"), [
-    (lambda ds: setattr(ds, "SOPInstanceUID", [generate_uid(), generate_uid()]), 0xC000, "invalid_uid"),
-    (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.03"), 0xC000, "invalid_uid"),
+    (lambda ds: setattr(ds, "SOPInstanceUID", [generate_uid(), generate_uid()]), 0xC000, "invalid_vm"),
+    (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.03"), 0xC000, "invalid_uid_value"),
     (lambda ds: delattr(ds, "SeriesInstanceUID"), 0xA900, "missing_uid"),
-    (lambda ds: ds.add_new(0x00031010, "LO", "private in an odd group"), 0xC000, "forbidden_group"),
+    (lambda ds: ds.add_new(0x00031010, "LO", "private in an odd group"), 0xC000, "reserved_group"),
     (lambda ds: setattr(ds, "BitsAllocated", 12), 0xC000, "invalid_bits_allocated"),
     (lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"), 0xC000, "unknown_character_set"),
 ], ids=["multi-valued uid", "bad uid syntax", "missing series uid", "group 0003", "bits 12", "unknown charset"])
