@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -15,6 +14,7 @@ from ..config import Config
 from ..errors import ReassemblyError
 from ..manifest.spark import read_manifest
 from ..records.ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
+from ..run_id import new_run_id
 from .executor import TaskSettings, reassemble_partition
 from .plan import PENDING
 from .reads import ReadTuning
@@ -31,11 +31,6 @@ from .writes import WritePolicy
 log = logging.getLogger(__name__)
 
 WRITTEN = ("written", "skipped_existing")
-
-
-def new_run_id(now: datetime) -> str:
-    """A run id that sorts by time and is unique."""
-    return now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -221,7 +216,7 @@ class ReassembleRun:
         return "\n".join(lines)
 
 
-__all__ = ["ReassembleRun", "ReassemblyError", "new_run_id"]
+__all__ = ["ReassembleRun", "ReassemblyError"]
 
 
 def count_pending_restore(manifest: Any) -> dict[str, int]:
