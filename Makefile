@@ -68,7 +68,7 @@ demo: setup $(DATA)/expected.json
 	@echo "== written under $(DEMO)/"
 	@echo "  dcm/       the Part 10 objects, one <SOPInstanceUID>.dcm per instance"
 	@echo "  manifest/  Parquet, one row per tar member: archive, offset, size, UID, key tags"
-	@echo "  ledger/    Parquet, one row per outcome, by run_id; ledger_runs/ and ledger_computations/ beside it"
+	@echo "  ledger/    Parquet, one row per outcome, by run_id; ledger_runs/, _computations/ and _catalog/ beside it"
 	@echo "  dcm/_computations/series_summary/<SeriesInstanceUID>/: the \"computations\" above, one per series:"
 	@echo "             preview.png (the series' middle slice as an image) and summary.json (pixel statistics)"
 	@uids="$$($(PY) -m dicom_reassembly.testing.sample_data $(DATA) --pick 3)" && \

@@ -1,6 +1,7 @@
 """Spark job: join headers and pixels on UID, write Part 10 objects, and a ledger of every outcome.
 
 spark-submit jobs/reassemble.py --manifest URI --out URI --ledger URI [--criteria FILE] [--config conf/X]
+                                [--catalog URI] [--only LIST]
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--config", help="JSON config from conf/ (flags override it)")
     p.add_argument("--runs", help="runs table (default: beside the ledger, <ledger>_runs)")
     p.add_argument("--computations", help="computations table (default: <ledger>_computations)")
+    p.add_argument("--catalog", help="catalogue of the stored objects, for queries and cohorts (default: "
+                                     "<ledger>_catalog; docs/catalogue.md)")
+    p.add_argument("--only", metavar="LIST", help="restrict the run to the instances of this UID list (a cohort "
+                                                  "list, or one UID per line)")
     p.add_argument("--stow-url", help="also POST instances to this DICOMweb root (STOW-RS)")
     p.add_argument("--jdbc-url", help="also write ledger, runs and computations to this PostgreSQL "
                                       "(user and password from DICOM_REASSEMBLY_JDBC_USER/_PASSWORD)")
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             raise errors.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
         if args.out:
             writes.check_writable(args.out)
+        if args.only:
+            from dicom_reassembly.records.cohort import check_uid_list
+
+            check_uid_list(args.only)
     except ReassemblyError as exc:
         return fail(exc)
 
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
                             runs_uri=args.runs or args.ledger.rstrip("/") + "_runs",
                             computations_uri=args.computations or args.ledger.rstrip("/") + "_computations",
+                            catalog_uri=args.catalog or args.ledger.rstrip("/") + "_catalog", only=args.only,
                             cfg=cfg, spec=spec, stow=stow, stow_auth=stow_auth, jdbc=jdbc, argv=argv, started=started)
         summary = run.execute()
         print(run.report(summary))

@@ -19,6 +19,9 @@ The object goes to OUT/<SOPInstanceUID>.dcm, never over another object: the same
 already there is fine, a different one is a conflict (--replace replaces an earlier,
 different object of the same instance).
 
+With --from-list, each UID of the list in turn, each path printed; the exit code is the
+first failure's.
+
 exit codes:
   0  written, or the same object was already there: its path is printed
   1  storage failed (unreachable, access denied, a write error)
@@ -43,17 +46,41 @@ exit codes:
 
 
 def cmd_uid(args: argparse.Namespace) -> int:
-    """Reassemble one instance by SOP Instance UID, from every copy of its members."""
+    """Reassemble one instance by SOP Instance UID, from every copy of its members (or each of a list's)."""
     from ..dicom.uids import uid_problem
-    from ..manifest.lookup import manifest_members, scan_members
 
+    if args.from_list:
+        return _reassemble_list(args)
+    if not args.uid:
+        print("error: missing_uid: give a UID, or --from-list LIST", file=sys.stderr)
+        return EXIT_INPUT
     uid = args.uid
     problem = uid_problem(uid)
     if problem:
         print(f"error: invalid_uid: {uid!r} is {problem}", file=sys.stderr)
         return EXIT_INPUT
-    members = manifest_members(uid, args.manifest) if args.manifest else scan_members(uid, args.text, args.images)
-    return _reassemble(uid, members, args.out, args.replace)
+    return _reassemble(uid, _members(args, uid), args.out, args.replace)
+
+
+def _members(args: argparse.Namespace, uid: str) -> Any:
+    from ..manifest.lookup import manifest_members, scan_members
+
+    return manifest_members(uid, args.manifest) if args.manifest else scan_members(uid, args.text, args.images)
+
+
+def _reassemble_list(args: argparse.Namespace) -> int:
+    """Each UID of a list (a cohort's, or one per line) as ``uid`` does it; the first failure's exit code."""
+    from ..records.cohort import read_uid_list
+
+    if args.uid:
+        print("error: uid_and_list: give a UID or --from-list LIST, not both", file=sys.stderr)
+        return EXIT_INPUT
+    listed = read_uid_list(args.from_list)
+    codes = [_reassemble(item.uid, _members(args, item.uid), args.out, args.replace) for item in listed]
+    failed = [c for c in codes if c]
+    if failed:
+        print(f"{len(codes) - len(failed)} of {len(codes)} written; {len(failed)} not (see above)", file=sys.stderr)
+    return failed[0] if failed else 0
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
@@ -103,7 +130,9 @@ def add_uid_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``uid``."""
     u = sub.add_parser("uid", help="reassemble one instance by SOP Instance UID", epilog=UID_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    u.add_argument("uid", help="the SOP Instance UID")
+    u.add_argument("uid", nargs="?", help="the SOP Instance UID")
+    u.add_argument("--from-list", metavar="LIST", help="every UID of this list instead (a cohort list, or one UID "
+                                                       "per line; with --manifest, each is found fast)")
     u.add_argument("--text", default="data/text", help="header archives: folder or s3:// prefix (default data/text)")
     u.add_argument("--images", default="data/images", help="pixel archives: folder or s3:// prefix (default data/images)")
     u.add_argument("--out", default=".", help="output folder or s3:// prefix (default: current directory)")

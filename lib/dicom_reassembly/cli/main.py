@@ -81,6 +81,7 @@ def run_spark_job(app_name: str, extra: dict[str, str], body: Callable[[Any], in
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with every subcommand (each command module registers its own)."""
     from .campaign import add_campaign_parser
+    from .catalog import add_catalog_parsers
     from .cost import add_cost_parser
     from .inspect import add_inspect_parser
     from .instance import add_pair_parser, add_uid_parser
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_uid_parser, add_pair_parser, add_inspect_parser, add_stow_parser, add_restore_parser,
-                add_cost_parser, add_listen_parser, add_serve_parser, add_token_parser, add_campaign_parser):
+                add_cost_parser, add_listen_parser, add_serve_parser, add_token_parser, add_campaign_parser,
+                add_catalog_parsers):
         add(sub)
     return p
 

@@ -61,6 +61,8 @@ def add_stow_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="DICOMweb root, e.g. https://pacs/dicom-web")
     p.add_argument("--only-failed", metavar="LEDGER",
                    help="Parquet ledger: resend only rows with stow_status = failed")
+    p.add_argument("--only", metavar="LIST", help="send the instances of this list (a cohort list: its output_uri, "
+                                                  "else --from/<UID>.dcm)")
     p.add_argument("--ledger-out", metavar="PATH", help="write per-instance results as Parquet here")
     p.add_argument("--batch-count", type=int, default=DEFAULT_BATCH_COUNT, help="instances per request")
     p.add_argument("--batch-bytes", type=parse_size, default=DEFAULT_BATCH_BYTES, help="bytes per request (50MB)")
@@ -70,6 +72,20 @@ def add_stow_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
     p.set_defaults(func=run_stow, command="stow")
     return p
+
+
+def list_items(listed: str, from_uri: str | None) -> list[StowItem]:
+    """Items for the instances of a UID list: each its ``output_uri``, else ``from_uri/<UID>.dcm``."""
+    from ..io.uris import join_uri
+    from ..records.cohort import read_uid_list
+
+    items = []
+    for item in read_uid_list(listed):
+        source = item.output_uri or (join_uri(from_uri, f"{item.uid}.dcm") if from_uri else None)
+        if source is None:
+            raise ConfigError("no_object", f"{item.uid} has no output_uri in the list: give --from URI", uri=listed)
+        items.append(StowItem(item.uid, source, source))
+    return items
 
 
 def settings_from_args(args: argparse.Namespace) -> StowSettings:
@@ -85,8 +101,10 @@ def run_stow(args: argparse.Namespace) -> int:
     import sys
 
     try:
-        if not args.from_uri and not args.only_failed:
-            raise ConfigError("missing_source", "give --from URI or --only-failed LEDGER")
+        if not args.from_uri and not args.only_failed and not args.only:
+            raise ConfigError("missing_source", "give --from URI, --only LIST or --only-failed LEDGER")
+        if args.only and args.only_failed:
+            raise ConfigError("two_sources", "give --only or --only-failed, not both")
         settings = settings_from_args(args)
         if args.insecure:
             import urllib3
@@ -94,8 +112,10 @@ def run_stow(args: argparse.Namespace) -> int:
             print(f"warning: TLS certificate verification is disabled for {settings.url}", file=sys.stderr)
             # One warning above is enough; urllib3 would repeat it on every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        if args.only_failed:
-            items: Iterable[StowItem] = read_failed_from_ledger(args.only_failed, args.from_uri)
+        if args.only:
+            items: Iterable[StowItem] = list_items(args.only, args.from_uri)
+        elif args.only_failed:
+            items = read_failed_from_ledger(args.only_failed, args.from_uri)
         else:
             items = list_instances(args.from_uri)
         summary = send_objects(items, settings, args.ledger_out)

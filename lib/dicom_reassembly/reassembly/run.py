@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -47,6 +48,8 @@ class ReassembleRun:
     stow: Any = None  # stow.StowSettings
     stow_auth: Any = None  # stow.StowAuth, read from the driver's environment
     jdbc: Any = None  # tables.JdbcTarget
+    catalog_uri: str | None = None  # the catalogue of stored objects; None writes none
+    only: str | None = None  # a UID list (records.cohort): the run is restricted to these instances
     argv: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -73,6 +76,9 @@ class ReassembleRun:
         run_id = new_run_id(self.started)
         self.size_shuffle()
         manifest = read_manifest(self.spark, self.manifest_uri)
+        not_listed = 0
+        if self.only:
+            manifest, not_listed = self.restrict_to_list(manifest)
         pending_restore = count_pending_restore(manifest)
         # Executors get the criteria alone: the spec itself holds the input credentials.
         select = partial(first_failure_json, self.spec.criteria) if self.spec is not None and self.spec.criteria else None
@@ -87,6 +93,7 @@ class ReassembleRun:
             ledger = reassemble_ledger(plan, manifest, self.task_settings(run_id), datetime.now(timezone.utc), partitions,
                                        task_keys)
             ledger.write.mode("append").partitionBy("run_id").parquet(self.ledger_uri)
+            catalogued = self.write_catalog(plan, run_id)
         finally:
             plan.unpersist()
         run_ledger = self.spark.read.parquet(self.ledger_uri).filter(F.col("run_id") == run_id)
@@ -99,10 +106,38 @@ class ReassembleRun:
         summary = {
             "run_id": run_id, "status_counts": counts, "unaccounted_members": missing, "unaccounted_examples": examples,
             "pending_restore_archives": sum(pending_restore.values()), "computations": computations, **skipped,
+            "catalog": catalogued, "listed_not_in_manifest": not_listed,
             "started_at": self.started, "finished_at": finished,
         }
         self.write_tables(run_ledger, summary)
         return summary
+
+    def restrict_to_list(self, manifest: Any) -> tuple[Any, int]:
+        """The manifest restricted to the listed UIDs (``--only``), and how many listed UIDs it does not hold."""
+        from pyspark.sql import functions as F
+
+        from ..records.cohort import read_uid_list_df
+        from .transforms import with_listed_uids
+
+        listed = read_uid_list_df(self.spark, self.only)
+        held = manifest.filter(F.col("kind") != "archive").select("sop_instance_uid")
+        missing = listed.join(held, "sop_instance_uid", "left_anti").count()
+        if missing:
+            log.warning("%d UID(s) of %s are not in the manifest", missing, self.only)
+        return manifest.transform(with_listed_uids(listed)), missing
+
+    def write_catalog(self, plan: Any, run_id: str) -> dict[str, int] | None:
+        """The catalogue rows of the objects this run stored, written and compacted (after the ledger write)."""
+        from pyspark.sql import functions as F
+
+        from ..records.catalog_spark import write_catalog
+        from .catalog_rows import replaces_objects, with_catalog_rows
+
+        if not self.catalog_uri or not self.out:
+            return None
+        run_ledger = self.spark.read.parquet(self.ledger_uri).filter(F.col("run_id") == run_id)
+        rows = run_ledger.transform(with_catalog_rows(plan, os.getcwd()))
+        return write_catalog(self.spark, rows, self.catalog_uri, anywhere=replaces_objects(run_ledger))
 
     def size_shuffle(self) -> None:
         """Size the UID join's shuffle from the manifest, unless the configuration pins it."""
@@ -171,6 +206,11 @@ class ReassembleRun:
                      f"({summary['bytes_skipped']} bytes)")
         if summary["pending_restore_archives"]:
             lines.append(f"archives still in Glacier: {summary['pending_restore_archives']} (re-run build_manifest after restore)")
+        if summary.get("listed_not_in_manifest"):
+            lines.append(f"listed UIDs not in the manifest: {summary['listed_not_in_manifest']}")
+        if summary.get("catalog"):
+            cat = summary["catalog"]
+            lines.append(f"catalogue: {cat['rows']} row(s) written, {cat['partitions_compacted']} partition(s) compacted")
         if summary["computations"]:
             lines.append("computations: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["computations"].items())))
         return "\n".join(lines)

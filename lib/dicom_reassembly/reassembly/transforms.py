@@ -144,3 +144,21 @@ def with_manifest_damage(manifest: Any) -> Any:
         F.when(~is_header_side, F.col("archive_uri")).alias("pixel_archive"),
         F.when(~is_header_side, member).alias("pixel_member"),
     )
+
+
+def with_listed_uids(uids: Any) -> Callable[[Any], Any]:
+    """Transform: the manifest restricted to the members of these UIDs (``reassemble --only``).
+
+    ``uids`` is a one-column DataFrame (``sop_instance_uid``). Archive rows stay, so the run still reports which
+    archives it did not read and which are damaged; members of other UIDs, and members no UID can join, leave the
+    run (and so its conservation check, which is over the listed instances' members).
+    """
+
+    def transform(manifest: Any) -> Any:
+        from pyspark.sql import functions as F
+
+        archives = manifest.filter(F.col("kind") == "archive")
+        members = manifest.filter(F.col("kind") != "archive").join(uids, "sop_instance_uid", "left_semi")
+        return archives.unionByName(members)
+
+    return transform

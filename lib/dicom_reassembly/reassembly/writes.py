@@ -35,6 +35,8 @@ from ..io.listing import ObjectInfo
 from ..io.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
+# The reason of a write that replaced another object of the same instance (the catalogue looks for it).
+REPLACED = "replaced an earlier, different object of this instance"
 
 INSTANCE_METADATA = "sop-instance-uid"  # S3 user metadata: hyphens, because proxies may drop underscored headers
 HEADER_BYTES = 64 * 1024  # enough for the file meta and SOPInstanceUID, which come first
@@ -138,7 +140,7 @@ def _settle(uri: str, obj: Part10, found: ObjectInfo, replace_same_instance: boo
                                         "(skip_existing false, or the CLI's --replace, replaces it)")
     before_write()
     writes.write_parts(uri, obj.parts, obj.size, obj.sha256, options, metadata={INSTANCE_METADATA: uid})
-    return WriteOutcome("written", "replaced an earlier, different object of this instance")
+    return WriteOutcome("written", REPLACED)
 
 
 def _same_object(uri: str, obj: Part10, found: ObjectInfo) -> bool:

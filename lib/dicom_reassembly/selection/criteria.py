@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -160,32 +160,72 @@ class Criterion:
                                 f" (header VR {_one_line(str(vr), 8)}, criterion needs {self.vr})")
         if not values:
             return self._reason("<empty>")
-        if not isinstance(values, list):
-            values = [values]
         parse = _PARSERS[self.vr]
         op = self.operation
         parsed_any = False
-        for v in values:
-            if not isinstance(v, str):
+        for part in value_parts(values):
+            x = parse(part)
+            if x is None:
                 continue
-            # a backslash cannot occur inside a DA/CS/AS value, so it can only be a flattened multi-value
-            for part in (v.split("\\") if "\\" in v else (v,)):
-                x = parse(part)
-                if x is None:
-                    continue
-                parsed_any = True
-                if op == "GREATER":
-                    if x > self.ref_point:
-                        return None
-                elif op == "LESS":
-                    if x < self.ref_point:
-                        return None
-                elif x in self.ref_values:
+            parsed_any = True
+            if op == "GREATER":
+                if x > self.ref_point:
                     return None
+            elif op == "LESS":
+                if x < self.ref_point:
+                    return None
+            elif x in self.ref_values:
+                return None
         shown = _render_values(values)
         if shown == "<empty>":
             return self._reason(shown)
         return self._reason(shown, "" if parsed_any else " (unparseable value)")
+
+
+def value_parts(values: Any) -> Iterator[str]:
+    """The text parts of an element's ``Value`` that criteria compare, unparsed.
+
+    A value that is not a list is one value; values that are not strings are skipped; a backslash cannot occur
+    inside a DA, CS or AS value, so one inside a string can only be a flattened multi-value, and splits it.
+    """
+    for v in values if isinstance(values, list) else (values,):
+        if isinstance(v, str):
+            yield from (v.split("\\") if "\\" in v else (v,))
+
+
+@functools.lru_cache(maxsize=4096)
+def dictionary_vr(key: str) -> str | None:
+    """The DICOM dictionary's VR of a tag given as ``GGGGEEEE``, or None (private, unknown, or not hex)."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(int(key, 16)))
+    except (KeyError, ValueError):
+        return None
+
+
+def selectable_values(header: Mapping[str, Any]) -> dict[str, list[str]]:
+    """What criteria can select on in a header: every top-level DA, CS and AS element, by tag (``GGGGEEEE``).
+
+    An element counts when its VR (the header's, or the dictionary's when the header gives none) is the
+    dictionary's, as ``Criterion.check`` requires; its parts are stripped and empty ones left out, which is
+    what each VR's parser does before comparing. A criterion holds on the header exactly when it holds on
+    these parts (``selection.sql`` compiles criteria to SQL over them; tests prove both agree).
+    """
+    out: dict[str, list[str]] = {}
+    for key in sorted({k.upper() for k in header if isinstance(k, str)}):
+        elem = header.get(key)
+        if elem is None:  # as ``Criterion.check`` looks: the upper-case key, else the lower-case one
+            elem = header.get(key.lower())
+        if not isinstance(elem, Mapping):
+            continue
+        vr = dictionary_vr(key)
+        if vr not in SUPPORTED_VRS or (elem.get("vr") or vr) != vr:
+            continue
+        values = elem.get("Value")
+        parts = [s for s in (p.strip() for p in value_parts(values)) if s] if values else []
+        out[key] = parts
+    return out
 
 
 def first_failure(criteria: CriteriaSpec | Sequence[Criterion], header: Mapping[str, Any]) -> str | None:
