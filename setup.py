@@ -19,6 +19,7 @@ setup(
         "requests>=2.28",  # STOW-RS
         "tqdm>=4.60",  # progress bars in the CLI
         "matplotlib>=3.7",  # series previews, drawn on the executors
+        "duckdb>=1.0",  # the notebook's aggregations over the Parquet datasets, and queries over the catalogue
     ],
     extras_require={
         "spark": ["pyspark>=3.5,<5"],
@@ -28,7 +29,6 @@ setup(
             "fastapi>=0.110",  # the DICOMweb service of `serve`
             "uvicorn>=0.29",  # its HTTP server
             "pyjwt[crypto]>=2.8",  # per-patient bearer tokens: HS256, and RS256 with cryptography
-            "duckdb>=1.0",  # QIDO-RS over the Parquet catalogue
             "pillow>=10",  # rendered PNG
             "python-multipart>=0.0.18",  # STOW-RS bodies parsed as they stream in
         ],
