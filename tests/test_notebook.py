@@ -1,5 +1,5 @@
-"""The manifest-analysis notebook: its runner and a headless run on the sample delivery (its tables and charts are
-tested in test_analysis.py)."""
+"""The manifest-analysis notebook: its runner, a headless run on the sample delivery, and its kernel's memory on a
+10^5-instance manifest against the sample's (its tables and charts are tested in test_analysis.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ HEADINGS = ("Manifest analysis", "Overview", "Archives and members per archive",
             "Catalogue: what was written", "Estimated cost of a full run")
 FIGURES = 7  # members per archive, sizes, statuses, demographics, modality and year, series, cost
 CATALOG_FIGURES = 2
+LARGE = 100_000  # instances of the generated manifest the kernel's memory is measured on
 
 
 def _runner():  # noqa: ANN202 - a module loaded from its path
@@ -51,6 +52,22 @@ def test_builtin_html_renders_markdown_tables_and_images() -> None:
     assert f'<img src="data:image/png;base64,{png}"' in page
     assert "<td>7</td>" in page
     assert "careful &lt;b&gt;" in page
+
+
+def test_the_kernel_memory_peak_is_read_from_outside_and_misses_no_spike(tmp_path) -> None:  # noqa: ANN001
+    cells = ["import numpy as np", "x = np.ones(400 * 2**20 // 8); del x",  # 400 MiB touched, then freed
+             "y = 1"]
+    path = str(tmp_path / "spike.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), path)
+    nb, error = _runner().execute_notebook(path)
+    assert error is None, error
+    memory = nb.metadata["kernel_memory"]
+    first, spike, last = memory["by_cell"]
+    assert [first["cell"], spike["cell"], last["cell"]] == [0, 1, 2]
+    assert spike["peak_rss_bytes"] - first["peak_rss_bytes"] >= 390 * 2**20
+    assert last["rss_bytes"] < spike["peak_rss_bytes"] - 300 * 2**20  # freed, yet the peak remembers it
+    assert memory["peak_rss_bytes"] == last["peak_rss_bytes"] >= spike["peak_rss_bytes"]
+    assert not any(c.get("source", "").count("VmHWM") for c in nb.cells)  # nothing was added to the notebook
 
 
 def test_the_kernel_talks_to_the_runner_over_unix_sockets_not_tcp(tmp_path, capfd) -> None:  # noqa: ANN001
@@ -222,3 +239,30 @@ def test_without_a_catalogue_the_notebook_says_so_and_skips_its_charts(sample_ou
     _, page = _run(base, "no-catalog", {"MANIFEST": manifest_uri, "LEDGER": ledger_uri, "CATALOG": missing})
     assert f"No catalogue at <code>{missing}</code>" in page
     assert page.count('src="data:image/png;base64,') == FIGURES - CATALOG_FIGURES
+
+
+def test_kernel_memory_on_a_1e5_instance_manifest_is_within_twice_the_samples(sample_run, tmp_path_factory) -> None:  # noqa: ANN001
+    """The notebook's memory must not grow with the manifest: 10^5 instances (1.2 GB of header JSON) against the
+    sample's 30. Both peaks are the kernel's VmHWM (see notebooks/run_notebook.py)."""
+    from dicom_reassembly.testing.synthetic import write_synthetic_outputs
+
+    base = str(tmp_path_factory.mktemp("large"))
+    truth = write_synthetic_outputs(base, LARGE)
+    nb, page = _run(base, "large", {"MANIFEST": truth["manifest"], "LEDGER": truth["ledger"],
+                                    "CATALOG": truth["catalog"]})
+    parser = _Tables()
+    parser.feed(page)
+    overview = _table(parser.tables, "metric")
+    assert int(overview["instances (distinct header UIDs)"]) == LARGE - truth["statuses"]["orphan_pixels"]
+    assert int(overview["ledger rows"]) == LARGE
+    assert {k: int(v) for k, v in _table(parser.tables, "status").items()} == truth["statuses"]
+    by_year = _pivot(parser.tables, "study year")
+    assert {m: int(row["total"]) for m, row in by_year.items()} == truth["catalog_modalities"]
+    assert page.count('src="data:image/png;base64,') == FIGURES
+
+    sample_peak = sample_run[0].metadata["kernel_memory"]["peak_rss_bytes"]
+    large_peak = nb.metadata["kernel_memory"]["peak_rss_bytes"]
+    if sample_peak is None or large_peak is None:
+        pytest.skip("no /proc/<pid>/status here: the kernel's peak memory cannot be read")
+    print(f"kernel peak memory: sample {sample_peak / 2**20:.0f} MiB, {LARGE:,} instances {large_peak / 2**20:.0f} MiB")
+    assert large_peak <= 2 * sample_peak, (sample_peak, large_peak)
