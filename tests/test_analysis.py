@@ -381,8 +381,8 @@ def test_catalogue_tables_from_its_newest_rows(tmp_path) -> None:  # noqa: ANN00
 
 @pytest.fixture(scope="module")
 def damaged_outputs(spark, damaged_delivery, tmp_path_factory):  # noqa: ANN001, ANN201
-    """The damaged sample's manifest and ledger, built the way the jobs build them."""
-    from helpers import build_manifest
+    """The damaged sample's manifest, ledger and catalogue (at <ledger>_catalog), built the way the jobs build them."""
+    from helpers import build_manifest, write_catalog_like_reassemble
 
     from dicom_reassembly.config import Config
     from dicom_reassembly.reassembly.run import ReassembleRun
@@ -394,6 +394,7 @@ def damaged_outputs(spark, damaged_delivery, tmp_path_factory):  # noqa: ANN001,
     ReassembleRun(spark=spark, manifest_uri=manifest, out=os.path.join(base, "dcm"), ledger_uri=ledger,
                   runs_uri=os.path.join(base, "runs"), computations_uri=os.path.join(base, "computations"),
                   cfg=Config(upload_threads=2, computations=()), argv=["--manifest", "m"]).execute()
+    write_catalog_like_reassemble(manifest, ledger, ledger + "_catalog")
     return manifest, ledger
 
 
@@ -473,7 +474,8 @@ def _all_tables(data: inputs.Inputs) -> dict:
             "reasons": analysis.reason_counts(data), "modalities": demographics.modality_counts(data),
             "years": demographics.study_date_counts(data), "months": demographics.study_date_counts(data, "month"),
             "ages": demographics.age_distribution(data), "age_summary": demographics.age_summary(data),
-            "workload": analysis.manifest_workload(data)}
+            "workload": analysis.manifest_workload(data), "catalog": outputs.catalog_overview(data),
+            "modality_years": outputs.modality_year_counts(data), "series": outputs.series_histograms(data)}
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +485,10 @@ def duckdb_tables(damaged_outputs):  # noqa: ANN001, ANN201
     data.close()
 
 
-def test_duckdb_tables_match_the_pandas_ones_on_the_damaged_sample(damaged_outputs, duckdb_tables) -> None:  # noqa: ANN001
+def test_duckdb_tables_match_the_pandas_ones_on_the_damaged_sample(damaged_delivery, damaged_outputs,  # noqa: ANN001
+                                                                   duckdb_tables) -> None:  # noqa: ANN001
+    from collections import Counter
+
     from dicom_reassembly.estimate.workload import read_manifest_workload
 
     data, got = duckdb_tables
@@ -513,6 +518,15 @@ def test_duckdb_tables_match_the_pandas_ones_on_the_damaged_sample(damaged_outpu
     counts, _ = np.histogram(want["header_sizes"], bins=np.asarray(header_hist.edges))
     assert header_hist.counts["header"] == counts.tolist() and sum(counts) == len(want["header_sizes"])
     assert got["workload"] == read_manifest_workload(damaged_outputs[0])
+    written = [i for i in damaged_delivery[1]["instances"].values() if i["status"] == "written"]
+    assert data.has_catalog and got["catalog"].loc["instances", "value"] == len(written)
+    years = got["modality_years"].drop(columns="total")
+    assert {(m, y): n for (m, y), n in years.stack().items() if n} == dict(
+        Counter((i["modality"], i["study_date"][:4]) for i in written))
+    series = Counter(i["series_instance_uid"] for i in written)
+    slices = got["series"]["Slices (instances) per series"]
+    assert slices.total("series") == len(series) and (slices.edges[0], slices.edges[-1]) == (
+        min(series.values()), max(series.values()))
 
 
 def test_spark_runs_the_same_aggregations(spark, damaged_outputs, duckdb_tables) -> None:  # noqa: ANN001
