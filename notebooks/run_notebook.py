@@ -11,7 +11,7 @@ On a failing cell the HTML is still written (with the error) and the exit code i
 The kernel's memory is measured from outside it: after each cell, the runner reads the kernel process's
 ``VmHWM`` (its peak resident set, kept by the Linux kernel, so no spike between two readings is missed) and
 ``VmRSS`` from ``/proc/<pid>/status``. The executed notebook carries them in ``metadata.kernel_memory``; the last
-cell's ``VmHWM`` is the run's peak. Nothing is added to the notebook's code.
+cell's ``VmHWM`` is the run's peak (``--executed`` writes it out). Nothing is added to the notebook's code.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     p.add_argument("--exporter", choices=("auto", "nbconvert", "builtin"), default="auto")
     args = p.parse_args(argv)
-    nb, error = run_notebook(args.notebook, args.html, args.executed, timeout=args.timeout, exporter=args.exporter)
+    _, error = run_notebook(args.notebook, args.html, args.executed, timeout=args.timeout, exporter=args.exporter)
     if error is not None:
         lines = _ANSI.sub("", str(error)).strip().splitlines()
         print(f"run_notebook: a cell failed: {lines[-1] if lines else type(error).__name__}", file=sys.stderr)
@@ -279,9 +279,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.html:
         print(f"notebook: {os.path.abspath(args.html)}")
-    peak = nb.metadata.get("kernel_memory", {}).get("peak_rss_bytes")
-    if peak:
-        print(f"kernel peak memory: {peak / 2**20:,.0f} MiB")
     return 0
 
 
