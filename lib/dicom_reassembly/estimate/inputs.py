@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFoundError
-from ..io import arrow_io, listing
+from ..io import arrow_io
 from ..io import uris as io_uris
 from .engine import DuckDBEngine, Engine, SparkEngine
 
@@ -51,12 +51,6 @@ def default_catalog(ledger_uri: str) -> str:
     return ledger_uri.rstrip("/") + CATALOG_SUFFIX
 
 
-def _has_parquet(uri: str) -> bool:
-    if io_uris.is_s3(uri):
-        return any(True for _ in listing.list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
-
-
 def _ledger_partitioning() -> Any:
     """``run_id=...`` folders, always read as strings (inferred types would turn an all-digit id into a number)."""
     import pyarrow as pa
@@ -69,7 +63,7 @@ def ledger_run_files(uri: str) -> dict[str, list[str]]:
     """The Parquet files of each run of a ledger (its ``run_id=`` partitions); {} when there is no ledger."""
     import pyarrow.dataset as pads
 
-    if not _has_parquet(uri):
+    if not arrow_io.dataset_exists(uri):
         return {}
     runs: dict[str, list[str]] = {}
     for fragment in arrow_io.open_dataset(uri, _ledger_partitioning()).get_fragments():
@@ -183,7 +177,7 @@ def open_inputs(manifest_uri: str, ledger_uri: str, run_id: str | None = None, c
             register_manifest(engine, manifest_uri)
         register_ledger(engine, ledger_uri, run_id, run_files)
         catalog_uri = catalog_uri or default_catalog(ledger_uri)
-        has_catalog = _has_parquet(catalog_uri)
+        has_catalog = arrow_io.dataset_exists(catalog_uri)
         if has_catalog:
             engine.register_catalog("catalog", catalog_uri)
         prefix = ""

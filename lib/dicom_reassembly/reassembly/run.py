@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -14,6 +13,7 @@ from ..config import Config
 from ..errors import ReassemblyError
 from ..manifest.spark import read_manifest
 from ..records.ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
+from ..run_id import new_run_id
 from .executor import TaskSettings, reassemble_partition
 from .plan import PENDING
 from .reads import ReadTuning
@@ -30,11 +30,6 @@ from .writes import WritePolicy
 log = logging.getLogger(__name__)
 
 WRITTEN = ("written", "skipped_existing")
-
-
-def new_run_id(now: datetime) -> str:
-    """A run id that sorts by time and is unique."""
-    return now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -181,7 +176,7 @@ class ReassembleRun:
         return "\n".join(lines)
 
 
-__all__ = ["ReassembleRun", "ReassemblyError", "new_run_id"]
+__all__ = ["ReassembleRun", "ReassemblyError"]
 
 
 def count_pending_restore(manifest: Any) -> dict[str, int]:

@@ -132,7 +132,7 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     notes: list[str] = [f"{len(unreadable)} listed entries cannot be read and are left out, e.g. "
                         f"{unreadable[0].uri}: {unreadable[0].error}: {unreadable[0].error_detail}"] if unreadable else []
     text, images = [o for o in text if not o.error], [o for o in images if not o.error]
-    spec = _as_spec(criteria)
+    spec = criteria_spec(criteria)
     if manifest is None:
         if spec is not None:
             notes.append("criteria without a manifest cannot select archives: every pixel archive is needed")
@@ -192,7 +192,7 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     return RestorePlan(objects, selection, notes)
 
 
-def _as_spec(criteria: Any) -> Any:
+def criteria_spec(criteria: Any) -> Any:
     if criteria is None or not isinstance(criteria, str):
         return criteria
     from ..selection.spec import load_criteria
