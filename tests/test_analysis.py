@@ -338,6 +338,17 @@ def test_size_histograms_have_tick_labels_that_do_not_run_into_each_other(tmp_pa
         assert not overlaps, f"{ax.get_title()}: {[t.get_text() for t in ax.get_xticklabels()]}"
 
 
+def test_bar_values_print_counts_in_full_and_amounts_to_four_digits() -> None:
+    from matplotlib.figure import Figure
+
+    counts = pd.DataFrame({"rows": [99_800, 100, 7]}, index=["written", "orphan_header", "orphan_pixels"])
+    fig = charts.plot_status_counts(counts, "r1")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["99,800", "100", "7"]
+    ax = Figure().subplots()
+    charts._bars(ax, ["a", "b"], [0.49951, 3e-05], "cost", "USD")
+    assert [t.get_text() for t in ax.texts] == ["0.4995", "3e-05"]
+
+
 # -------------------------------------------------------------------------------------------- catalogue
 
 

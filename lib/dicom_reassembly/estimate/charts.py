@@ -80,7 +80,9 @@ def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: s
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     for p, v in zip(pos, values, strict=True):
-        ax.annotate(f"{v:,.4g}", (v, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
+        # Counts in full (99,800, not 9.98e+04); amounts (USD) to four significant digits.
+        text = f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}"
+        ax.annotate(text, (v, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
 
 
 def plot_members_per_archive(archives: pd.DataFrame | Histogram) -> Figure:
