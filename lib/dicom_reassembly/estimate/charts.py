@@ -104,7 +104,7 @@ def plot_members_per_archive(archives: pd.DataFrame | Histogram) -> Figure:
         left = [a + b for a, b in zip(left, values, strict=True)]
     ax.invert_yaxis()
     ax.set_xlabel("members")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the bars fill the axes
     ax.set_title("Members per archive, by kind")
     return fig
 
