@@ -17,10 +17,12 @@ DEMO := $(OUT)/demo
 # The venv's spark-submit is conf/venv-spark-submit: Spark settings come from conf/spark-defaults.conf (local[2],
 # C1-only JIT) and conf/log4j2.properties, the same for make, a hand run and the tests (tests/conftest.py).
 SPARK_SUBMIT := $(VENV)/bin/spark-submit
-# make notebook MANIFEST=... LEDGER=... RUN_ID=...: the notebook's inputs (relative paths from the repository root).
+# make notebook MANIFEST=... LEDGER=... RUN_ID=... CATALOG=...: the notebook's inputs (relative paths from the
+# repository root; CATALOG defaults to <LEDGER>_catalog).
 MANIFEST ?= $(DEMO)/manifest
 LEDGER ?= $(DEMO)/ledger
 RUN_ID ?=
+CATALOG ?=
 # Local paths go to the notebook absolute: its kernel runs in notebooks/ and would resolve them from there.
 uri = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
 
@@ -119,10 +121,11 @@ wheelhouse: dist
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 	  --python-version 3.11 --implementation cp --abi cp311 dist/dicom_reassembly-*-py3-none-any.whl
 
-## notebook: run the manifest-analysis notebook headless and write HTML (MANIFEST=, LEDGER=, RUN_ID= choose its inputs)
+## notebook: run the manifest-analysis notebook headless and write HTML (MANIFEST=, LEDGER=, RUN_ID=, CATALOG= choose its inputs)
 notebook: setup
 	@if [ "$(MANIFEST)" = "$(DEMO)/manifest" ] && [ ! -d $(DEMO)/ledger ]; then $(MAKE) --no-print-directory demo; fi
 	@MANIFEST='$(call uri,$(MANIFEST))' LEDGER='$(call uri,$(LEDGER))' RUN_ID='$(RUN_ID)' \
+	  CATALOG='$(if $(CATALOG),$(call uri,$(CATALOG)))' \
 	  $(PY) notebooks/run_notebook.py notebooks/manifest_analysis.ipynb --html $(OUT)/notebook/manifest_analysis.html
 
 ## bench: the benchmark (tar -x, naive baseline, pipeline, lookups, S3 request counts); results in bench/results/

@@ -405,6 +405,7 @@ def run_pipeline(text: str, images: str, work: str, out: str, *, cores: int, env
     r.update(parse_reassemble_stdout(r["stdout"]))
     stages["reassemble"] = r
     stages["manifest_uri"] = manifest
+    stages["ledger_uri"] = ledger
     return stages
 
 

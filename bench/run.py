@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "lib"))
 
 from bench import delivery as dl  # noqa: E402
 from bench import measure as ms  # noqa: E402
+from bench import notebook_memory as nm  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
 ARCHIVE_BUCKET = "bench-archives"
@@ -60,6 +61,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lookup-archives", help="comma-separated archive counts for the lookups (default 10,100,1000)")
     p.add_argument("--repeats", type=int, help="pipeline runs per size, the fastest counts (default 2; 1 with --quick)")
     p.add_argument("--note", default="", help="free text recorded in the report (e.g. 'machine shared')")
+    p.add_argument("--notebook-instances", type=int, default=100_000,
+                   help="instances of the generated manifest the notebook's memory is measured on (0: skip)")
     return p.parse_args(argv)
 
 
@@ -186,7 +189,7 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
         n = index["totals"]["instances"]
         best = {s: min((r[s] for r in runs[n]), key=lambda job: job["wall_s"]) for s in ("build_manifest", "reassemble")}
         sizes.append({"instances": n, "archive_bytes": index["totals"]["archive_bytes"], **best,
-                      "manifest_uri": runs[n][0]["manifest_uri"],
+                      "manifest_uri": runs[n][0]["manifest_uri"], "ledger_uri": runs[n][0]["ledger_uri"],
                       "repeats": [{s: {"wall_s": r[s]["wall_s"], "cpu_s": r[s]["cpu_s"]} for s in ("build_manifest", "reassemble")}
                                   for r in runs[n]]})
     if not computations:
@@ -387,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  ratio per core {hs['ratio_per_core']:.2f}, per CPU-second {hs['ratio_cpu'] or float('nan'):.2f}")
         results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log,
                                             sizes["computations"], sizes["repeats"])
+        if args.notebook_instances:
+            results["notebook_memory"] = nm.measure_notebook_memory(results["pipeline"]["sizes"][-1], work,
+                                                                    args.notebook_instances, log)
         if not args.skip_s3:
             from bench.s3count import CountingS3Server
 

@@ -7,6 +7,11 @@ The kernel runs with the current interpreter, from the notebook's folder, with t
 small exporter below, which renders what this project's notebooks produce: Markdown cells, code, text streams,
 errors, HTML tables and PNG images (inline, base64), so the page is one self-contained file.
 On a failing cell the HTML is still written (with the error) and the exit code is 1.
+
+The kernel's memory is measured from outside it: after each cell, the runner reads the kernel process's
+``VmHWM`` (its peak resident set, kept by the Linux kernel, so no spike between two readings is missed) and
+``VmRSS`` from ``/proc/<pid>/status``. The executed notebook carries them in ``metadata.kernel_memory``; the last
+cell's ``VmHWM`` is the run's peak (``--executed`` writes it out). Nothing is added to the notebook's code.
 """
 
 from __future__ import annotations
@@ -46,9 +51,45 @@ code { background: #f1f1f1; padding: 0 3px; border-radius: 3px; }
 # ------------------------------------------------------------------------------------------------ execution
 
 
+def read_process_memory(pid: int) -> dict[str, int] | None:
+    """``{"rss_bytes", "peak_rss_bytes"}`` of a live process from /proc (Linux), or None where there is none."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {"rss_bytes": int(fields["VmRSS"].split()[0]) * 1024,
+                "peak_rss_bytes": int(fields["VmHWM"].split()[0]) * 1024}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class KernelMemory:
+    """Readings of the kernel's memory after each executed cell (``on_cell_executed``)."""
+
+    def __init__(self, client: NotebookClient) -> None:
+        self.client = client
+        self.by_cell: list[dict[str, int]] = []
+
+    def __call__(self, cell: Any = None, cell_index: int = -1, **_: Any) -> None:
+        provisioner = getattr(self.client.km, "provisioner", None)
+        pid = getattr(provisioner, "pid", None)
+        reading = read_process_memory(pid) if pid else None
+        if reading is not None:
+            self.by_cell.append({"cell": cell_index, **reading})
+
+    def summary(self) -> dict[str, Any]:
+        """The run's peak (the last VmHWM read) and every reading, for ``metadata.kernel_memory``."""
+        peak = self.by_cell[-1]["peak_rss_bytes"] if self.by_cell else None
+        return {"peak_rss_bytes": peak, "by_cell": self.by_cell,
+                "source": "VmHWM and VmRSS of the kernel process, /proc/<pid>/status, read after each cell"}
+
+
 def execute_notebook(path: str, env: Mapping[str, str] | None = None, timeout: int = 600,
                      kernel_name: str | None = None) -> tuple[nbformat.NotebookNode, CellExecutionError | None]:
-    """Run every cell of ``path``; returns the executed notebook and the error that stopped it, if any."""
+    """Run every cell of ``path``; returns the executed notebook and the error that stopped it, if any.
+
+    ``nb.metadata.kernel_memory`` holds the kernel's peak resident memory (``peak_rss_bytes``; None where /proc
+    is not there) and the readings after each cell.
+    """
     nb = nbformat.read(path, as_version=4)
     name = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
     workdir = os.path.dirname(os.path.abspath(path))
@@ -62,10 +103,14 @@ def execute_notebook(path: str, env: Mapping[str, str] | None = None, timeout: i
         config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(ipc_dir, "kernel")}})
         client = NotebookClient(nb, timeout=timeout, kernel_name=name, resources={"metadata": {"path": workdir}},
                                 config=config)
+        memory = KernelMemory(client)
+        client.on_cell_executed = memory
         try:
             client.execute(env=kernel_env)
         except CellExecutionError as exc:
             return nb, exc
+        finally:
+            nb.metadata["kernel_memory"] = memory.summary()
     return nb, None
 
 

@@ -213,3 +213,30 @@ def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[Any]:
                                   region="us-east-1", max_attempts=1)
     with enable_iam_authentication():
         yield clients.ArchiveAccess(settings, bucket)
+
+
+def write_catalog_like_reassemble(manifest_uri: str, ledger_uri: str, catalog_uri: str) -> int:
+    """Catalogue rows for a ledger's written instances from their headers in the manifest, as reassemble writes
+    them (issue 20), with ``records.catalog``'s own row builder and writer; the number of rows."""
+    import json
+
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from dicom_reassembly.io import arrow_io
+    from dicom_reassembly.records import catalog
+
+    headers = arrow_io.read_manifest_table(manifest_uri, ["archive_uri", "member_name", "header_json"],
+                                           pads.field("kind") == "header").to_pylist()
+    by_member = {(h["archive_uri"], h["member_name"]): h["header_json"] for h in headers}
+    (run,) = [d for d in os.listdir(ledger_uri) if d.startswith("run_id=")]
+    rows = []
+    for r in pq.read_table(os.path.join(ledger_uri, run)).to_pylist():
+        if r["status"] == "written":
+            header = json.loads(by_member[(r["header_archive"], r["header_member"])])
+            rows.append(catalog.build_catalog_row(
+                catalog.attributes_from_json(header), transfer_syntax=r["transfer_syntax"],
+                output_uri=r["output_uri"], output_bytes=r["output_bytes"], output_checksum=r["output_checksum"],
+                run_id=run[len("run_id="):], status="written", header_archive=r["header_archive"],
+                pixel_archive=r["pixel_archive"]))
+    return catalog.write_catalog_rows(catalog_uri, rows)

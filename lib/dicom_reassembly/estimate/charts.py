@@ -1,16 +1,18 @@
 """The analysis notebook's charts: each a ``matplotlib.figure.Figure`` built without pyplot (Agg canvas, no
 global figure state), which Jupyter displays when a cell returns it.
+
+They draw aggregates only (counts per label, histogram bins from ``histograms``): nothing here reads a dataset.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .analysis import MEMBER_KINDS, MISSING, ROLES, CostTables
+from .analysis import MEMBER_KINDS, MISSING, CostTables
+from .histograms import Histogram
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,37 +36,28 @@ def _no_data(ax: Any, title: str, what: str = "no data") -> None:
     ax.set_yticks([])
 
 
-def _hist(ax: Any, series: Mapping[str, Any], title: str, xlabel: str) -> None:
-    """Overlaid histograms of positive values, log-spaced when they span more than two decades."""
-    import numpy as np
-
-    present = {k: [x for x in v if x is not None and x == x] for k, v in series.items()}
-    data = {k: np.asarray([x for x in v if x > 0], dtype="float64") for k, v in present.items()}
-    empty = {k: len(present[k]) - len(v) for k, v in data.items()}
-    data = {k: v for k, v in data.items() if len(v)}
-    if not data:
+def _hist(ax: Any, hist: Histogram, title: str, xlabel: str, ylabel: str = "count") -> None:
+    """Overlaid histograms from bin counts (log x axis when the bins are log-spaced); x is bytes or a count."""
+    if not hist.counts:
         _no_data(ax, title)
         return
-    lo = min(v.min() for v in data.values())
-    hi = max(v.max() for v in data.values())
-    if hi / lo > 100:
-        bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 30)
+    if hist.log:
         ax.set_xscale("log")
-    else:
-        bins = np.linspace(lo, hi + (1 if hi == lo else 0), 30)
-    for label, values in data.items():
-        note = f"; {empty[label]} empty, not shown" if empty[label] else ""
-        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)}{note})")
+    for label, counts in hist.counts.items():
+        empty = hist.empty.get(label, 0)
+        note = f"; {empty} empty, not shown" if empty else ""
+        # One weighted value per bin, at its left edge: the bars numpy would draw from the values themselves.
+        ax.hist(hist.edges[:-1], bins=hist.edges, weights=counts, alpha=0.6, label=f"{label} ({sum(counts)}{note})")
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
     if xlabel == "bytes":  # 400 kB rather than 400000: six-digit tick labels ran into each other
         ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
-    if ax.get_xscale() == "linear":
-        ax.xaxis.set_major_locator(MaxNLocator(5))
+    if ax.get_xscale() == "linear":  # whole numbers unless bytes: 1.5 instances per series means nothing
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=xlabel != "bytes"))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
 
 
@@ -77,6 +70,9 @@ def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: s
 
     pos = list(range(len(labels)))
     ax.barh(pos, values, color=colors)
+    top = max(values, default=0)
+    if top > 0:  # room for the value printed after the longest bar, inside the axes
+        ax.set_xlim(0, top * 1.22)
     ax.xaxis.set_major_locator(MaxNLocator(4))
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 6))
     ax.set_yticks(pos, labels)
@@ -84,43 +80,40 @@ def _bars(ax: Any, labels: list[str], values: list[float], title: str, xlabel: s
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     for p, v in zip(pos, values, strict=True):
-        ax.annotate(f"{v:,.4g}", (v, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
+        # Counts in full (99,800, not 9.98e+04); amounts (USD) to four significant digits.
+        text = f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}"
+        ax.annotate(text, (v, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize="small")
 
 
-def plot_members_per_archive(archives: pd.DataFrame) -> Figure:
-    """Members per archive: stacked bars by kind for a few archives, a histogram by role for many."""
-    few = len(archives) <= 40
-    fig, (ax,) = _figure(width=8, height=max(3.0, 0.3 * len(archives) + 1) if few else 4.0)
+def plot_members_per_archive(archives: pd.DataFrame | Histogram) -> Figure:
+    """Members per archive: stacked bars by kind for a few archives (``archives_table``), or the histogram by role
+    (``analysis.members_per_archive`` decides)."""
+    if isinstance(archives, Histogram):
+        fig, (ax,) = _figure(width=8, height=4.0)
+        _hist(ax, archives, "Members per archive, by role", "members", ylabel="archives")
+        return fig
+    fig, (ax,) = _figure(width=8, height=max(3.0, 0.3 * len(archives) + 1))
     if not len(archives):
         _no_data(ax, "Members per archive")
         return fig
-    if few:
-        names = [str(a) for a in archives.index]
-        left = [0] * len(archives)
-        for kind in MEMBER_KINDS:
-            values = archives[kind].tolist()
-            ax.barh(names, values, left=left, label=kind)
-            left = [a + b for a, b in zip(left, values, strict=True)]
-        ax.invert_yaxis()
-        ax.set_xlabel("members")
-        ax.legend(fontsize="small")
-        ax.set_title("Members per archive, by kind")
-    else:
-        _hist(ax, {role: archives.loc[archives["role"] == role, "members"].tolist() for role in ROLES},
-              "Members per archive, by role", "members")
+    names = [str(a) for a in archives.index]
+    left = [0] * len(archives)
+    for kind in MEMBER_KINDS:
+        values = archives[kind].tolist()
+        ax.barh(names, values, left=left, label=kind)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("members")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the bars fill the axes
+    ax.set_title("Members per archive, by kind")
     return fig
 
 
-def plot_size_distributions(manifest: pd.DataFrame) -> Figure:
-    """Histograms: archive sizes by role, member sizes by kind, header (JSON) sizes."""
-    fig, axes = _figure(3, width=4.6)
-    arch = manifest[manifest["kind"] == "archive"].drop_duplicates("archive_uri")
-    _hist(axes[0], {r: arch.loc[arch["archive_role"] == r, "archive_size"].tolist() for r in ROLES},
-          "Archive sizes", "bytes")
-    _hist(axes[1], {k: manifest.loc[manifest["kind"] == k, "size"].tolist() for k in ("pixels", "other")},
-          "Pixel and other member sizes", "bytes")
-    _hist(axes[2], {"header": manifest.loc[manifest["kind"] == "header", "size"].tolist()},
-          "Header (JSON) sizes", "bytes")
+def plot_size_distributions(histograms: Mapping[str, Histogram]) -> Figure:
+    """Histograms (``analysis.size_histograms``): archive sizes by role, member sizes by kind, header sizes."""
+    fig, axes = _figure(len(histograms), width=4.6)
+    for ax, (title, hist) in zip(axes, histograms.items(), strict=True):
+        _hist(ax, hist, title, "bytes")
     return fig
 
 
@@ -169,4 +162,38 @@ def plot_cost(tables: CostTables) -> Figure:
     month_col = [c for c in tables.storage.columns if c.startswith("per month")][0]
     _bars(axes[1], [str(c) for c in tables.storage.index], tables.storage[month_col].tolist(),
           "Destination storage per month", month_col)
+    return fig
+
+
+def plot_modality_years(table: pd.DataFrame) -> Figure:
+    """Instances per study year, stacked by modality (``outputs.modality_year_counts``)."""
+    fig, (ax,) = _figure(width=9, height=4.2)
+    years = [c for c in table.columns if c != "total"]
+    if not len(table) or not years:
+        _no_data(ax, "Instances per study year and modality", "empty catalogue")
+        return fig
+    pos = list(range(len(years)))
+    bottom = [0] * len(years)
+    for modality, row in table[years].iterrows():
+        values = row.tolist()
+        ax.bar(pos, values, bottom=bottom, label=str(modality),
+               color="tab:gray" if modality == MISSING else None)
+        bottom = [a + b for a, b in zip(bottom, values, strict=True)]
+    rotate = len(years) > 8
+    ax.set_xticks(pos, years, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize="small")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Instances per study year and modality")
+    ax.set_xlabel("study year")
+    ax.set_ylabel("instances")
+    ax.legend(title="modality", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def plot_series(histograms: Mapping[str, Histogram]) -> Figure:
+    """Per-series rollups (``outputs.series_histograms``): slices (instances) per series, bytes per series."""
+    fig, axes = _figure(len(histograms), width=5.2)
+    for ax, (title, hist) in zip(axes, histograms.items(), strict=True):
+        _hist(ax, hist, title, "bytes" if "bytes" in title.lower() else "instances", ylabel="series")
     return fig
