@@ -19,7 +19,7 @@ setup(
         "requests>=2.28",  # STOW-RS
         "tqdm>=4.60",  # progress bars in the CLI
         "matplotlib>=3.7",  # series previews, drawn on the executors
-        "duckdb>=1.3",  # the notebook's aggregations, the catalogue's query, cohort and stats, QIDO-RS (1.3: Python-style lambdas)
+        "duckdb>=1.3",  # notebook aggregations, catalogue query/cohort/stats, QIDO-RS (1.3: Python-style lambdas)
     ],
     extras_require={
         "spark": ["pyspark>=3.5,<5"],
