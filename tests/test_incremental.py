@@ -209,3 +209,76 @@ def test_state_commit_is_what_counts(spark, tmp_path) -> None:  # noqa: ANN001
     assert commit["run_id"] == "20260103T000000Z-cccccccc"
     with open(os.path.join(state_uri, "_commits", "20260103T000000Z-cccccccc.json")) as f:
         assert json.load(f)["rows"] == 1
+
+
+# ------------------------------------------------------------------------------------------ the transforms
+
+
+def _manifest(spark, rows: list[dict]):  # noqa: ANN001, ANN202
+    from dicom_reassembly.manifest import index
+
+    base = {"index_run": "1", "archive_size": 100}
+    return spark.createDataFrame([tuple({**base, **r}.get(n) for n in index.FIELD_NAMES) for r in rows],
+                                 index.manifest_schema())
+
+
+def _member(uid: str, kind: str, archive: str, **kw) -> dict:  # noqa: ANN003
+    name = f"{uid}.json" if kind == "header" else f"{uid}.j2c"
+    return {"sop_instance_uid": uid, "kind": kind, "archive_uri": archive, "member_name": name, "data_offset": 512,
+            "size": 1000, "archive_etag": "e-" + archive, "header_sha256": "h-" + uid if kind == "header" else None,
+            "archive_role": "text" if kind == "header" else "images", **kw}
+
+
+def test_only_an_unchanged_source_is_final(spark) -> None:  # noqa: ANN001
+    from dicom_reassembly.reassembly.scope import FINAL, with_run_scope, with_source_fingerprints
+
+    text, img, img2 = "s3://b/t.tar", "s3://b/i.tar", "s3://b/j.tar"
+    uids = ["1.1", "1.2", "1.3", "1.4", "1.5"]
+    before = [m for u in uids for m in (_member(u, "header", text), _member(u, "pixels", img))]
+    final = _manifest(spark, before).transform(with_source_fingerprints).select("sop_instance_uid", "source_fingerprint")
+    after = [m for m in before if m["sop_instance_uid"] not in ("1.2", "1.3", "1.4")]
+    after += [_member("1.2", "header", text, header_sha256="h-changed"), _member("1.2", "pixels", img),
+              _member("1.3", "header", text), _member("1.3", "pixels", img, archive_etag="e-reuploaded"),
+              _member("1.4", "header", text), _member("1.4", "pixels", img),
+              _member("1.4", "pixels", img2),  # a copy that came with a later tranche
+              _member("1.6", "header", text)]  # new, and an orphan: its header archive places it
+    got = {r["sop_instance_uid"]: r for r in _manifest(spark, after).transform(with_source_fingerprints)
+           .transform(with_run_scope(parse_tranche(f"prefix:{img}"), final)).collect()}
+    assert {u: r[FINAL] for u, r in got.items()} == {"1.1": True, "1.2": False, "1.3": False, "1.4": False,
+                                                     "1.5": True, "1.6": False}
+    assert got["1.6"]["scope_archive"] == text and got["1.4"]["scope_archive"] == img
+    assert [u for u, r in sorted(got.items()) if r["in_tranche"]] == ["1.1", "1.2", "1.3", "1.4", "1.5"]
+
+
+def test_spark_and_python_agree_on_hash_tranches(spark) -> None:  # noqa: ANN001
+    from pyspark.sql import functions as F
+
+    uris = [f"s3://bucket/images/{i:04d}-é.tar" for i in range(300)] + ["/data/images/x.tar"]
+    tranche = parse_tranche("hash:10-99/256;prefix:s3://bucket/")
+    df = spark.createDataFrame([(u,) for u in uris], "uri string")
+    in_spark = {r["uri"] for r in df.filter(tranche.archive_condition(F.col("uri"))).collect()}
+    assert in_spark == {u for u in uris if tranche.matches_archive(u)} and 50 < len(in_spark) < 150
+
+
+def test_an_unavailable_archive_makes_its_work_and_every_copy_not_restored(spark) -> None:  # noqa: ANN001
+    from dicom_reassembly.reassembly.plan import PENDING, plan_schema
+    from dicom_reassembly.reassembly.scope import with_unavailable_archives
+
+    def row(uid: str, status: str, archive: str, dups: str | None = None) -> tuple:
+        values = {"sop_instance_uid": uid, "status": status, "pixel_archive": archive, "pixel_member": f"{uid}.j2c",
+                  "dup_pixels": dups}
+        return tuple(values.get(f.name) for f in plan_schema().fields)
+
+    copies = json.dumps([["s3://b/y.tar", "1.1.j2c", 10, 5], ["s3://b/z.tar", "1.1.j2c", 10, 5]])
+    plan = spark.createDataFrame([row("1.1", PENDING, "s3://b/x.tar", copies), row("1.2", PENDING, "s3://b/y.tar"),
+                                  row("1.3", "filtered_out", "s3://b/x.tar")], plan_schema())
+    unavailable = spark.createDataFrame([("s3://b/x.tar", "restore_expired: gone")], "pixel_archive string, reason string")
+    got = sorted((r["sop_instance_uid"], r["status"], r["reason"], r["pixel_archive"], r["dup_pixels"])
+                 for r in plan.transform(with_unavailable_archives(unavailable)).collect())
+    assert got == [
+        ("1.1", "not_restored", "copy of s3://b/x.tar:1.1.j2c: restore_expired: gone", "s3://b/y.tar", None),
+        ("1.1", "not_restored", "copy of s3://b/x.tar:1.1.j2c: restore_expired: gone", "s3://b/z.tar", None),
+        ("1.1", "not_restored", "restore_expired: gone", "s3://b/x.tar", None),
+        ("1.2", PENDING, None, "s3://b/y.tar", None),
+        ("1.3", "filtered_out", None, "s3://b/x.tar", None),
+    ]
