@@ -42,6 +42,10 @@ class Tranche:
         """True when the tranche names archives (prefix or hash), not only a number of instances."""
         return bool(self.prefixes) or self.hash_range is not None
 
+    def archive_terms(self) -> Tranche | None:
+        """The tranche without its ``limit:`` (what build_manifest and restore planning take), or None."""
+        return Tranche(self.prefixes, self.hash_range) if self.bounds_archives else None
+
     def matches_archive(self, uri: str) -> bool:
         """True when the archive ``uri`` is in this tranche's archives (always, for a limit alone)."""
         if self.prefixes and not uri.startswith(self.prefixes):
