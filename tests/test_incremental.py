@@ -282,3 +282,21 @@ def test_an_unavailable_archive_makes_its_work_and_every_copy_not_restored(spark
         ("1.2", PENDING, None, "s3://b/y.tar", None),
         ("1.3", "filtered_out", None, "s3://b/x.tar", None),
     ]
+
+
+def test_head_check_runs_on_the_executors_and_names_what_to_keep_out(spark, s3) -> None:  # noqa: ANN001
+    import uuid
+
+    from dicom_reassembly.io import clients
+
+    clients._clients.clear()
+    bucket = f"heads-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for key, cls in (("cold.tar", "GLACIER"), ("warm.tar", "GLACIER"), ("std.tar", "STANDARD")):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x", StorageClass=cls)
+    s3.restore_object(Bucket=bucket, Key="warm.tar", RestoreRequest={"Days": 3})
+    archives = spark.createDataFrame([(f"s3://{bucket}/{k}",) for k in ("cold.tar", "warm.tar", "std.tar")],
+                                     "pixel_archive string")
+    got = expiry.head_check(None, datetime.now(timezone.utc))(spark, archives).collect()
+    assert [(r["pixel_archive"], r["reason"].split(":")[0]) for r in got] == [(f"s3://{bucket}/cold.tar",
+                                                                              "restore_expired")]

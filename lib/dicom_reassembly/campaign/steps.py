@@ -2,8 +2,8 @@
 
 A step decides what to do from the data under ``work`` (restore ledger, manifest, ledger), so running it again
 after a crash or a finished run does only what is left: restores already requested and not expired are not
-requested again, an up-to-date manifest is not rebuilt, and reassemble records ``skipped_existing`` for objects
-already written.
+requested again, an up-to-date manifest is not rebuilt, and reassemble plans only the instances its state does
+not hold final (the ones already written are carried over).
 """
 
 from __future__ import annotations
