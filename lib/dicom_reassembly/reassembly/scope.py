@@ -76,7 +76,8 @@ def with_run_scope(tranche: Tranche | None, final: Any) -> Callable[[Any], Any]:
                                      if tranche is not None and tranche.bounds_archives else F.lit(True))
         if final is None:
             return flagged.withColumn(FINAL, F.lit(False))
-        marked = final.select("sop_instance_uid", "source_fingerprint").distinct().withColumn("_f", F.lit(True))
+        # One state row per UID and output (records.state): no duplicate to remove before the join.
+        marked = final.select("sop_instance_uid", "source_fingerprint").withColumn("_f", F.lit(True))
         return (flagged.join(marked, ["sop_instance_uid", "source_fingerprint"], "left")
                 .withColumn(FINAL, F.coalesce(F.col("_f"), F.lit(False))).drop("_f"))
 
