@@ -648,7 +648,7 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
                 + "\n# flat: time spent in each function itself\n"
                 + "\n".join(profiler.output_text(unicode=False, color=False, flat=True).splitlines()[:60]) + "\n")
     with open(profile_txt, "w") as f:
-        f.write(f"# hot path: read_archive_members + part10.assemble + storage.write_parts, one thread, {n} instances\n")
+        f.write(f"# hot path: read_archive_members + part10.assemble + writes.write_parts, one thread, {n} instances\n")
         f.write(text)
     return {"instances": n, "archive_bytes_read": read, "wall_s": wall, "cpu_s": cpu, "ms_per_instance": 1000 * wall / n,
             "cpu_ms_per_instance": 1000 * cpu / n, "mb_per_cpu_s_in_process": read / cpu / MB if cpu else None,

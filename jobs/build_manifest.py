@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from dicom_reassembly.manifest.index import manifest_schema
     from dicom_reassembly.manifest.listing import archives_in_tranche, archives_to_index, list_archives, listing_summary
-    from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks, new_index_run
+    from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks
+    from dicom_reassembly.run_id import new_run_id
     from dicom_reassembly.selection.spec import load_criteria
     from dicom_reassembly.selection.tranche import archive_tranche, parse_tranche
 
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     def index(spark: Any) -> int:
         todo = listing if args.full else archives_to_index(listing, indexed_archives(spark, args.manifest))
         todo = archives_in_tranche(todo, tranche)
-        index_run, indexed_at = new_index_run()
+        indexed_at = datetime.now(timezone.utc)
+        index_run = new_run_id(indexed_at)
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,

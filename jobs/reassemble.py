@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         # Read here: executors on a cluster do not inherit the driver's environment.
         stow_auth = StowAuth.from_env() if args.stow_url else None
         jdbc = JdbcTarget.from_env(args.jdbc_url) if args.jdbc_url else None
-        from dicom_reassembly.manifest.spark import manifest_exists
+        from dicom_reassembly.io.arrow_io import dataset_exists
 
-        if not manifest_exists(args.manifest):
+        if not dataset_exists(args.manifest):
             raise errors.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
         if args.out:
             writes.check_writable(args.out)

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -70,12 +71,13 @@ def debian_package_files(package: str) -> set[str]:
 def build_manifest(spark, text: str, images: str, manifest_uri: str) -> None:  # noqa: ANN001
     """Index the new or changed archives under two prefixes, as jobs/build_manifest.py does."""
     from dicom_reassembly.manifest import listing
-    from dicom_reassembly.manifest import spark as manifest_spark
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives
+    from dicom_reassembly.run_id import new_run_id
 
     todo = listing.archives_to_index(listing.list_archives(text, images), indexed_archives(spark, manifest_uri))
     if todo:
-        run, at = manifest_spark.new_index_run()
+        at = datetime.now(timezone.utc)
+        run = new_run_id(at)
         build_manifest_df(spark, todo, run, at, 4, 64 * 1024).write.mode("append").parquet(manifest_uri)
 
 

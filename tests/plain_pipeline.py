@@ -1,7 +1,7 @@
 """The two Spark jobs as plain Python, for property tests, and the invariants every run must keep.
 
-``run_plain`` chains the library's own stages exactly as ``pipeline``/``run``
-do in Spark: ``manifest.index_archive`` per listed archive, the grouping of
+``run_plain`` chains the library's own stages exactly as ``reassembly.run``
+does in Spark: ``manifest.index.index_archive`` per listed archive, the grouping of
 ``with_members_by_uid`` (members with an ``invalid_uid`` stay out, a null UID
 joins nothing), the JVM fast path or ``plan_instance`` of
 ``with_instance_plan``, the rows of ``with_manifest_damage``, work items sorted

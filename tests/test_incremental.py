@@ -24,6 +24,7 @@ from dicom_reassembly.reassembly.run import ReassembleRun
 from dicom_reassembly.records import state as state_mod
 from dicom_reassembly.restore import expiry
 from dicom_reassembly.restore.ledger import restore_ledger_schema
+from dicom_reassembly.run_id import new_run_id
 from dicom_reassembly.selection.spec import parse_criteria
 from dicom_reassembly.selection.tranche import parse_tranche
 
@@ -61,7 +62,8 @@ def _index(spark, text: str, images: str, manifest: str, access: ArchiveAccess |
     todo = manifest_listing.archives_to_index(manifest_listing.list_archives(text, images, access=access),
                                               manifest_spark.indexed_archives(spark, manifest))
     if todo:
-        run, at = manifest_spark.new_index_run()
+        at = datetime.now(timezone.utc)
+        run = new_run_id(at)
         manifest_spark.build_manifest_df(spark, todo, run, at, 4, 64 * 1024, access=access).write.mode(
             "append").parquet(manifest)
     return sorted(a["uri"] for a in todo)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tarfile
+from datetime import datetime, timezone
 
 import pytest
 
@@ -13,6 +14,7 @@ from dicom_reassembly.manifest import listing as manifest_listing
 from dicom_reassembly.manifest import spark as manifest_spark
 from dicom_reassembly.restore import spark_plan
 from dicom_reassembly.restore.plan import STATE_AVAILABLE, plan_restore
+from dicom_reassembly.run_id import new_run_id
 from dicom_reassembly.selection.spec import parse_criteria
 from dicom_reassembly.selection.tranche import parse_tranche
 from dicom_reassembly.testing.delivery import tar_bytes
@@ -43,7 +45,8 @@ def partly_indexed(spark, sample_delivery, tmp_path_factory) -> tuple[str, str]:
     manifest = os.path.join(copy, "manifest")
     listed = manifest_listing.list_archives(os.path.join(copy, "text"), os.path.join(copy, "images"))
     todo = [a for a in listed if not a["uri"].endswith("images-002.tar")]
-    run, at = manifest_spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     manifest_spark.build_manifest_df(spark, todo, run, at, 2, 64 * 1024).write.parquet(manifest)
     return copy, manifest
 
@@ -81,7 +84,8 @@ def test_spark_plan_skips_parsing_when_nothing_can_be_located(spark, sample_deli
     root, _ = sample_delivery
     listed = manifest_listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
     manifest = str(tmp_path / "manifest")
-    run, at = manifest_spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     manifest_spark.build_manifest_df(spark, [a for a in listed if a["role"] == "text"], run, at, 2,
                                      64 * 1024).write.parquet(manifest)
     local, distributed = (plan_restore(os.path.join(root, "text"), os.path.join(root, "images"), manifest,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from helpers import work_item
@@ -55,11 +55,13 @@ def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tm
 
 
 def test_every_manifest_row_has_the_schema_types(sample_delivery: Any, damaged_delivery: Any) -> None:
-    from dicom_reassembly.manifest import index, listing, spark
+    from dicom_reassembly.manifest import index, listing
+    from dicom_reassembly.run_id import new_run_id
 
     rows, errors = [], set()
     for root, _ in (sample_delivery, damaged_delivery):
-        run, at = spark.new_index_run()
+        at = datetime.now(timezone.utc)
+        run = new_run_id(at)
         for a in listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images")):
             for row in index.index_archive(a, run, at):
                 rows.append(row)

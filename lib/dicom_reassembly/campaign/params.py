@@ -100,11 +100,11 @@ class CampaignParams:
     max_wait_seconds: float | None = None
     restore_tier: str = "Bulk"
     restore_days: int = 7
+    config: str | None = None
     include_unknown: bool = True
     tranche: str | None = None
     stow_url: str | None = None
     emr: EmrTarget | None = None
-    config: str | None = None
 
     @property
     def wait_bound(self) -> float:

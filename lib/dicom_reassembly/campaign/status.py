@@ -24,10 +24,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ..emr.layout import work_layout
 from ..errors import NotFoundError, StorageError
 from ..io import listing, uris
 from ..records.ledger import STATUSES
-from .layout import campaign_layout
+from ..units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def campaign_status(work: str, *, now: datetime | None = None, expiring_hours: f
                     head_limit: int = 1000) -> dict[str, Any]:
     """Everything ``campaign status`` shows, as a JSON-safe dict."""
     now = now or datetime.now(timezone.utc)
-    layout = campaign_layout(work)
+    layout = work_layout(work, s3_only=False)
     if not _has_objects(layout.work):
         raise NotFoundError("campaign_not_found", "no manifest, ledger or restore ledger here yet", uri=work)
     states = read_instance_states(layout.ledger)
@@ -251,14 +252,6 @@ def campaign_status(work: str, *, now: datetime | None = None, expiring_hours: f
     }
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} PB"
-
-
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown (no reassemble run has written anything yet)"
@@ -280,10 +273,10 @@ def format_status(summary: dict[str, Any], width: int = 40) -> str:
     lines.append(f"{'state':<20}{'instances':>12}")
     for state, n in summary["states"].items():
         lines.append(f"{state:<20}{n:>12,}")
-    lines.append(f"bytes done {_human(summary['bytes_done'])}, left {_human(summary['bytes_left'])} "
-                 f"(input bytes; {_human(summary['output_bytes'])} written)")
+    lines.append(f"bytes done {human_bytes(summary['bytes_done'])}, left {human_bytes(summary['bytes_left'])} "
+                 f"(input bytes; {human_bytes(summary['output_bytes'])} written)")
     rate = summary["throughput"]["bytes_per_second"]
-    lines.append(f"throughput {_human(rate) + '/s' if rate else 'unknown'} over {summary['throughput']['runs']} "
+    lines.append(f"throughput {human_bytes(rate) + '/s' if rate else 'unknown'} over {summary['throughput']['runs']} "
                  f"runs; ETA {_duration(summary['eta_seconds'])}")
     r = summary["restores"]
     lines.append(f"restores: {r['archives']} archives in the restore ledger "

@@ -20,16 +20,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .. import errors
+from ..emr.layout import WorkLayout, work_layout
 from ..errors import ConfigError, ReassemblyError
-from ..io import clients, uris
+from ..io import arrow_io, clients, uris
 from ..io.clients import ArchiveAccess
 from ..manifest import listing as manifest_listing
-from ..manifest import spark
 from ..restore import ledger, requests, status
 from ..restore import plan as restore_plan
 from . import jobs
 from .channel import criteria_file
-from .layout import CampaignLayout, campaign_layout
 from .params import CampaignParams, SecretText
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,9 @@ class Inputs:
         return self.spec.access
 
 
-def layout_of(params: CampaignParams) -> CampaignLayout:
-    return campaign_layout(params.work)
+def layout_of(params: CampaignParams) -> WorkLayout:
+    """Where the campaign keeps its state: the data under ``work`` are the state of record, not Prefect's."""
+    return work_layout(params.work, s3_only=False)
 
 
 def check_tranche(params: CampaignParams) -> None:
@@ -119,7 +119,7 @@ def plan_wave(params: CampaignParams, inputs: Inputs, wave: int) -> restore_plan
     (``jobs/plan_restore.py``) does it on the executors; a small manifest is planned here, with pyarrow.
     """
     layout = layout_of(params)
-    manifest = layout.manifest if spark.manifest_exists(layout.manifest) else None
+    manifest = layout.manifest if arrow_io.dataset_exists(layout.manifest) else None
     spec = inputs.spec if wave == restore_plan.WAVE_PIXELS and params.criteria and manifest else None
     tranche = archive_tranche(params)
     if spec is not None and plans_on_spark(params, layout.manifest):
@@ -257,7 +257,7 @@ def archives_to_index(params: CampaignParams, inputs: Inputs) -> tuple[int, int]
     listing = manifest_listing.list_archives(params.text, params.images, suffixes, inputs.access)
     manifest = layout_of(params).manifest
     indexed: list[dict[str, Any]] = []
-    if spark.manifest_exists(manifest):
+    if arrow_io.dataset_exists(manifest):
         dataset = arrow_io.open_manifest(manifest)
         cols = [c for c in ("archive_role", "archive_size", "archive_etag", "error") if c in dataset.schema.names]
         with arrow_io.manifest_errors(manifest):

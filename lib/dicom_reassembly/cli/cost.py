@@ -8,14 +8,7 @@ import logging
 from typing import Any
 
 from ..errors import ConfigError
-from ..estimate.cost import (
-    MEANINGFUL_TOTAL,
-    SCALE_PREVIEW_INSTANCES,
-    Assumptions,
-    Estimate,
-    estimate_cost,
-    format_cost_table,
-)
+from ..estimate import cost as cost_model
 from ..estimate.prices import DEFAULT_BENCH_REPORT, DEFAULT_PRICES, STORAGE_CLASSES, read_prices
 from ..estimate.workload import merge_listing, read_manifest_workload, scale_workload, workload_from_totals
 from ..io import listing, writes
@@ -62,17 +55,17 @@ def handle_cost(args: argparse.Namespace) -> int:
     """Run ``cost``: print the table, write JSON. Errors reach the CLI, which prints one line."""
     est = _run(args)
     at_scale = None
-    if est.one_time_total < MEANINGFUL_TOTAL and est.workload["instances"] < SCALE_PREVIEW_INSTANCES:
-        args = argparse.Namespace(**{**vars(args), "instances": float(SCALE_PREVIEW_INSTANCES)})
+    if est.one_time_total < cost_model.MEANINGFUL_TOTAL and est.workload["instances"] < cost_model.SCALE_PREVIEW_INSTANCES:
+        args = argparse.Namespace(**{**vars(args), "instances": float(cost_model.SCALE_PREVIEW_INSTANCES)})
         at_scale = _run(args)
-    print(format_cost_table(est, at_scale))
+    print(cost_model.format_cost_table(est, at_scale))
     if args.json_out:
         writes.write_bytes(args.json_out, json.dumps(est.to_dict(), indent=2, default=str).encode("utf-8"),
                             writes.WriteOptions(content_type="application/json"))
     return 0
 
 
-def _run(args: argparse.Namespace) -> Estimate:
+def _run(args: argparse.Namespace) -> cost_model.Estimate:
     prices = read_prices(args.prices, args.region)
     if args.listing or (args.manifest is None and args.archives is not None):
         if args.archives is None or args.bytes is None or args.instances is None:
@@ -91,10 +84,10 @@ def _run(args: argparse.Namespace) -> Estimate:
             workload = scale_workload(workload, int(args.instances))
     else:
         raise ConfigError("bad_workload", "give --manifest M, or --listing --archives N --bytes B --instances N")
-    a = Assumptions(tier=args.tier, days=args.days, selected_fraction=args.selected_fraction,
+    a = cost_model.Assumptions(tier=args.tier, days=args.days, selected_fraction=args.selected_fraction,
                     pixel_archive_fraction=args.pixel_archive_fraction, selective_restore=args.selective_restore,
                     destination_class=args.storage_class, instance_type=args.instance_type,
                     worker_nodes=args.nodes, utilization=args.utilization, per_core_mb_s=args.per_core_mb_s,
                     spot_discount=args.spot_discount, kms_bucket_key=not args.no_bucket_key,
                     restore_via=args.restore_via)
-    return estimate_cost(workload, prices, a, args.bench_report)
+    return cost_model.estimate_cost(workload, prices, a, args.bench_report)

@@ -92,7 +92,7 @@ def run_listen(args: argparse.Namespace) -> int:
     """Serve until a signal; returns 0 after a clean drain. Bad options raise ConfigError (exit 2)."""
     from ..intake.receiver import Intake
     from ..intake.scp import build_ae, handlers
-    from ..reassembly.run import new_run_id
+    from ..run_id import new_run_id
 
     run_id = new_run_id(datetime.now(timezone.utc))
     settings = _settings(args, run_id)

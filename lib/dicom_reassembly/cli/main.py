@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ReassemblyError, StorageError
 
 log = logging.getLogger(__name__)
+ROOT_LOGGER = "dicom_reassembly"  # every module's logger is below it
 EXIT_INPUT = 2
 EXIT_STORAGE = 1
 
@@ -28,7 +29,7 @@ def configure_logging(level: str | None = None) -> None:
                         stream=sys.stderr)
     ours = (level or os.environ.get("DICOM_REASSEMBLY_LOG", "WARNING")).upper()
     numeric = logging.getLevelName(ours)  # an int for a known level name
-    logging.getLogger(__package__).setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
+    logging.getLogger(ROOT_LOGGER).setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
     # pydicom logs each warning it also issues through `warnings`; the library collects those into
     # reasons and DEBUG lines, so its own copies would only flood stderr, once per instance. A filter,
     # not a level: importing pydicom resets its logger's level to WARNING.

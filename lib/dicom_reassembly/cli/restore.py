@@ -12,25 +12,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import clients
-from ..restore.batch import (
-    DEFAULT_BATCH_THRESHOLD,
-    build_batch_restore_job,
-    read_restore_config,
-    submit_batch_job,
-    write_batch_manifest,
-)
+from ..restore import batch
+from ..restore import requests as restore_requests
 from ..restore.ledger import write_restore_ledger
-from ..restore.plan import WAVE_HEADERS, WAVE_PIXELS, RestorePlan, _as_spec, plan_restore
-from ..restore.requests import (
-    DEFAULT_RATE,
-    DEFAULT_WORKERS,
-    OUTCOME_BATCH,
-    TIERS,
-    _check_request_args,
-    new_run_id,
-    request_restores,
-)
+from ..restore.plan import WAVE_HEADERS, WAVE_PIXELS, RestorePlan, criteria_spec, plan_restore
 from ..restore.status import restore_status
+from ..run_id import new_run_id
+from ..units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +40,20 @@ def add_restore_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="archive key ending (repeatable; default .tar; '' for every object)")
     common.add_argument("--tranche", help="wave 2 only for the image archives of a tranche: prefix:URI[,URI...] or "
                                           "hash:A-B/M (docs/pipeline.md#tranches)")
-    common.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="concurrent S3 requests")
+    common.add_argument("--workers", type=int, default=restore_requests.DEFAULT_WORKERS, help="concurrent S3 requests")
     common.add_argument("--config", help="JSON config with account_id, role_arn, report_bucket (Batch Operations)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = subparsers.add_parser("restore", help="plan, request and track Glacier restores")
     sub = p.add_subparsers(dest="restore_command", required=True, metavar="plan|request|status")
     sub.add_parser("plan", parents=[common], help="list the archives and what must be restored, per wave")
     req = sub.add_parser("request", parents=[common], help="issue RestoreObject (or a Batch Operations job)")
-    req.add_argument("--tier", choices=TIERS, default="Bulk")
+    req.add_argument("--tier", choices=restore_requests.TIERS, default="Bulk")
     req.add_argument("--days", type=int, default=7, help="days the restored copy stays (default 7)")
-    req.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                     help=f"RestoreObject requests per second (default {DEFAULT_RATE:g})")
+    req.add_argument("--rate", type=float, default=restore_requests.DEFAULT_RATE,
+                     help=f"RestoreObject requests per second (default {restore_requests.DEFAULT_RATE:g})")
     req.add_argument("--ledger", help="restore ledger dataset (Parquet), appended to; required for API requests")
     req.add_argument("--batch-manifest", help="write an S3 Batch Operations CSV manifest here and use a job")
-    req.add_argument("--batch-threshold", type=int, default=DEFAULT_BATCH_THRESHOLD,
+    req.add_argument("--batch-threshold", type=int, default=batch.DEFAULT_BATCH_THRESHOLD,
                      help="use Batch Operations from this many objects (default %(default)s)")
     req.add_argument("--create-job", action="store_true", help="create the Batch Operations job (else print it)")
     status = sub.add_parser("status", parents=[common], help="read each object's Restore header")
@@ -83,13 +71,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.criteria and not args.manifest:
         raise ConfigError("criteria_needs_manifest", "--criteria selects archives through --manifest; give both")
     if args.restore_command == "request":  # fail before listing millions of keys
-        _check_request_args(args.tier, args.days)
+        restore_requests.check_request_args(args.tier, args.days)
         if not args.ledger and not args.batch_manifest:
             raise ConfigError("ledger_required", "--ledger URI is required: every restore request is recorded")
     from ..selection.tranche import archive_tranche, parse_tranche
 
     tranche = archive_tranche(parse_tranche(args.tranche), "restore")
-    spec = _as_spec(args.criteria)
+    spec = criteria_spec(args.criteria)
     settings = getattr(spec, "s3", None)
     suffixes = tuple(s for s in args.suffixes if s) if args.suffixes else (".tar",)
     plan = plan_restore(args.text, args.images, args.manifest, spec, suffixes=suffixes,
@@ -111,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_request(args: argparse.Namespace, plan: RestorePlan, include_unknown: bool,
                  settings: clients.S3Settings | None) -> int:
-    _check_request_args(args.tier, args.days)
+    restore_requests.check_request_args(args.tier, args.days)
     todo = plan.to_restore(include_unknown, args.wave)
     if not todo:
         print("nothing to restore")
@@ -120,20 +108,20 @@ def _run_request(args: argparse.Namespace, plan: RestorePlan, include_unknown: b
         if not args.batch_manifest:
             raise ConfigError("batch_manifest_required", f"{len(todo)} objects reach --batch-threshold "
                                                          f"{args.batch_threshold}: give --batch-manifest s3://...")
-        config = read_restore_config(args.config)
-        manifest = write_batch_manifest((o.uri for o in todo), args.batch_manifest)
-        request = build_batch_restore_job(config, manifest, tier=args.tier, days=args.days)
+        config = batch.read_restore_config(args.config)
+        manifest = batch.write_batch_manifest((o.uri for o in todo), args.batch_manifest)
+        request = batch.build_batch_restore_job(config, manifest, tier=args.tier, days=args.days)
         job_id = None
         if args.create_job:
             import boto3
 
-            job_id = submit_batch_job(boto3.client("s3control", region_name=config.region), request)
+            job_id = batch.submit_batch_job(boto3.client("s3control", region_name=config.region), request)
         if args.ledger:
             now = datetime.now(timezone.utc)
             run_id = new_run_id()
             rows = [{"run_id": run_id, "uri": o.uri, "role": o.role, "wave": o.wave, "size": o.size,
                      "storage_class": o.storage_class, "tier": args.tier, "days": args.days, "requested_at": now,
-                     "outcome": OUTCOME_BATCH, "job_id": job_id} for o in todo]
+                     "outcome": restore_requests.OUTCOME_BATCH, "job_id": job_id} for o in todo]
             if rows:
                 write_restore_ledger(rows, args.ledger, run_id, 0)
         out = {"batch_manifest": asdict(manifest), "job_id": job_id, "create_job_request": request}
@@ -141,7 +129,7 @@ def _run_request(args: argparse.Namespace, plan: RestorePlan, include_unknown: b
         return 0
     if not args.ledger:
         raise ConfigError("ledger_required", "--ledger URI is required: every restore request is recorded")
-    report = request_restores(todo, args.tier, args.days, args.rate, args.ledger, workers=args.workers,
+    report = restore_requests.request_restores(todo, args.tier, args.days, args.rate, args.ledger, workers=args.workers,
                               settings=settings)
     summary = asdict(report)
     if args.json:
@@ -158,23 +146,15 @@ def _run_request(args: argparse.Namespace, plan: RestorePlan, include_unknown: b
     return 0
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} PB"
-
-
 def format_plan(summary: dict[str, Any]) -> str:
     """A plan summary as a small text table."""
     lines = [f"{'wave':<6}{'state':<12}{'archives':>12}{'bytes':>14}"]
     for wave, states in sorted(summary["waves"].items()):
         for state, d in states.items():
             if d["count"]:
-                lines.append(f"{wave:<6}{state:<12}{d['count']:>12,}{_human(d['bytes']):>14}")
+                lines.append(f"{wave:<6}{state:<12}{d['count']:>12,}{human_bytes(d['bytes']):>14}")
     t = summary["to_restore"]
-    lines.append(f"to restore: {t['count']:,} archives, {_human(t['bytes'])}"
+    lines.append(f"to restore: {t['count']:,} archives, {human_bytes(t['bytes'])}"
                  f"{'' if t['include_unknown'] else ' (unknown excluded)'}")
     if "selection" in summary and summary["selection"]["evaluated"]:
         s = summary["selection"]
@@ -188,7 +168,7 @@ def format_status(summary: dict[str, Any]) -> str:
     """A status summary as a small text table."""
     lines = [f"{'state':<15}{'objects':>12}{'bytes':>14}"]
     for state, d in sorted(summary["states"].items()):
-        lines.append(f"{state:<15}{d['count']:>12,}{_human(d['bytes']):>14}")
+        lines.append(f"{state:<15}{d['count']:>12,}{human_bytes(d['bytes']):>14}")
     if summary.get("earliest_expiry"):
         lines.append(f"earliest expiry of a restored copy: {summary['earliest_expiry']}")
     lines.append("all restored" if summary["complete"] else "not complete")

@@ -76,7 +76,7 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..dicomweb.auth import AuthSettings
     from ..dicomweb.query import CatalogIndex
     from ..intake.receiver import Intake, IntakeSettings
-    from ..reassembly.run import new_run_id
+    from ..run_id import new_run_id
 
     auth = AuthSettings.from_env(args.jwks)
     ledger = absolute_uri(args.ledger)

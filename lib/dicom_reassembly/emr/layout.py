@@ -18,43 +18,32 @@ log = logging.getLogger(__name__)
 JOB_NAMES = ("build_manifest", "reassemble")
 
 
+def _under(*parts: str) -> property:
+    """A path under ``work``, as a read-only property."""
+    return property(lambda self: join_uri(self.work, *parts), doc=f"``{{work}}/{'/'.join(parts)}``")
+
+
 @dataclass(frozen=True)
 class WorkLayout:
-    """Where a run keeps its state and code under ``--work``."""
+    """Where a run keeps its state and code under ``work`` (an s3:// prefix on EMR; a local folder will do for a
+    campaign run here). One layout, so a campaign and ``emr/submit.py`` can share a work prefix."""
 
     work: str
 
-    @property
-    def manifest(self) -> str:
-        return join_uri(self.work, "manifest")
-
-    @property
-    def ledger(self) -> str:
-        return join_uri(self.work, "ledger")
-
-    @property
-    def runs(self) -> str:
-        return join_uri(self.work, "runs")
-
-    @property
-    def code(self) -> str:
-        return join_uri(self.work, "code")
+    manifest = _under("manifest")
+    ledger = _under("ledger")
+    runs = _under("runs")
+    computations = _under("computations")
+    restore_ledger = _under("restore_ledger")
+    reports = _under("campaign", "reports")  # one JSON report per finished campaign flow run (counts only)
+    code = _under("code")
+    bootstrap = _under("code", "bootstrap.sh")
+    criteria = _under("code", "criteria.json")
+    job_config = _under("code", "job-config.json")
 
     @property
     def wheelhouse(self) -> str:
         return join_uri(self.code, "wheelhouse") + "/"
-
-    @property
-    def bootstrap(self) -> str:
-        return join_uri(self.code, "bootstrap.sh")
-
-    @property
-    def criteria(self) -> str:
-        return join_uri(self.code, "criteria.json")
-
-    @property
-    def job_config(self) -> str:
-        return join_uri(self.code, "job-config.json")
 
     @property
     def logs(self) -> str:
@@ -67,12 +56,16 @@ class WorkLayout:
         return join_uri(self.code, name)
 
 
-def work_layout(work: str) -> WorkLayout:
-    """Validate ``--work`` (an S3 prefix: the cluster cannot see local paths)."""
-    if not is_s3(work):
+def work_layout(work: str, *, s3_only: bool = True) -> WorkLayout:
+    """The layout of ``work``, trailing slashes dropped (keys get no empty segments).
+
+    ``s3_only``: EMR needs an S3 prefix, since the cluster cannot see local paths.
+    """
+    if s3_only and not is_s3(work):
         raise ConfigError("bad_argument", f"--work must be an s3:// prefix, got {work!r}")
-    split_s3(work)
-    return WorkLayout(work.rstrip("/"))
+    if is_s3(work):
+        split_s3(work)
+    return WorkLayout(work.rstrip("/") or work)
 
 
 @dataclass(frozen=True)

@@ -54,27 +54,19 @@ def build_spark_conf(config: EmrConfig, *, target: str, region: str | None = Non
     python = str(_require(section, "python", target, config.source))
     if target == "cluster":
         # spark.pyspark.* covers driver and executors; the env copies cover tools that read only the environment.
-        conf.update({
-            "spark.pyspark.python": python,
-            "spark.pyspark.driver.python": python,
-            "spark.yarn.appMasterEnv.PYSPARK_PYTHON": python,
-            "spark.executorEnv.PYSPARK_PYTHON": python,
-        })
-        if region:
-            conf["spark.yarn.appMasterEnv.AWS_DEFAULT_REGION"] = region
-            conf["spark.executorEnv.AWS_DEFAULT_REGION"] = region
+        python_keys = ("spark.pyspark.python", "spark.pyspark.driver.python", "spark.yarn.appMasterEnv.PYSPARK_PYTHON",
+                       "spark.executorEnv.PYSPARK_PYTHON")
+        region_keys = ("spark.yarn.appMasterEnv.AWS_DEFAULT_REGION", "spark.executorEnv.AWS_DEFAULT_REGION")
     else:
         venv = section.get("venv_archive")
         if venv:
             conf["spark.archives"] = f"{venv}#environment"
-        conf.update({
-            "spark.emr-serverless.driverEnv.PYSPARK_PYTHON": python,
-            "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": python,
-            "spark.executorEnv.PYSPARK_PYTHON": python,
-        })
-        if region:
-            conf["spark.emr-serverless.driverEnv.AWS_DEFAULT_REGION"] = region
-            conf["spark.executorEnv.AWS_DEFAULT_REGION"] = region
+        python_keys = ("spark.emr-serverless.driverEnv.PYSPARK_PYTHON",
+                       "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON", "spark.executorEnv.PYSPARK_PYTHON")
+        region_keys = ("spark.emr-serverless.driverEnv.AWS_DEFAULT_REGION", "spark.executorEnv.AWS_DEFAULT_REGION")
+    conf.update(dict.fromkeys(python_keys, python))
+    if region:
+        conf.update(dict.fromkeys(region_keys, region))
     if shuffle_partitions is not None:
         conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
     return conf

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, NotFoundError
-from ..io import arrow_io, listing
+from ..io import arrow_io
 from ..io import uris as io_uris
 
 if TYPE_CHECKING:
@@ -38,12 +38,6 @@ def resolve_input(value: str | None, default: str, root: str) -> str:
     return os.path.normpath(os.path.join(root, path))
 
 
-def _has_parquet(uri: str) -> bool:
-    if io_uris.is_s3(uri):
-        return any(True for _ in listing.list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
-
-
 def read_manifest_frame(uri: str, columns: Iterable[str] = MANIFEST_COLUMNS) -> pd.DataFrame:
     """The manifest's newest index per archive as pandas, with only ``columns`` read."""
     cols = list(dict.fromkeys(["archive_uri", "index_run", "kind", *columns]))
@@ -67,7 +61,7 @@ def ledger_runs(uri: str) -> list[str]:
     """The run ids present in a ledger (from its ``run_id=`` partitions), oldest first; [] when there is none."""
     import pyarrow.dataset as pads
 
-    if not _has_parquet(uri):
+    if not arrow_io.dataset_exists(uri):
         return []
     runs: set[str] = set()
     for fragment in arrow_io.open_dataset(uri, _ledger_partitioning()).get_fragments():

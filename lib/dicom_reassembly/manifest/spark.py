@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..dicom.header_rules import MAX_HEADER_BYTES
-from ..io import listing as io_listing
-from ..io import uris
+from ..io.arrow_io import dataset_exists
 from ..io.clients import ArchiveAccess
 from .index import index_archive, manifest_schema
 
@@ -31,12 +29,6 @@ def balance_by_bytes(archives: list[dict[str, Any]], tasks: int) -> list[list[di
     return buckets
 
 
-def new_index_run() -> tuple[str, datetime]:
-    """An index run id that sorts by time, and its timestamp."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ"), now
-
-
 def with_latest_index(df: Any) -> Any:
     """Keep, for each archive, only the rows of its newest index run."""
     from pyspark.sql import functions as F
@@ -50,13 +42,6 @@ def with_latest_index(df: Any) -> Any:
 def read_manifest(spark: Any, uri: str) -> Any:
     """The manifest as a DataFrame, newest index per archive."""
     return spark.read.schema(manifest_schema()).parquet(uri).transform(with_latest_index)
-
-
-def manifest_exists(uri: str) -> bool:
-    """True when a manifest dataset has been written at ``uri``."""
-    if uris.is_s3(uri):
-        return any(True for _ in io_listing.list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
 
 
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
@@ -85,7 +70,7 @@ def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str
 
 def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
     """The archive-level rows of an existing manifest (newest index each), for incremental runs."""
-    if not manifest_exists(manifest_uri):
+    if not dataset_exists(manifest_uri):
         return []
     from pyspark.sql import functions as F
 

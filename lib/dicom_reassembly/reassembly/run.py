@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from ..config import Config
 from ..errors import ReassemblyError
 from ..manifest.spark import read_manifest
 from ..records.ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
+from ..run_id import new_run_id
 from ..selection.tranche import Tranche
 from .executor import TaskSettings, reassemble_partition
 from .plan import PENDING
@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 WRITTEN = ("written", "skipped_existing")
 # (spark, pending pixel archives as a one-column DataFrame) -> (pixel_archive, reason) of those not to read.
 ArchiveCheck = Callable[[Any, Any], Any]
-
-
-def new_run_id(now: datetime) -> str:
-    """A run id that sorts by time and is unique."""
-    return now.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -235,7 +230,7 @@ class ReassembleRun:
         return "\n".join(lines)
 
 
-__all__ = ["ReassembleRun", "ReassemblyError", "new_run_id"]
+__all__ = ["ReassembleRun", "ReassemblyError"]
 
 
 def scope_lines(summary: dict[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
+from ..dicom.dicom_json import as_int
 from ..errors import NotFoundError
 from ..io import arrow_io, listing, uris
 
@@ -80,15 +81,6 @@ def spark_schema() -> Any:
     return T.StructType([T.StructField(n, kinds[k], True) for n, k in CATALOG_FIELDS])
 
 
-def _as_int(value: Any) -> int | None:
-    """An IS/US value as an int that fits the int32 columns, or None."""
-    try:
-        n = int(float(value)) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return n if -(2**31) <= n < 2**31 else None
-
-
 def _as_date(value: Any) -> date | None:
     """A DA value (YYYYMMDD, or the old YYYY.MM.DD) as a date, or None when it is not one."""
     text = str(value).strip().replace(".", "")
@@ -102,7 +94,7 @@ def _typed(value: Any, kind: str) -> Any:
     if value is None or value == "":
         return None
     if kind == "int":
-        return _as_int(value)
+        return as_int(value)
     if kind == "date":
         return _as_date(value)
     text = str(value).strip()

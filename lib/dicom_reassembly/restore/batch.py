@@ -15,7 +15,7 @@ from ..errors import ConfigError, NotFoundError, StorageError
 from ..io import listing as io_listing
 from ..io import uris as io_uris
 from ..io import writes
-from .requests import _check_request_args
+from .requests import check_request_args
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_THRESHOLD = 100_000
@@ -99,7 +99,7 @@ def build_batch_restore_job(config: RestoreConfig, manifest: BatchManifest, *, t
 
     The ClientRequestToken derives from the manifest and parameters, so submitting twice creates one job.
     """
-    _check_request_args(tier, days)
+    check_request_args(tier, days)
     if tier == "Expedited":
         raise ConfigError("bad_tier", "S3 Batch Operations restore supports Bulk and Standard, not Expedited")
     missing = [k for k in ("account_id", "role_arn", "report_bucket") if not getattr(config, k)]

@@ -139,7 +139,7 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
         notes.append(f"tranche {tranche}: {len(images) - len(kept)} of {len(images)} image archives outside it are "
                      "left out of this plan")
         images = kept
-    spec = _as_spec(criteria)
+    spec = criteria_spec(criteria)
     if manifest is None:
         if spec is not None:
             notes.append("criteria without a manifest cannot select archives: every pixel archive is needed")
@@ -204,7 +204,7 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     return RestorePlan(objects, selection, notes)
 
 
-def _as_spec(criteria: Any) -> Any:
+def criteria_spec(criteria: Any) -> Any:
     if criteria is None or not isinstance(criteria, str):
         return criteria
     from ..selection.spec import load_criteria

@@ -7,7 +7,6 @@ per-object failure becomes a ledger row with its error code.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from ..errors import ConfigError, StorageError
 from ..io import clients
 from ..io import uris as io_uris
 from ..io.throttle import TokenBucket
+from ..run_id import new_run_id
 from .ledger import write_restore_ledger
 from .plan import PlannedObject, RestorePlan
 
@@ -47,7 +47,7 @@ class RequestReport:
     error_codes: dict[str, int]
 
 
-def _check_request_args(tier: str, days: int) -> None:
+def check_request_args(tier: str, days: int) -> None:
     if tier not in TIERS:
         raise ConfigError("bad_tier", f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
     if not isinstance(days, int) or days < 1:
@@ -97,7 +97,7 @@ def request_restores(objects: RestorePlan | Iterable[PlannedObject], tier: str =
     In progress (409) and already restored (200) are outcomes, not errors, so a re-run is harmless. Every
     per-object failure becomes a ledger row with its error code; nothing here raises for one object.
     """
-    _check_request_args(tier, days)
+    check_request_args(tier, days)
     if isinstance(objects, RestorePlan):
         todo = objects.to_restore(include_unknown, wave)
     else:
@@ -135,6 +135,3 @@ def request_restores(objects: RestorePlan | Iterable[PlannedObject], tier: str =
     return RequestReport(run_id, outcomes, requested_bytes, files, codes)
 
 
-def new_run_id() -> str:
-    """A run id that sorts by time and is unique."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]

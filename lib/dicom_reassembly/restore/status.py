@@ -27,17 +27,21 @@ STATUS_MISSING = "missing"
 STATUS_ERROR = "error"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ObjectStatus:
-    """The restore status of one object."""
+    """The restore status of one object: what it is (from the plan, its class from HEAD), then its state."""
 
     uri: str
     size: int
     wave: int
+    storage_class: str | None = None
     state: str
     expiry: datetime | None = None
-    storage_class: str | None = None
     error: str | None = None
+
+
+def _status(obj: PlannedObject, state: str, **found: Any) -> ObjectStatus:
+    return ObjectStatus(uri=obj.uri, size=obj.size, wave=obj.wave, state=state, **found)
 
 
 def parse_restore_header(value: str | None) -> tuple[bool | None, datetime | None]:
@@ -77,20 +81,19 @@ def status_one(client: Any, obj: PlannedObject) -> ObjectStatus:
     from botocore.exceptions import BotoCoreError, ClientError
 
     if not io_uris.is_s3(obj.uri) or (obj.storage_class is not None and not is_archived(obj.storage_class)):
-        return ObjectStatus(obj.uri, obj.size, obj.wave, STATUS_NOT_NEEDED, storage_class=obj.storage_class)
+        return _status(obj, STATUS_NOT_NEEDED, storage_class=obj.storage_class)
     try:
         bucket, key = io_uris.split_s3(obj.uri)
         r = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", "")) or "ClientError"
         state = STATUS_MISSING if code in ("404", "NoSuchKey", "NotFound") else STATUS_ERROR
-        return ObjectStatus(obj.uri, obj.size, obj.wave, state, storage_class=obj.storage_class, error=code)
+        return _status(obj, state, storage_class=obj.storage_class, error=code)
     except (BotoCoreError, StorageError) as exc:
-        return ObjectStatus(obj.uri, obj.size, obj.wave, STATUS_ERROR, storage_class=obj.storage_class,
-                            error=type(exc).__name__)
+        return _status(obj, STATUS_ERROR, storage_class=obj.storage_class, error=type(exc).__name__)
     sc = r.get("StorageClass") or "STANDARD"
     if not is_archived(sc):
-        return ObjectStatus(obj.uri, obj.size, obj.wave, STATUS_NOT_NEEDED, storage_class=sc)
+        return _status(obj, STATUS_NOT_NEEDED, storage_class=sc)
     ongoing, expiry = parse_restore_header(r.get("Restore"))
     if ongoing is True:
         state = STATUS_PENDING
@@ -98,7 +101,7 @@ def status_one(client: Any, obj: PlannedObject) -> ObjectStatus:
         state = STATUS_RESTORED
     else:
         state = STATUS_NOT_REQUESTED
-    return ObjectStatus(obj.uri, obj.size, obj.wave, state, expiry, sc)
+    return _status(obj, state, expiry=expiry, storage_class=sc)
 
 
 @dataclass
