@@ -60,9 +60,9 @@ class SparkManifest:
 
     def __init__(self, spark: Any, uri: str) -> None:
         from ..manifest.index import manifest_schema
-        from ..manifest.spark import manifest_exists
+        from ..io.arrow_io import dataset_exists
 
-        if not manifest_exists(uri):
+        if not dataset_exists(uri):
             raise NotFoundError("manifest_not_found", "no manifest dataset here", uri=uri)
         self.spark = spark
         self.uri = uri
