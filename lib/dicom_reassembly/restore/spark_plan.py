@@ -59,8 +59,8 @@ class SparkManifest:
     """The manifest on Spark, answering what ``plan._ArrowManifest`` answers with pyarrow."""
 
     def __init__(self, spark: Any, uri: str) -> None:
-        from ..manifest.index import manifest_schema
         from ..io.arrow_io import dataset_exists
+        from ..manifest.index import manifest_schema
 
         if not dataset_exists(uri):
             raise NotFoundError("manifest_not_found", "no manifest dataset here", uri=uri)
