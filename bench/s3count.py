@@ -45,10 +45,16 @@ class Counts:
     requests: Counter = field(default_factory=Counter)
     bytes_in: Counter = field(default_factory=Counter)  # request bodies (uploads)
     bytes_out: Counter = field(default_factory=Counter)  # response bodies (downloads)
+    objects: Counter = field(default_factory=Counter)  # requests per (bucket, key, operation): which object was read
 
     def minus(self, before: Counts) -> Counts:
         """What happened since ``before``."""
-        return Counts(self.requests - before.requests, self.bytes_in - before.bytes_in, self.bytes_out - before.bytes_out)
+        return Counts(self.requests - before.requests, self.bytes_in - before.bytes_in,
+                      self.bytes_out - before.bytes_out, self.objects - before.objects)
+
+    def on_object(self, bucket: str, key: str, *ops: str) -> int:
+        """Requests of ``ops`` (all when none given) on one object."""
+        return sum(v for (b, k, op), v in self.objects.items() if b == bucket and k == key and (not ops or op in ops))
 
     def total(self, bucket: str, *ops: str, what: str = "requests") -> int:
         """Sum of one measure over ``ops`` (all operations when none given) in ``bucket``."""
@@ -98,9 +104,12 @@ class RequestCounter:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
+        bucket, _, name = unquote(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
         with self.lock:
             self.counts.requests[key] += 1
             self.counts.bytes_in[key] += length
+            if name:
+                self.counts.objects[(bucket, name, key[1])] += 1
         return _CountingBody(self.app(environ, start_response), self, key)
 
     def add_out(self, key: tuple[str, str], n: int) -> None:
@@ -110,7 +119,8 @@ class RequestCounter:
     def snapshot(self) -> Counts:
         """A copy of the counts so far."""
         with self.lock:
-            return Counts(Counter(self.counts.requests), Counter(self.counts.bytes_in), Counter(self.counts.bytes_out))
+            return Counts(Counter(self.counts.requests), Counter(self.counts.bytes_in), Counter(self.counts.bytes_out),
+                          Counter(self.counts.objects))
 
 
 class CountingS3Server:

@@ -1,6 +1,7 @@
 """Spark job: index every tar member of a delivery into a Parquet manifest.
 
 spark-submit jobs/build_manifest.py --text URI --images URI --manifest URI [--criteria FILE] [--config FILE]
+    [--tranche T]
 
 ``--criteria`` is the same file reassemble takes; only its ``input_s3_parameters`` are used here (they list and
 read the partner's archives), the criteria themselves apply in restore planning and reassembly.
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dicom_reassembly.cli.main import configure_logging, fail, run_spark_job
 from dicom_reassembly.config import load_config  # noqa: E402
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
+from dicom_reassembly.selection.tranche import TRANCHE_HELP  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,6 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--config", help="JSON config from conf/ (flags override it)")
     p.add_argument("--tasks", type=int, help="indexing tasks (default: derived from the cluster)")
     p.add_argument("--full", action="store_true", help="re-index every archive, not only new or changed ones")
+    p.add_argument("--tranche", help="index only the image archives of a tranche (text archives always): "
+                                     + TRANCHE_HELP.split(": ", 1)[1].replace(" or limit:N (N instances)", ""))
     return p.parse_args(argv)
 
 
@@ -38,22 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
     from dicom_reassembly.manifest.index import manifest_schema
-    from dicom_reassembly.manifest.listing import archives_to_index, list_archives, listing_summary
+    from dicom_reassembly.manifest.listing import archives_in_tranche, archives_to_index, list_archives, listing_summary
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks
     from dicom_reassembly.run_id import new_run_id
     from dicom_reassembly.selection.spec import load_criteria
+    from dicom_reassembly.selection.tranche import archive_tranche, parse_tranche
 
     try:
         spec = load_criteria(args.criteria) if args.criteria else None
         # The input credentials reach the input bucket only: the manifest is written with the environment's.
         access = spec.access if spec is not None else None
         cfg = load_config(args.config, manifest_tasks=args.tasks)
+        tranche = archive_tranche(parse_tranche(args.tranche), "build_manifest")
         listing = list_archives(args.text, args.images, cfg.archive_suffixes, access)
     except ReassemblyError as exc:
         return fail(exc)
 
     def index(spark: Any) -> int:
         todo = listing if args.full else archives_to_index(listing, indexed_archives(spark, args.manifest))
+        todo = archives_in_tranche(todo, tranche)
         indexed_at = datetime.now(timezone.utc)
         index_run = new_run_id(indexed_at)
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
@@ -64,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"manifest: {args.manifest}")
         for line in listing_summary(listing, todo):
             print(line)
+        if tranche is not None:
+            outside = sum(1 for a in listing if a["role"] == "images" and not tranche.matches_archive(a["uri"]))
+            print(f"tranche {tranche}: {outside} image archives outside it, not indexed this run")
         if todo:
             from pyspark.sql import functions as F
 

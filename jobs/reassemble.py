@@ -1,7 +1,12 @@
 """Spark job: join headers and pixels on UID, write Part 10 objects, and a ledger of every outcome.
 
 spark-submit jobs/reassemble.py --manifest URI --out URI --ledger URI [--criteria FILE] [--config conf/X]
-                                [--catalog URI] [--only LIST]
+                                [--catalog URI] [--only LIST] [--tranche T]
+                                [--restore-ledger URI | --check-restores] [--ignore-state]
+
+Incremental: instances already written with the same source for this output (the state, <ledger>_state) are not
+planned again, so a pass over a grown delivery reads only what is new. --tranche bounds the run:
+prefix:URI[,URI...], hash:A-B/M or limit:N, joined by ';' (docs/pipeline.md#tranches).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from dicom_reassembly.cli.main import configure_logging, fail, run_spark_job
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
+from dicom_reassembly.selection.tranche import TRANCHE_HELP  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,6 +43,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                       "(user and password from DICOM_REASSEMBLY_JDBC_USER/_PASSWORD)")
     p.add_argument("--key-template", help="output key template, default {sop_instance_uid}.dcm")
     p.add_argument("--partitions", type=int, help="reassembly tasks (default: one per pixel archive, capped)")
+    p.add_argument("--tranche", help=TRANCHE_HELP)
+    restores = p.add_mutually_exclusive_group()
+    restores.add_argument("--restore-ledger",
+                          help="restore ledger (restore request --ledger, or the campaign's): pixel archives whose "
+                               "restored copy expired stay out of the plan (not_restored)")
+    restores.add_argument("--check-restores", action="store_true",
+                          help="HEAD each pixel archive the run would read; one without a usable restored copy stays "
+                               "out of the plan (not_restored)")
+    p.add_argument("--ignore-state", action="store_true",
+                   help="plan every instance again, final or not (the state <ledger>_state is still updated)")
     args = p.parse_args(argv)
     if not args.out and not args.stow_url:
         p.error("give --out, --stow-url, or both")
@@ -52,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_reassembly.io import writes
     from dicom_reassembly.records.tables import JdbcTarget, jdbc_session_settings
     from dicom_reassembly.selection.spec import load_criteria
+    from dicom_reassembly.selection.tranche import parse_tranche
     from dicom_reassembly.stow.settings import StowAuth, StowSettings
 
     started = datetime.now(timezone.utc)
     try:
         # Criteria are checked before Spark starts, so a bad criterion costs nothing.
         spec = load_criteria(args.criteria) if args.criteria else None
+        tranche = parse_tranche(args.tranche)
+        archive_check = restore_check(args, spec, started)
         cfg = load_config(args.config, key_template=args.key_template, reassemble_partitions=args.partitions)
         stow = (StowSettings(args.stow_url, batch_count=cfg.stow_batch_count, batch_bytes=cfg.stow_batch_bytes,
                              timeout=(min(10.0, cfg.stow_timeout), cfg.stow_timeout)) if args.stow_url else None)
@@ -83,18 +102,33 @@ def main(argv: list[str] | None = None) -> int:
 
     def reassemble(spark: Any) -> int:
         from dicom_reassembly.reassembly.run import ReassembleRun
+        from dicom_reassembly.records.state import state_uri_for
 
         run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
                             runs_uri=args.runs or args.ledger.rstrip("/") + "_runs",
                             computations_uri=args.computations or args.ledger.rstrip("/") + "_computations",
                             catalog_uri=args.catalog or args.ledger.rstrip("/") + "_catalog", only=args.only,
-                            cfg=cfg, spec=spec, stow=stow, stow_auth=stow_auth, jdbc=jdbc, argv=argv, started=started)
+                            cfg=cfg, spec=spec, stow=stow, stow_auth=stow_auth, jdbc=jdbc, argv=argv, started=started,
+                            tranche=tranche, archive_check=archive_check, state_uri=state_uri_for(args.ledger),
+                            skip_final=not args.ignore_state)
         summary = run.execute()
         print(run.report(summary))
-        print(json.dumps({"run_id": summary["run_id"], "status_counts": summary["status_counts"]}))
+        print(json.dumps({k: summary.get(k) for k in ("run_id", "status_counts", "carried_over", "planned_instances",
+                                                        "outside_tranche", "unaccounted_members")}))
         return 0
 
     return run_spark_job("dicom-reassembly reassemble", extra, reassemble)
+
+
+def restore_check(args: argparse.Namespace, spec: Any, started: datetime) -> Any:
+    """The restore-expiry check the flags ask for (restore.expiry), or None."""
+    from dicom_reassembly.restore import expiry
+
+    if args.check_restores:
+        return expiry.head_check(spec.access if spec is not None else None, started)
+    if args.restore_ledger:
+        return expiry.ledger_check(args.restore_ledger, started)
+    return None
 
 
 if __name__ == "__main__":

@@ -175,8 +175,11 @@ def test_served_campaign_restores_from_glacier_and_completes_with_split_credenti
                 done2 = _wait_for_run(server.api, run2["id"], 600)
                 assert done2["state"]["type"] == "COMPLETED", (done2["state"], serve_log.read_text()[-4000:])
                 rows = _ledger_newest(os.path.join(work, "ledger"))
-                for uid in selected:
-                    assert [s for _, s in rows[uid]] == ["written", "skipped_existing"], rows[uid]
+                for uid in selected:  # carried over by the state: not planned, not read, no second row
+                    assert [s for _, s in rows[uid]] == ["written"], rows[uid]
+                second = max(os.listdir(os.path.join(work, "campaign", "reports")))
+                with open(os.path.join(work, "campaign", "reports", second)) as f:
+                    assert json.load(f)["steps"]["reassemble"]["carried_over"] == len(selected)
                 records_2 = _prefect_records(server.api, run2["id"])
             finally:
                 stop(serve)

@@ -29,6 +29,7 @@ EXIT_INPUT = 2
 DEFAULT_MASTER = "local[*]"
 # The option a job must list in its --help before the campaign passes it on (see ``job_accepts``).
 TRANCHE_OPTION = "--tranche"
+RESTORE_LEDGER_OPTION = "--restore-ledger"
 
 
 class JobError(ReassemblyError):
@@ -145,6 +146,8 @@ def run_emr(job: str, args: Sequence[str], target: EmrTarget, work: str, *, poll
     if missing:
         raise ConfigError("missing_artifact", f"{', '.join(missing)}: run `make dist`")
     uploads = emr_layout.build_uploads(layout, artifacts, with_cluster_bootstrap=False, job_config_path=job_config)
+    if job not in artifacts.scripts:  # a job outside the two-step submission (plan_restore): its script too
+        uploads.append(emr_layout.Upload(os.path.join(jobs_dir(), f"{job}.py"), layout.script(job), "code"))
     emr_layout.write_uploads(boto3.client("s3", region_name=region), uploads)
     py_files = [layout.code_file(os.path.basename(artifacts.py_files))]
     name = requests.step_name(job)

@@ -11,8 +11,9 @@
   (its real expiry is later by the restore time). ``head`` replaces the estimate by S3's ``Restore`` header
   for up to ``head_limit`` archives (it needs the input credentials).
 
-The ledger is read with pyarrow in one process: fine to hundreds of millions of rows. Beyond that, read a state
-table that the ledger feeds (issue 19 item 1) in ``read_instance_states``, the only function that reads it.
+States come from the state table that reassemble keeps (``<ledger>_state``, one row per instance) and the ledger
+runs after its commit, in ``read_instance_states``, the only function that reads them. It is read with pyarrow in
+one process: one row per instance, fine to a few hundred million.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ PENDING = "pending"  # in the manifest, no ledger row yet
 WAITING_OUTCOMES = ("requested", "in_progress", "batch")
 
 
-def _dataset_table(uri: str, columns: list[str]) -> Any:
-    """A Parquet dataset's columns, or None when there is none yet."""
+def _dataset_table(uri: str, columns: list[str], after_run: str | None = None) -> Any:
+    """A Parquet dataset's columns (of the runs after ``after_run`` only, when given), or None when there is none."""
     from ..io import arrow_io
 
     try:
@@ -56,7 +57,14 @@ def _dataset_table(uri: str, columns: list[str]) -> Any:
     names = set(dataset.schema.names)
     if not dataset.files:
         return None
-    return dataset.to_table(columns=[c for c in columns if c in names])
+    wanted = [c for c in columns if c in names]
+    if after_run is not None and "run_id" in names:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        # A filter the scan pushes down to the run_id= partitions: the runs the state already holds are not read.
+        return dataset.to_table(columns=wanted, filter=pc.greater(pads.field("run_id").cast("string"), after_run))
+    return dataset.to_table(columns=wanted)
 
 
 def _has_objects(uri: str) -> bool:
@@ -69,11 +77,35 @@ def _has_objects(uri: str) -> bool:
 
 
 def read_instance_states(ledger_uri: str) -> Any:
-    """A table of (sop_instance_uid, run_id, status, output_bytes): each instance's newest outcome."""
+    """A table of (sop_instance_uid, run_id, status, output_bytes): each instance's newest outcome.
+
+    From the state table (``records.state``, one row per instance and output) plus the ledger runs newer than its
+    commit (a run that died before committing its state, a run without ``--out``); the whole ledger when there is no
+    state yet. Per instance the newest run wins.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = _dataset_table(ledger_uri, ["run_id", "sop_instance_uid", "status", "output_bytes"])
+    from ..records.state import read_state_table
+
+    state, committed = read_state_table(ledger_uri, ["sop_instance_uid", "run_id", "status", "output_bytes"])
+    newer = _newest_ledger_states(ledger_uri, committed)
+    if state is None:
+        return newer
+    state = state.select(newer.column_names).cast(newer.schema)
+    both = pa.concat_tables([state, newer])
+    newest = both.group_by("sop_instance_uid").aggregate([("run_id", "max")])
+    both = both.join(newest, "sop_instance_uid").filter(pc.equal(pc.field("run_id"), pc.field("run_id_max")))
+    both = both.group_by(["sop_instance_uid", "run_id", "status"]).aggregate([("output_bytes", "max")])
+    return both.rename_columns(["sop_instance_uid", "run_id", "status", "output_bytes"])
+
+
+def _newest_ledger_states(ledger_uri: str, after_run: str | None) -> Any:
+    """Each instance's newest outcome in the ledger runs after ``after_run`` (all runs when None)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = _dataset_table(ledger_uri, ["run_id", "sop_instance_uid", "status", "output_bytes"], after_run)
     if table is None or table.num_rows == 0:
         return pa.table({"sop_instance_uid": pa.array([], pa.string()), "run_id": pa.array([], pa.string()),
                          "status": pa.array([], pa.string()), "output_bytes": pa.array([], pa.int64())})

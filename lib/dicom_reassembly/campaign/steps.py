@@ -2,8 +2,8 @@
 
 A step decides what to do from the data under ``work`` (restore ledger, manifest, ledger), so running it again
 after a crash or a finished run does only what is left: restores already requested and not expired are not
-requested again, an up-to-date manifest is not rebuilt, and reassemble records ``skipped_existing`` for objects
-already written.
+requested again, an up-to-date manifest is not rebuilt, and reassemble plans only the instances its state does
+not hold final (the ones already written are carried over).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -30,6 +32,7 @@ from .channel import criteria_file
 from .params import CampaignParams, SecretText
 
 log = logging.getLogger(__name__)
+SPARK_PLAN_BYTES = 1 << 30  # about 300,000 headers: minutes in one process; beyond, wave 2 is planned on Spark
 
 # Restore-ledger outcomes that mean a restored copy exists or is on its way (until ``days`` after the request).
 ACTIVE_OUTCOMES = (requests.OUTCOME_REQUESTED, requests.OUTCOME_IN_PROGRESS, requests.OUTCOME_ALREADY_RESTORED,
@@ -86,21 +89,70 @@ def layout_of(params: CampaignParams) -> WorkLayout:
 
 
 def check_tranche(params: CampaignParams) -> None:
-    """Fail before any restore when a tranche is asked for but reassemble has no ``--tranche`` yet."""
+    """Fail before any restore when a tranche is malformed, or asked for but reassemble has no ``--tranche`` yet."""
+    from ..selection.tranche import parse_tranche
+
     if params.tranche and not jobs.job_accepts("reassemble", jobs.TRANCHE_OPTION):
         raise ConfigError("tranche_not_supported", "this version's jobs/reassemble.py has no --tranche option; "
                                                    "leave tranche out, or update the jobs")
+    parse_tranche(params.tranche)
+
+
+def archive_tranche(params: CampaignParams) -> Any:
+    """The tranche's archive terms (prefix, hash) that bound restores and indexing too; None without them.
+
+    ``limit:N`` counts instances, so it bounds reassemble alone.
+    """
+    from ..selection.tranche import parse_tranche
+
+    tranche = parse_tranche(params.tranche)
+    return tranche.archive_terms() if tranche is not None else None
 
 
 # ------------------------------------------------------------------------------------------- restores
 
 
 def plan_wave(params: CampaignParams, inputs: Inputs, wave: int) -> restore_plan.RestorePlan:
-    """The restore plan with the manifest as it stands: wave 1 needs no criteria, wave 2 applies them."""
+    """The restore plan with the manifest as it stands: wave 1 needs no criteria, wave 2 applies them.
+
+    Wave 2 evaluates every header: on EMR, or once the manifest outgrows ``spark_plan_bytes()``, a Spark job
+    (``jobs/plan_restore.py``) does it on the executors; a small manifest is planned here, with pyarrow.
+    """
     layout = layout_of(params)
     manifest = layout.manifest if arrow_io.dataset_exists(layout.manifest) else None
     spec = inputs.spec if wave == restore_plan.WAVE_PIXELS and params.criteria and manifest else None
-    return restore_plan.plan_restore(params.text, params.images, manifest, spec, access=inputs.access)
+    tranche = archive_tranche(params)
+    if spec is not None and plans_on_spark(params, layout.manifest):
+        return plan_wave_on_spark(params, inputs, tranche)
+    return restore_plan.plan_restore(params.text, params.images, manifest, spec, access=inputs.access,
+                                     tranche=tranche)
+
+
+def spark_plan_bytes() -> int:
+    """The manifest size above which wave 2 is planned by a Spark job (``DICOM_REASSEMBLY_SPARK_PLAN_BYTES``)."""
+    raw = os.environ.get("DICOM_REASSEMBLY_SPARK_PLAN_BYTES", "")
+    return int(raw) if raw.strip().isdigit() else SPARK_PLAN_BYTES
+
+
+def plans_on_spark(params: CampaignParams, manifest: str) -> bool:
+    """True on EMR, and when the manifest's Parquet outgrows what one process parses in minutes."""
+    from ..reassembly.tasks import read_manifest_bytes
+
+    return params.emr is not None or (read_manifest_bytes(manifest) or 0) > spark_plan_bytes()
+
+
+def plan_wave_on_spark(params: CampaignParams, inputs: Inputs, tranche: Any) -> restore_plan.RestorePlan:
+    """Wave 2 planned by ``jobs/plan_restore.py`` (spark-submit or an EMR step); the plan is read back from ``work``."""
+    from ..restore import spark_plan
+
+    layout = layout_of(params)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    where = uris.join_uri(layout.work, "campaign", "plans", f"{stamp}-{uuid.uuid4().hex[:8]}")
+    args = ["--text", params.text, "--images", params.images, "--manifest", layout.manifest, "--plan", where]
+    if tranche is not None:
+        args += [jobs.TRANCHE_OPTION, str(tranche)]
+    run_job(params, inputs, "plan_restore", args)
+    return spark_plan.read_plan(where)
 
 
 def read_active_restores(ledger_uri: str, now: datetime) -> set[str]:
@@ -210,7 +262,9 @@ def archives_to_index(params: CampaignParams, inputs: Inputs) -> tuple[int, int]
         cols = [c for c in ("archive_role", "archive_size", "archive_etag", "error") if c in dataset.schema.names]
         with arrow_io.manifest_errors(manifest):
             indexed = arrow_io.newest_archive_rows(dataset, cols).to_pylist()
-    return len(listing), len(manifest_listing.archives_to_index(listing, indexed))
+    todo = manifest_listing.archives_in_tranche(manifest_listing.archives_to_index(listing, indexed),
+                                                archive_tranche(params))
+    return len(listing), len(todo)
 
 
 def run_job(params: CampaignParams, inputs: Inputs, job: str, args: list[str]) -> jobs.JobResult:
@@ -238,8 +292,11 @@ def build_manifest(params: CampaignParams, inputs: Inputs) -> dict[str, Any]:
     if not todo:
         return {"archives_listed": listed, "to_index": 0, "ran": False}
     layout = layout_of(params)
-    result = run_job(params, inputs, "build_manifest",
-                     ["--text", params.text, "--images", params.images, "--manifest", layout.manifest])
+    args = ["--text", params.text, "--images", params.images, "--manifest", layout.manifest]
+    tranche = archive_tranche(params)
+    if tranche is not None and jobs.job_accepts("build_manifest", jobs.TRANCHE_OPTION):
+        args += [jobs.TRANCHE_OPTION, str(tranche)]
+    result = run_job(params, inputs, "build_manifest", args)
     return {"archives_listed": listed, "to_index": todo, "ran": True,
             "output": [line for line in result.stdout.splitlines() if line.strip()][-8:]}
 
@@ -251,6 +308,8 @@ def reassemble(params: CampaignParams, inputs: Inputs) -> dict[str, Any]:
             "--computations", layout.computations]
     if params.stow_url:
         args += ["--stow-url", params.stow_url]
+    if jobs.job_accepts("reassemble", jobs.RESTORE_LEDGER_OPTION):  # expired restores stay out of the plan
+        args += [jobs.RESTORE_LEDGER_OPTION, layout.restore_ledger]
     if params.tranche:
         check_tranche(params)
         args += [jobs.TRANCHE_OPTION, params.tranche]

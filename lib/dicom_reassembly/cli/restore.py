@@ -38,6 +38,8 @@ def add_restore_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="only this wave (1 headers, 2 pixels); default both, headers first")
     common.add_argument("--suffix", action="append", dest="suffixes", metavar="SUFFIX",
                         help="archive key ending (repeatable; default .tar; '' for every object)")
+    common.add_argument("--tranche", help="wave 2 only for the image archives of a tranche: prefix:URI[,URI...] or "
+                                          "hash:A-B/M (docs/pipeline.md#tranches)")
     common.add_argument("--workers", type=int, default=restore_requests.DEFAULT_WORKERS, help="concurrent S3 requests")
     common.add_argument("--config", help="JSON config with account_id, role_arn, report_bucket (Batch Operations)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -72,11 +74,14 @@ def _run(args: argparse.Namespace) -> int:
         restore_requests.check_request_args(args.tier, args.days)
         if not args.ledger and not args.batch_manifest:
             raise ConfigError("ledger_required", "--ledger URI is required: every restore request is recorded")
+    from ..selection.tranche import archive_tranche, parse_tranche
+
+    tranche = archive_tranche(parse_tranche(args.tranche), "restore")
     spec = criteria_spec(args.criteria)
     settings = getattr(spec, "s3", None)
     suffixes = tuple(s for s in args.suffixes if s) if args.suffixes else (".tar",)
     plan = plan_restore(args.text, args.images, args.manifest, spec, suffixes=suffixes,
-                        always_evaluate=args.evaluate_all, access=getattr(spec, "access", None))
+                        always_evaluate=args.evaluate_all, access=getattr(spec, "access", None), tranche=tranche)
     include_unknown = not args.exclude_unknown
     if args.restore_command == "plan":
         summary = plan.summary(include_unknown)

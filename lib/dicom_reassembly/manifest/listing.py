@@ -34,6 +34,16 @@ def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",),
     return out
 
 
+def archives_in_tranche(archives: list[dict[str, Any]], tranche: Any) -> list[dict[str, Any]]:
+    """Text archives all (selection needs every header), image archives only those ``tranche`` matches.
+
+    ``tranche`` is a ``selection.tranche.Tranche`` (anything with ``matches_archive``), or None for all.
+    """
+    if tranche is None:
+        return archives
+    return [a for a in archives if a["role"] != "images" or tranche.matches_archive(a["uri"])]
+
+
 def listing_summary(listing: list[dict[str, Any]], todo: list[dict[str, Any]]) -> list[str]:
     """The job summary's lines about the listing: archives by name, other objects, entries it could not read.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -15,9 +16,11 @@ from ..errors import ReassemblyError
 from ..manifest.spark import read_manifest
 from ..records.ledger import STATUSES, ledger_schema, with_status_counts, with_unaccounted_members
 from ..run_id import new_run_id
+from ..selection.tranche import Tranche
 from .executor import TaskSettings, reassemble_partition
 from .plan import PENDING
 from .reads import ReadTuning
+from .scope import RunScope, with_run_scope, with_source_fingerprints, with_unavailable_archives
 from .tasks import PartitionPolicy, plan_reassembly_tasks, read_manifest_bytes, shuffle_partitions_for
 from .transforms import (
     with_archive_locality,
@@ -31,6 +34,8 @@ from .writes import WritePolicy
 log = logging.getLogger(__name__)
 
 WRITTEN = ("written", "skipped_existing")
+# (spark, pending pixel archives as a one-column DataFrame) -> (pixel_archive, reason) of those not to read.
+ArchiveCheck = Callable[[Any, Any], Any]
 
 
 @dataclass
@@ -52,6 +57,10 @@ class ReassembleRun:
     only: str | None = None  # a UID list (records.cohort): the run is restricted to these instances
     argv: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    tranche: Tranche | None = None
+    state_uri: str | None = None  # records.state: updated with this run's outcomes; None: no state at all
+    skip_final: bool = True  # plan only the instances the state does not hold final for this output
+    archive_check: ArchiveCheck | None = None  # restore expiry: archives kept out of the plan
 
     def task_settings(self, run_id: str) -> TaskSettings:
         """The picklable settings the executors get; the criteria's credentials go only as archive access."""
@@ -80,33 +89,38 @@ class ReassembleRun:
         if self.only:
             manifest, not_listed = self.restrict_to_list(manifest)
         pending_restore = count_pending_restore(manifest)
+        scope = self.read_scope(manifest)
         # Executors get the criteria alone: the spec itself holds the input credentials.
         select = partial(first_failure_json, self.spec.criteria) if self.spec is not None and self.spec.criteria else None
-        plan = (manifest.transform(with_members_by_uid)
+        plan = (scope.members(manifest).transform(with_members_by_uid)
                 .transform(with_instance_plan(select, pending_restore))
                 .persist(StorageLevel.MEMORY_AND_DISK))
         try:
-            skipped = skipped_archives(plan, manifest)
+            plan_now = self.with_available_archives(plan)
+            skipped = skipped_archives(plan_now, manifest)
             log.info("run %s: %d of %d image archives need no read (%d bytes)", run_id,
                      skipped["archives_skipped"], skipped["archives_total"], skipped["bytes_skipped"])
-            partitions, task_keys = plan_reassembly_tasks(plan, self.cfg.reassemble_partitions, self.cfg.task_bytes)
-            ledger = reassemble_ledger(plan, manifest, self.task_settings(run_id), datetime.now(timezone.utc), partitions,
-                                       task_keys)
+            partitions, task_keys = plan_reassembly_tasks(plan_now, self.cfg.reassemble_partitions, self.cfg.task_bytes)
+            ledger = reassemble_ledger(plan_now, scope.damage_source(manifest), self.task_settings(run_id),
+                                       datetime.now(timezone.utc), partitions, task_keys)
             ledger.write.mode("append").partitionBy("run_id").parquet(self.ledger_uri)
             catalogued = self.write_catalog(plan, run_id)
         finally:
             plan.unpersist()
         run_ledger = self.spark.read.parquet(self.ledger_uri).filter(F.col("run_id") == run_id)
         counts = {r["status"]: int(r["rows"]) for r in with_status_counts(run_ledger).collect()}
-        unaccounted = with_unaccounted_members(manifest, run_ledger)
+        unaccounted = with_unaccounted_members(scope.expected_members(manifest), run_ledger)
         missing = unaccounted.count()
         examples = [f"{r['archive_uri']}:{r['member_name']}" for r in unaccounted.limit(5).collect()] if missing else []
+        state_rows = self.write_state(run_ledger, scope, run_id)
+        scope.release()
         computations = self.run_computations(run_ledger, run_id)
         finished = datetime.now(timezone.utc)
         summary = {
             "run_id": run_id, "status_counts": counts, "unaccounted_members": missing, "unaccounted_examples": examples,
             "pending_restore_archives": sum(pending_restore.values()), "computations": computations, **skipped,
             "catalog": catalogued, "listed_not_in_manifest": not_listed,
+            **scope.counts, "tranche": str(self.tranche) if self.tranche else None, "state_rows": state_rows,
             "started_at": self.started, "finished_at": finished,
         }
         self.write_tables(run_ledger, summary)
@@ -138,6 +152,45 @@ class ReassembleRun:
         run_ledger = self.spark.read.parquet(self.ledger_uri).filter(F.col("run_id") == run_id)
         rows = run_ledger.transform(with_catalog_rows(plan, os.getcwd()))
         return write_catalog(self.spark, rows, self.catalog_uri, anywhere=replaces_objects(run_ledger))
+
+    def output_identity(self) -> str | None:
+        """What the state calls this run's output (None when it writes no objects: no state then)."""
+        from ..records.state import output_identity
+
+        return output_identity(self.out, self.cfg.key_template) if self.out else None
+
+    def read_scope(self, manifest: Any) -> RunScope:
+        """The UIDs this run plans: its tranche's, minus those final for this output in the state."""
+        from pyspark import StorageLevel
+
+        from ..records.state import read_final_instances
+
+        output = self.output_identity()
+        use = self.state_uri and output and self.skip_final
+        final = read_final_instances(self.spark, self.state_uri, output) if use else None
+        flagged = (manifest.transform(with_source_fingerprints).transform(with_run_scope(self.tranche, final))
+                   .persist(StorageLevel.MEMORY_AND_DISK))
+        return RunScope.of(flagged, self.tranche, narrowed=final is not None or self.tranche is not None)
+
+    def with_available_archives(self, plan: Any) -> Any:
+        """The plan with work on archives the check refuses (an expired restore) made ``not_restored``."""
+        from pyspark.sql import functions as F
+
+        if self.archive_check is None:
+            return plan
+        needed = plan.filter(F.col("status") == PENDING).select("pixel_archive").distinct()
+        unavailable = self.archive_check(self.spark, needed)
+        return plan.transform(with_unavailable_archives(unavailable))
+
+    def write_state(self, run_ledger: Any, scope: RunScope, run_id: str) -> int | None:
+        """Fold this run's outcomes into the state (``records.state``); the state's row count, or None without one."""
+        from ..records.state import with_instance_states, write_state
+
+        output = self.output_identity()
+        if not self.state_uri or not output:
+            return None
+        rows = run_ledger.transform(with_instance_states(scope.todo, output))
+        return write_state(self.spark, self.state_uri, rows, run_id)
 
     def size_shuffle(self) -> None:
         """Size the UID join's shuffle from the manifest, unless the configuration pins it."""
@@ -202,6 +255,7 @@ class ReassembleRun:
                          f"e.g. {', '.join(summary['unaccounted_examples'])}")
         else:
             lines.append("conservation: every manifest member is accounted for in the ledger")
+        lines.extend(scope_lines(summary))
         lines.append(f"image archives not read: {summary['archives_skipped']} of {summary['archives_total']} "
                      f"({summary['bytes_skipped']} bytes)")
         if summary["pending_restore_archives"]:
@@ -217,6 +271,18 @@ class ReassembleRun:
 
 
 __all__ = ["ReassembleRun", "ReassemblyError"]
+
+
+def scope_lines(summary: dict[str, Any]) -> list[str]:
+    """The report's lines on what the run left alone: instances final from earlier runs, and outside its tranche."""
+    lines = []
+    if summary.get("carried_over"):
+        lines.append(f"carried over: {summary['carried_over']} instances final from earlier runs (state), not planned; "
+                     "their members are accounted for there")
+    if summary.get("tranche"):
+        lines.append(f"tranche {summary['tranche']}: {summary.get('planned_instances', 0)} instances planned, "
+                     f"{summary.get('outside_tranche', 0)} outside it")
+    return lines
 
 
 def count_pending_restore(manifest: Any) -> dict[str, int]:

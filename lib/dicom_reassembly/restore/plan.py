@@ -114,7 +114,7 @@ def _state(needed: str, storage_class: str | None) -> str:
 
 def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, criteria: Any = None, *,
                  suffixes: tuple[str, ...] = (".tar",), always_evaluate: bool = False,
-                 access: clients.ArchiveAccess | None = None) -> RestorePlan:
+                 access: clients.ArchiveAccess | None = None, tranche: Any = None, spark: Any = None) -> RestorePlan:
     """Plan the restore of a delivery: text archives in wave 1, the pixel archives needed in wave 2.
 
     ``criteria`` is a ``CriteriaSpec`` or a criteria file. Without manifest and criteria every archive is
@@ -124,7 +124,9 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     When no pixel archive is indexed yet and no header's ``pixel_ref`` names one, the criteria cannot spare
     any pixel archive, so the headers are not parsed at all (billions of JSON documents on the full delivery)
     unless ``always_evaluate``; every pixel archive is then ``unknown``. ``access``: the input credentials, used
-    to list the input bucket.
+    to list the input bucket. ``tranche`` (a ``selection.tranche.Tranche`` without ``limit:``) keeps only its image
+    archives in wave 2. With a SparkSession (``spark``) the manifest is read and the headers evaluated on the
+    executors (``spark_plan``): the same plan, for manifests too large for one process.
     """
     text = list(io_listing.list_objects(text_uri, suffixes, access))
     images = list(io_listing.list_objects(images_uri, suffixes, access))
@@ -132,6 +134,11 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     notes: list[str] = [f"{len(unreadable)} listed entries cannot be read and are left out, e.g. "
                         f"{unreadable[0].uri}: {unreadable[0].error}: {unreadable[0].error_detail}"] if unreadable else []
     text, images = [o for o in text if not o.error], [o for o in images if not o.error]
+    if tranche is not None:
+        kept = [o for o in images if tranche.matches_archive(o.uri)]
+        notes.append(f"tranche {tranche}: {len(images) - len(kept)} of {len(images)} image archives outside it are "
+                     "left out of this plan")
+        images = kept
     spec = criteria_spec(criteria)
     if manifest is None:
         if spec is not None:
@@ -142,9 +149,14 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
                                   "no_manifest", o.storage_class) for o in images]
         return RestorePlan(objects, None, notes)
 
-    dataset = arrow_io.open_manifest(manifest, ("sop_instance_uid",))
+    if spark is not None:
+        from . import spark_plan
+
+        reader: Any = spark_plan.SparkManifest(spark, manifest)
+    else:
+        reader = _ArrowManifest(arrow_io.open_manifest(manifest, ("sop_instance_uid",)))
     with arrow_io.manifest_errors(manifest):
-        indexed = read_indexed_archives(dataset, {o.uri: o for o in [*text, *images]})
+        indexed = indexed_from_rows(reader.newest_archive_rows(), {o.uri: o for o in [*text, *images]})
     objects = []
     for o in text:
         # The manifest carries the header JSON of indexed text archives: they need not be read again.
@@ -164,13 +176,13 @@ def plan_restore(text_uri: str, images_uri: str, manifest: str | None = None, cr
     pixel_uris = [o.uri for o in images]
     with arrow_io.manifest_errors(manifest):
         if (not always_evaluate and not any(u in indexed for u in pixel_uris)
-                and not read_any_archive_ref(dataset, indexed, pixel_uris, suffixes)):
+                and not reader.any_archive_ref(indexed, pixel_uris, suffixes)):
             notes.append("criteria not evaluated: no pixel archive is indexed yet and no header names its pixel "
                          "archive, so selection cannot spare a pixel restore (it still filters at reassembly)")
             objects += [PlannedObject(o.uri, o.size, "images", WAVE_PIXELS, _state(STATE_UNKNOWN, o.storage_class),
                                       "not_indexed", o.storage_class) for o in images]
             return RestorePlan(objects, Selection(evaluated=False), notes)
-        needed, selection = read_needed_pixel_archives(dataset, spec, indexed, pixel_uris)
+        needed, selection = reader.needed_pixel_archives(spec, indexed, pixel_uris)
     if unindexed_text:
         notes.append(f"{unindexed_text} text archives are not indexed yet: selection is partial until wave 1 is "
                      "restored and build_manifest has run")
@@ -205,16 +217,38 @@ def _columns(dataset: Any, wanted: Sequence[str]) -> list[str]:
     return [c for c in wanted if c in names]
 
 
-def read_indexed_archives(dataset: Any, listing: dict[str, io_listing.ObjectInfo]) -> dict[str, str]:
-    """Archives whose newest index is usable: ``{archive_uri: index_run}``.
+class _ArrowManifest:
+    """The manifest read by pyarrow in this process (``spark_plan.SparkManifest`` is the same on Spark)."""
 
-    Only archive-level rows are read (one per archive and run). An index is not usable when the archive changed
-    since (size or ETag differ from the listing) or when it failed for a retryable reason (e.g. not restored).
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def newest_archive_rows(self) -> list[dict[str, Any]]:
+        cols = _columns(self.dataset, ("archive_size", "archive_etag", "error"))
+        return arrow_io.newest_archive_rows(self.dataset, cols).to_pylist()
+
+    def any_archive_ref(self, indexed: dict[str, str], pixel_uris: Sequence[str], suffixes: tuple[str, ...]) -> bool:
+        return read_any_archive_ref(self.dataset, indexed, pixel_uris, suffixes)
+
+    def needed_pixel_archives(self, spec: Any, indexed: dict[str, str],
+                              pixel_uris: Sequence[str]) -> tuple[set[str], Selection]:
+        return read_needed_pixel_archives(self.dataset, spec, indexed, pixel_uris)
+
+
+def read_indexed_archives(dataset: Any, listing: dict[str, io_listing.ObjectInfo]) -> dict[str, str]:
+    """Archives whose newest index is usable: ``{archive_uri: index_run}`` (see ``indexed_from_rows``)."""
+    return indexed_from_rows(_ArrowManifest(dataset).newest_archive_rows(), listing)
+
+
+def indexed_from_rows(rows: Iterable[dict[str, Any]], listing: dict[str, io_listing.ObjectInfo]) -> dict[str, str]:
+    """Archives whose newest index is usable, from their newest archive-level rows: ``{archive_uri: index_run}``.
+
+    An index is not usable when the archive changed since (size or ETag differ from the listing) or when it failed
+    for a retryable reason (e.g. not restored).
     """
     from ..manifest.index import RETRYABLE_ARCHIVE_ERRORS
 
-    cols = _columns(dataset, ("archive_size", "archive_etag", "error"))
-    newest = {row["archive_uri"]: row for row in arrow_io.newest_archive_rows(dataset, cols).to_pylist()}
+    newest = {row["archive_uri"]: row for row in rows}
     out = {}
     for uri, row in newest.items():
         listed = listing.get(uri)
@@ -348,15 +382,20 @@ class _ArchiveResolver:
 
     def resolve(self, ref: str) -> str | None:
         """The archive URI, or None when the reference names no listed archive."""
-        ref = ref.split("#", 1)[0].split("?", 1)[0]
-        if ref.startswith("file://"):
-            ref = ref[len("file://"):]
-        parts = ref.split("/")
-        for i in range(len(parts), 0, -1):
-            cand = "/".join(parts[:i])
-            if cand in self.uris:
-                return cand
-        for part in parts:
-            if part in self.by_name:
-                return self.by_name[part]
+        for _, kind, value in ref_candidates(ref):
+            if kind == "uri" and value in self.uris:
+                return value
+            if kind == "name" and value in self.by_name:
+                return self.by_name[value]
         return None
+
+
+def ref_candidates(ref: str) -> list[tuple[int, str, str]]:
+    """What a BulkDataURI could name, first match wins: (rank, "uri", a leading part, longest first), then
+    (rank, "name", each path segment) matched against the archives' unique file names."""
+    ref = ref.split("#", 1)[0].split("?", 1)[0]
+    if ref.startswith("file://"):
+        ref = ref[len("file://"):]
+    parts = ref.split("/")
+    out = [(len(parts) - i, "uri", "/".join(parts[:i])) for i in range(len(parts), 0, -1)]
+    return out + [(len(parts) + j, "name", part) for j, part in enumerate(parts)]

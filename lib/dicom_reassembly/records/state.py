@@ -1,0 +1,201 @@
+"""The instance state: each instance's current outcome per output, compacted from the ledger, one row per UID.
+
+``reassemble`` reads it to plan only the instances that are not final; each run folds its own ledger rows in.
+
+- **Final** is ``written`` or ``skipped_existing`` for the same output (``--out`` and key template) and the same
+  source fingerprint (``reassembly.scope.with_source_fingerprints``: every member of the UID, its location, size,
+  archive ETag and header SHA-256). Anything else, and a changed source, is planned again.
+- **Layout**, beside the ledger: ``<ledger>_state/snapshots/<run_id>/`` (Parquet, one row per UID and output) and
+  ``<ledger>_state/_commits/<run_id>.json``. A snapshot counts only once its commit file exists, so a run that
+  dies while writing leaves an ignored folder, never a half state. Readers take the newest commit.
+- **Compaction**: a run unions the newest committed snapshot (read when it writes, not when it planned) with its own
+  rows and keeps, per UID and output, the row of the newest run. Two runs at once can each miss the other's rows:
+  those instances are then planned again and end ``skipped_existing``; the state never claims a final outcome that
+  the ledger does not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ..errors import NotFoundError, StorageError
+from ..io import listing, reads, uris, writes
+from .ledger import STATUSES
+
+log = logging.getLogger(__name__)
+
+FINAL = ("written", "skipped_existing")
+STATE_FIELDS: list[tuple[str, str]] = [
+    ("sop_instance_uid", "string"), ("output", "string"), ("source_fingerprint", "string"), ("status", "string"),
+    ("run_id", "string"), ("output_uri", "string"), ("output_bytes", "long"), ("output_checksum", "string"),
+    ("finished_at", "timestamp"),
+]
+STATE_NAMES = [n for n, _ in STATE_FIELDS]
+KEEP_COMMITS = 2  # the newest and the one before, which a run that started earlier may still be reading
+STALE_UNCOMMITTED = timedelta(days=7)  # a snapshot folder this old without a commit is a dead run's leftover
+
+
+def state_uri_for(ledger_uri: str) -> str:
+    """Where the state of a ledger lives: ``<ledger>_state``."""
+    return ledger_uri.rstrip("/") + "_state"
+
+
+def output_identity(out: str, key_template: str) -> str:
+    """One string naming where a run's objects go: the output root and the key template, e.g. ``s3://b/dcm/{...}``."""
+    return uris.join_uri(out, key_template)
+
+
+def state_schema() -> Any:
+    """The state's Spark schema."""
+    from pyspark.sql import types as T
+
+    kinds = {"string": T.StringType(), "long": T.LongType(), "timestamp": T.TimestampType()}
+    return T.StructType([T.StructField(n, kinds[t], True) for n, t in STATE_FIELDS])
+
+
+def _commits(state_uri: str) -> list[str]:
+    """Committed run ids, oldest first."""
+    try:
+        found = [o for o in listing.list_objects(uris.join_uri(state_uri, "_commits"), (".json",)) if not o.error]
+    except NotFoundError:
+        return []
+    except StorageError as exc:
+        if exc.reason == "no_such_bucket":
+            return []
+        raise
+    return sorted(uris.basename(o.uri)[: -len(".json")] for o in found)
+
+
+def read_state_commit(state_uri: str) -> dict[str, Any] | None:
+    """The newest commit (``run_id``, ``snapshot``, ``rows``), or None when no run has committed a state yet."""
+    committed = _commits(state_uri)
+    if not committed:
+        return None
+    data = reads.read_bytes(uris.join_uri(state_uri, "_commits", committed[-1] + ".json"))
+    commit = json.loads(data)
+    commit["snapshot_uri"] = uris.join_uri(state_uri, commit["snapshot"])
+    return commit
+
+
+def read_state(spark: Any, state_uri: str) -> Any:
+    """The newest committed state as a DataFrame, or None when there is none."""
+    commit = read_state_commit(state_uri)
+    if commit is None:
+        return None
+    return spark.read.schema(state_schema()).parquet(commit["snapshot_uri"])
+
+
+def read_final_instances(spark: Any, state_uri: str, output: str) -> Any:
+    """(sop_instance_uid, source_fingerprint) of the instances final for ``output``, or None without a state."""
+    from pyspark.sql import functions as F
+
+    state = read_state(spark, state_uri)
+    if state is None:
+        return None
+    return (state.filter((F.col("output") == output) & F.col("status").isin(*FINAL))
+            .select("sop_instance_uid", "source_fingerprint"))
+
+
+def with_instance_states(sources: Any, output: str) -> Any:
+    """Transform: a run's ledger rows -> its state rows, one per UID (the instance's own row, not a spare copy's).
+
+    ``sources`` is (sop_instance_uid, source_fingerprint) of the UIDs the run planned.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ranked = [s for s in STATUSES if s != "duplicate"] + ["duplicate"]  # a spare copy's row gives way
+
+    def transform(ledger: Any) -> Any:
+        rank = F.array_position(F.array(*[F.lit(s) for s in ranked]), F.col("status"))
+        rank = F.when(rank == 0, F.lit(len(ranked) + 1)).otherwise(rank)
+        best = Window.partitionBy("sop_instance_uid").orderBy(rank, F.col("output_uri").asc_nulls_last())
+        own = (ledger.filter(F.col("sop_instance_uid").isNotNull())
+               .withColumn("_n", F.row_number().over(best)).filter(F.col("_n") == 1))
+        return (own.join(sources.select("sop_instance_uid", "source_fingerprint"), "sop_instance_uid")
+                .select(*[F.lit(output).alias(n) if n == "output" else F.col(n) for n in STATE_NAMES]))
+
+    return transform
+
+
+def write_state(spark: Any, state_uri: str, rows: Any, run_id: str, now: datetime | None = None) -> int:
+    """Fold ``rows`` (state rows of run ``run_id``) into the newest committed state; returns the state's rows.
+
+    Writes a new snapshot, then its commit file; prunes snapshots older than the ``KEEP_COMMITS`` newest.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    previous = read_state(spark, state_uri)
+    merged = rows.select(*STATE_NAMES) if previous is None else previous.unionByName(rows.select(*STATE_NAMES))
+    newest = Window.partitionBy("sop_instance_uid", "output").orderBy(F.col("run_id").desc(),
+                                                                     F.col("finished_at").desc_nulls_last())
+    state = merged.withColumn("_n", F.row_number().over(newest)).filter(F.col("_n") == 1).drop("_n")
+    snapshot = f"snapshots/{run_id}"
+    # Our own folder (only a retry of this run is there). zstd: 94 bytes a row against snappy's 173 (measured).
+    state.write.mode("overwrite").option("compression", "zstd").parquet(uris.join_uri(state_uri, snapshot))
+    written = spark.read.schema(state_schema()).parquet(uris.join_uri(state_uri, snapshot)).count()
+    commit = {"run_id": run_id, "snapshot": snapshot, "rows": written,
+              "committed_at": (now or datetime.now(timezone.utc)).isoformat()}
+    writes.write_bytes(uris.join_uri(state_uri, "_commits", f"{run_id}.json"),
+                       json.dumps(commit, sort_keys=True).encode("utf-8"),
+                       writes.WriteOptions(content_type="application/json"))
+    prune_state(state_uri, now or datetime.now(timezone.utc))
+    return written
+
+
+def prune_state(state_uri: str, now: datetime) -> None:
+    """Drop all but the ``KEEP_COMMITS`` newest snapshots, and week-old snapshot folders no run committed."""
+    committed = _commits(state_uri)
+    keep = set(committed[-KEEP_COMMITS:])
+    for run_id in committed[:-KEEP_COMMITS]:
+        writes.delete(uris.join_uri(state_uri, "_commits", f"{run_id}.json"))  # the commit first: never a dangling one
+        _delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
+    for run_id in _snapshot_folders(state_uri):
+        started = _run_time(run_id)
+        if run_id not in keep and run_id not in committed and started is not None and now - started > STALE_UNCOMMITTED:
+            _delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
+
+
+def _run_time(run_id: str) -> datetime | None:
+    try:
+        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _snapshot_folders(state_uri: str) -> set[str]:
+    base = uris.join_uri(state_uri, "snapshots")
+    try:
+        objects = list(listing.list_objects(base))
+    except NotFoundError:
+        return set()
+    prefix = base.rstrip("/") + "/"
+    return {o.uri[len(prefix):].split("/", 1)[0] for o in objects if o.uri.startswith(prefix)}
+
+
+def _delete_tree(uri: str) -> None:
+    if not uris.is_s3(uri):
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    for obj in list(listing.list_objects(uri)):
+        writes.delete(obj.uri)
+
+
+def read_state_table(ledger_uri: str, columns: list[str]) -> tuple[Any, str | None]:
+    """The newest committed state with ``columns`` through pyarrow (no Spark), and the run that committed it.
+
+    (None, None) when no state has been committed.
+    """
+    from ..io import arrow_io
+
+    state_uri = state_uri_for(ledger_uri)
+    commit = read_state_commit(state_uri)
+    if commit is None:
+        return None, None
+    dataset = arrow_io.open_dataset(commit["snapshot_uri"])
+    return dataset.to_table(columns=columns), commit["run_id"]
