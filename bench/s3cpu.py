@@ -434,7 +434,7 @@ def _ab(name: str, cand: dict[str, Any], base_runs: list[dict[str, Any]], cand_r
 
 
 def measure_s3_client_cpu(root: str, index: dict[str, Any], work: str, log: Any = print, *, repeats: int = 3,
-                          n: int = 300, archives: int = 4, objects: int = 120) -> dict[str, Any]:
+                          n: int = 300, archives: int = 4, objects: int = 120, ab: bool = True) -> dict[str, Any]:
     """The step: figures of the current library client, then every candidate A/B against botocore's defaults."""
     from dicom_reassembly.io import clients
 
@@ -470,15 +470,15 @@ def measure_s3_client_cpu(root: str, index: dict[str, Any], work: str, log: Any 
         result["library"] = {"requests": lib_req, "instances": lib_inst}
         log("  library client: " + ", ".join(f"{k} {_median(lib_req, k, 'cpu_ms'):.2f} ms" for k in lib_req[0]))
         # 2. Candidates against botocore's defaults, alternating in fresh processes.
-        ab = []
-        for name, cand in CANDIDATES.items():
+        result["ab"] = []
+        for name, cand in (CANDIDATES if ab else {}).items():
             if cand.get("crt") and not result["awscrt_available"]:
-                ab.append({"candidate": name, "skipped": "awscrt is not installed"})
+                result["ab"].append({"candidate": name, "skipped": "awscrt is not installed"})
                 continue
             base_runs, cand_runs = [], []
             for i in range(repeats):
                 for spec, runs, tag in ((BASELINE, base_runs, "a"), (cand, cand_runs, "b")):
-                    tag_run = f"ab{len(ab)}-{tag}-{i}"
+                    tag_run = f"ab{len(result['ab'])}-{tag}-{i}"
                     req = run_client({**base_req, **spec, "run": tag_run, "n": max(100, n // 2)}, env, work)
                     ins = run_client({**inst, **spec, "run": tag_run + "-i", "where": ["s3"]}, env, work)
                     runs.append({"requests": req, "instances": ins})
@@ -487,11 +487,11 @@ def measure_s3_client_cpu(root: str, index: dict[str, Any], work: str, log: Any 
                         ("instances", "index_text_s3", "cpu_ms_per_member"),
                         ("instances", "read_pass_s3", "cpu_ms_per_mb"),
                         ("instances", "write_s3", "cpu_ms_per_instance")]
-            ab.append(_ab(name, cand, base_runs, cand_runs, metrics))
+            result["ab"].append(_ab(name, cand, base_runs, cand_runs, metrics))
+            last = result["ab"][-1]
             log(f"  A/B {name[:60]}: " + ", ".join(f"{k.split('.')[0]} {100 * v['gain']:+.0f} %"
-                                                    for k, v in ab[-1]["metrics"].items())
-                + (" (kept)" if ab[-1]["kept"] else ""))
-        result["ab"] = ab
+                                                    for k, v in last["metrics"].items())
+                + (" (kept)" if last["kept"] else ""))
     # 3. Plain HTTP, keep-alive (the library as it is), for what TLS adds.
     with Endpoint(work, "http") as ep:
         a = index["archives"]["images"][0]
@@ -574,7 +574,9 @@ def render_markdown(result: dict[str, Any] | None) -> list[str]:
         rows.append(["criteria on one header's JSON (wave-2 plan)", f["criteria_us_per_header"], "µs per header"])
     lines += ["| figure | value | unit |", "|---|---:|---|"]
     lines += [f"| {a} | {b if isinstance(b, str) else f'{b:.3f}'} | {c} |" for a, b, c in rows]
-    lines += ["", "A/B against botocore's defaults (median client CPU, ms; gain = 1 - candidate / baseline):", "",
+    ab_when = result.get("ab_measured")
+    lines += ["", "A/B against botocore's defaults (median client CPU, ms; gain = 1 - candidate / baseline)"
+              + (f", measured {ab_when['started_at']} by `{ab_when['command']}`" if ab_when else "") + ":", "",
               "| candidate | metric | baseline | candidate | gain (paired) | verdict |", "|---|---|---:|---:|---:|---|"]
     for ab in result.get("ab", []):
         if "skipped" in ab:
@@ -623,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--work", default=os.path.join(ROOT, "bench", "results", "tmp-s3cpu"))
     m.add_argument("--per-archive", type=int, default=50, help="instances per archive (the committed report's 50)")
     m.add_argument("--out", help="write the result as JSON here")
+    m.add_argument("--library-only", action="store_true",
+                   help="measure the library client only (no A/B), keeping the A/B of the report named by --merge")
     m.add_argument("--merge", help="a bench report.json to add the result to (as s3_client_cpu); report.md beside it "
                                    "is written again")
     args = p.parse_args(argv)
@@ -638,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         index = dl.write_delivery(root, params)
         try:
-            res = measure_s3_client_cpu(root, index, args.work, repeats=args.repeats, n=args.requests)
+            res = measure_s3_client_cpu(root, index, args.work, repeats=args.repeats, n=args.requests,
+                                        ab=not args.library_only)
         finally:
             shutil.rmtree(args.work, ignore_errors=True)
         res["measured"] = {"started_at": started, "command": "python bench/s3cpu.py measure " + " ".join(argv or sys.argv[2:]),
@@ -649,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(res, f, indent=1, default=str)
+        if args.merge and args.library_only:
+            with open(args.merge) as f:
+                earlier = json.load(f).get("s3_client_cpu") or {}
+            if earlier.get("ab"):
+                res["ab"] = earlier["ab"]
+                res["ab_measured"] = earlier.get("ab_measured") or earlier.get("measured")
         if args.merge:
             merge_into(args.merge, res)
     return 0
