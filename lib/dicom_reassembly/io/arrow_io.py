@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError, NotFoundError, StorageError
 from . import uris
+from .listing import list_objects
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,6 +51,13 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
         kwargs["endpoint_override"] = parts.netloc or endpoint
         kwargs["scheme"] = parts.scheme or "https"
     return fs.S3FileSystem(**kwargs), uri[len(uris.S3_PREFIX):]
+
+
+def dataset_exists(uri: str) -> bool:
+    """True when a Parquet dataset (at least one ``.parquet`` file) has been written at ``uri``."""
+    if uris.is_s3(uri):
+        return any(True for _ in list_objects(uri, (".parquet",)))
+    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
 
 
 def open_dataset(uri: str, partitioning: Any = None) -> pads.Dataset:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError
-from .clients import client_for, s3_call
+from .clients import s3_call, s3_client
 from .uris import is_s3, split_s3
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def check_writable(uri: str) -> None:
     if is_s3(uri):
         bucket, _ = split_s3(uri)
         try:
-            s3_call(uri, client_for(uri).head_bucket, Bucket=bucket)
+            s3_call(uri, s3_client().head_bucket, Bucket=bucket)
         except NotFoundError as exc:  # HEAD has no body: a bare 404 here means the bucket
             raise StorageError("no_such_bucket", f"bucket {bucket!r} does not exist", uri=uri) from exc
         return
@@ -84,7 +84,7 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
     if is_s3(uri):
         bucket, key = split_s3(uri)
         extra = _s3_extra_args(opts, sha256, metadata)
-        client = client_for(uri)
+        client = s3_client()
         if size < opts.multipart_threshold:
             if if_absent:
                 extra["IfNoneMatch"] = "*"
@@ -256,6 +256,6 @@ def delete(uri: str) -> None:
     """Delete an object; missing is fine."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_call(uri, client_for(uri).delete_object, Bucket=bucket, Key=key)
+        s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
     elif os.path.exists(uri):
         os.unlink(uri)

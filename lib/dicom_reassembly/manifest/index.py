@@ -18,6 +18,7 @@ from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..dicom.uids import member_uid, uid_problem
 from ..errors import HeaderError, NotRestoredError, ReassemblyError
 from ..io import reads, tar_access
+from ..io.clients import ArchiveAccess
 
 log = logging.getLogger(__name__)
 HEADER_SUFFIXES = (".json",)
@@ -66,12 +67,12 @@ def _row(**values: Any) -> tuple:
 
 def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
                   coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP,
-                  max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[tuple]:
+                  max_header_bytes: int = MAX_HEADER_BYTES, access: ArchiveAccess | None = None) -> Iterator[tuple]:
     """Manifest rows of one archive: one per member, then one archive-level row.
 
     ``archive`` has uri, role ('text' streams the data, 'images' reads headers
     only), size, etag and mtime. Errors become rows, never exceptions. A member
-    above ``max_header_bytes`` is never read into memory (``too_large``).
+    above ``max_header_bytes`` is never read into memory (``too_large``). ``access``: the input credentials.
     """
     base = {
         "archive_uri": archive["uri"], "archive_role": archive["role"], "archive_size": archive["size"],
@@ -80,7 +81,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
     }
     if archive.get("error") or not archive.get("is_archive", True):
         # Listed but not indexed as a tar: one archive-level row says why, so nothing in the prefix goes unseen.
-        error, detail = (archive["error"], archive.get("error_detail")) if archive.get("error") else read_other_object(archive)
+        error, detail = (archive["error"], archive.get("error_detail")) if archive.get("error") else read_other_object(archive, access)
         yield _row(**base, kind="archive", member_type="archive", size=archive["size"], error=error, error_detail=detail)
         return
     with_data = archive["role"] == "text"
@@ -88,7 +89,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
     members = 0
     try:
         for item in tar_access.iter_members(archive["uri"], archive["size"], with_data, coalesce_gap,
-                                            max_header_bytes if with_data else None):
+                                            max_header_bytes if with_data else None, access):
             if isinstance(item, tar_access.Damage):
                 error, detail = item.reason, f"at offset {item.offset}: {item.detail}"
                 break
@@ -152,7 +153,7 @@ def header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYT
     return cols
 
 
-def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
+def read_other_object(archive: dict[str, Any], access: ArchiveAccess | None = None) -> tuple[str, str]:
     """(reason, detail) for a listed object whose name is not an archive's: decided by its first bytes.
 
     ``compressed_archive`` when it starts with a compression format's magic
@@ -163,7 +164,7 @@ def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
     named = "its name is not in archive_suffixes, so it is not indexed"
     by_name = next((f for s, f in COMPRESSED_SUFFIXES if uri.lower().endswith(s)), None)
     try:
-        head = reads.read_range(uri, 0, min(archive["size"], tar_access.BLOCK))
+        head = reads.read_range(uri, 0, min(archive["size"], tar_access.BLOCK), access)
     except NotRestoredError:  # not worth a restore: its name already says it is no archive of ours
         if by_name:
             return "compressed_archive", f"{by_name} by its name, in Glacier and not read ({named})"

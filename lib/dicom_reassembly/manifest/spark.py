@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..dicom.header_rules import MAX_HEADER_BYTES
-from ..io import listing as io_listing
-from ..io import uris
+from ..io.arrow_io import dataset_exists
+from ..io.clients import ArchiveAccess
 from .index import index_archive, manifest_schema
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,6 @@ def balance_by_bytes(archives: list[dict[str, Any]], tasks: int) -> list[list[di
     return buckets
 
 
-def new_index_run() -> tuple[str, datetime]:
-    """An index run id that sorts by time, and its timestamp."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ"), now
-
-
 def with_latest_index(df: Any) -> Any:
     """Keep, for each archive, only the rows of its newest index run."""
     from pyspark.sql import functions as F
@@ -51,32 +44,21 @@ def read_manifest(spark: Any, uri: str) -> Any:
     return spark.read.schema(manifest_schema()).parquet(uri).transform(with_latest_index)
 
 
-def manifest_exists(uri: str) -> bool:
-    """True when a manifest dataset has been written at ``uri``."""
-    if uris.is_s3(uri):
-        return any(True for _ in io_listing.list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
-
-
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
-                      s3_bucket: str | None = None) -> Any:
+                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *,
+                      access: ArchiveAccess | None = None) -> Any:
     """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks.
 
-    ``s3``/``s3_bucket`` (input_s3_parameters) reach the executors in the task closure, as reassembly's
-    WriteContext does, never through Spark settings; they apply to the input bucket only.
+    ``access`` (the input credentials, for the input bucket only) reaches the executors in the task closure, as
+    reassembly's ``TaskSettings`` does, never through Spark settings.
     """
     buckets = balance_by_bytes(archives, tasks) if archives else []
     keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
     n = max(1, len(buckets))
 
     def index_partition(items: Any) -> Any:
-        from ..io import clients
-
-        if s3 is not None:
-            clients.set_archive_s3_settings(s3, s3_bucket)
         for _, archive in items:
-            yield from index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
+            yield from index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes, access)
 
     rdd = (spark.sparkContext.parallelize(keyed, n)
            .partitionBy(n, lambda k: k)
@@ -88,7 +70,7 @@ def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str
 
 def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
     """The archive-level rows of an existing manifest (newest index each), for incremental runs."""
-    if not manifest_exists(manifest_uri):
+    if not dataset_exists(manifest_uri):
         return []
     from pyspark.sql import functions as F
 
