@@ -1,10 +1,9 @@
 """Client CPU of the S3 path: per request (GET, ranged GET, PUT) and per instance (indexing, writes), with A/B runs.
 
-moto's S3 runs in a process of its own, served over HTTPS with keep-alive (uvicorn, a self-signed certificate the
-client trusts through ``AWS_CA_BUNDLE``), the way S3 serves: so TLS and connection reuse are in the client's bill
-as they would be on AWS, and moto's own CPU is not. Every measurement runs in a fresh plain Python process (no
-Spark) calling the library's own functions (``index_archive``, ``read_range``, ``open_read``, ``write_parts``), and
-counts only that process's CPU (``getrusage(RUSAGE_SELF)``, user + system), after a warm-up request.
+moto's S3 runs in a process of its own, served over HTTPS with keep-alive (bench/s3endpoint.py), the way S3
+serves: so TLS and connection reuse are in the client's bill as they would be on AWS, and moto's own CPU is not.
+Every measurement runs in a fresh plain Python process (no Spark, bench/s3client.py) calling the library's own
+functions, and counts only that process's CPU. This module drives them and reports the medians.
 
 A/B: a botocore client option (``dicom_reassembly.io.clients.CLIENT_OPTIONS``), a handler trim, awscrt or a new
 connection per request is measured against its baseline in the same run, alternating, in fresh processes, and
@@ -15,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import ipaddress
 import json
 import os
-import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +29,10 @@ if ROOT not in sys.path:
 if os.path.join(ROOT, "lib") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "lib"))
 
-BUCKET = "bench-s3cpu"
+from bench.s3endpoint import BUCKET, Endpoint  # noqa: E402
+
 MB = 1000 ** 2
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+CLIENT = os.path.join(ROOT, "bench", "s3client.py")  # one fresh process per measurement
 # Botocore's defaults, as the library's clients were before the A/B runs (clients.CLIENT_OPTIONS empty).
 BASELINE: dict[str, Any] = {"options": {}}
 # Candidates, each against BASELINE. "options" are botocore Config arguments; the other keys are bench-side.
@@ -58,278 +54,6 @@ KEEP_GAIN = 0.05
 DECIDING = ("get_ranged_512", "put_object", "index_images_s3", "read_pass_s3", "write_s3")
 
 
-# ---------------------------------------------------------------- the endpoint (another process)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_certificate(folder: str) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (cert, key), with cryptography."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())  # what S3's endpoints negotiate is ECDHE; the key type is ours
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    os.makedirs(folder, exist_ok=True)
-    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-def serve(port: int, cert: str | None, key: str | None) -> None:
-    """moto's S3 app under uvicorn: HTTP/1.1 keep-alive (werkzeug's server, moto_server's, closes every connection)."""
-    import uvicorn
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
-    app = DomainDispatcherApplication(create_backend_app)
-    uvicorn.run(app, host="127.0.0.1", port=port, interface="wsgi", log_level="error", access_log=False,
-                ssl_certfile=cert, ssl_keyfile=key)
-
-
-class Endpoint:
-    """moto's S3 in its own process: ``https`` (the default, as S3) or ``http``."""
-
-    def __init__(self, work: str, scheme: str = "https") -> None:
-        self.work = work
-        self.scheme = scheme
-        self.port = _free_port()
-        self.cert: str | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._client: Any = None
-
-    def start(self) -> Endpoint:
-        args = [sys.executable, os.path.abspath(__file__), "serve", "--port", str(self.port)]
-        if self.scheme == "https":
-            self.cert, key = write_certificate(os.path.join(self.work, "tls"))
-            args += ["--cert", self.cert, "--key", key]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.time() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                return self
-            except Exception:  # still starting
-                if time.time() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("the S3 endpoint did not start") from None
-                time.sleep(0.3)
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def env(self) -> dict[str, str]:
-        env = {"AWS_ENDPOINT_URL": self.url, **FAKE_CREDENTIALS}
-        if self.cert:
-            env["AWS_CA_BUNDLE"] = self.cert
-        return env
-
-    def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        if self._client is None:
-            self._client = boto3.client("s3", endpoint_url=self.url, region_name=FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
-                                        aws_access_key_id="bench", aws_secret_access_key="bench",
-                                        verify=self.cert or True,
-                                        config=Config(request_checksum_calculation="when_required"))
-        return self._client
-
-    def put_bytes(self, data: bytes, key: str) -> None:
-        """One PUT with a CRC32 the client computed, as boto3 >= 1.36 stores by default (so full GETs validate it).
-
-        A header, not an aws-chunked trailer: moto under uvicorn does not decode those.
-        """
-        import base64
-        import zlib
-
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
-        self.client().put_object(Bucket=BUCKET, Key=key, Body=data, ChecksumCRC32=crc)
-
-    def put_file(self, path: str, key: str) -> None:
-        with open(path, "rb") as f:
-            self.put_bytes(f.read(), key)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def __enter__(self) -> Endpoint:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-# ---------------------------------------------------------------- the client process
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _trim_handlers(client: Any) -> None:
-    """Unregister per-request handlers that do nothing for our calls (a candidate, measured)."""
-    from botocore import handlers as h
-
-    events = client.meta.events
-    for event, fn in (("before-call.s3", h.add_recursion_detection_header),  # Lambda's trace id only
-                      ("before-parameter-build.s3", h.generate_idempotent_uuid),  # no S3 call has a token
-                      ("before-parameter-build.s3", h.sse_md5),  # no SSE-C
-                      ("before-parameter-build.s3.PutObject", h.validate_ascii_metadata)):  # our metadata is ASCII
-        events.unregister(event, fn)
-    for handler in list(events._emitter._handlers.prefix_search("request-created.s3.PutObject")):
-        if getattr(handler, "__name__", "") == "rebuild_and_replace_user_agent_handler":
-            events.unregister("request-created", handler)
-
-
-def _close_each(request: Any, **_: Any) -> None:
-    request.headers["Connection"] = "close"
-
-
-def _prepare_client(spec: dict[str, Any]) -> Any:
-    from dicom_reassembly.io import clients
-
-    if spec.get("options") is not None:
-        clients.CLIENT_OPTIONS = dict(spec["options"])  # before the first client: s3_client builds with them
-    client = clients.s3_client()
-    if spec.get("trim"):
-        _trim_handlers(client)
-    if spec.get("close"):
-        client.meta.events.register("before-send.s3", _close_each)
-    return client
-
-
-def _timed(fn: Any, n: int) -> dict[str, float]:
-    c0, t0 = _cpu(), time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return {"cpu_ms": 1000 * (_cpu() - c0) / n, "wall_ms": 1000 * (time.perf_counter() - t0) / n, "n": n}
-
-
-def phase_requests(spec: dict[str, Any]) -> dict[str, Any]:
-    """Per-request client CPU: whole GET of a small object, ranged GET of 512 bytes, PUT (checksum + If-None-Match)."""
-    from dicom_reassembly.io import reads, writes
-
-    n, run = spec["n"], spec["run"]
-    small = f"s3://{BUCKET}/fixtures/small-1k"
-    large = spec["large_object"]
-    body = os.urandom(1024)
-    sha = writes.sha256_hex([body])
-    obj = os.urandom(spec["put_bytes"])
-    obj_sha = writes.sha256_hex([obj])
-    reads.read_range(large, 0, 512)  # warm-up: the client, its connection, the endpoint's rules
-    out = {
-        "get_small": _timed(lambda i: reads.read_bytes(small), n),
-        "get_ranged_512": _timed(lambda i: reads.read_range(large, 4096 * i, 512), n),
-        "put_1k": _timed(lambda i: writes.write_parts(f"s3://{BUCKET}/{run}/small/{i}", [body], len(body), sha,
-                                                      if_absent=True), n),
-        "put_object": _timed(lambda i: writes.write_parts(f"s3://{BUCKET}/{run}/obj/{i}", [obj], len(obj), obj_sha,
-                                                          if_absent=True), max(10, n // 2)),
-    }
-    out["put_object"]["bytes"] = len(obj)
-    return out
-
-
-def phase_instances(spec: dict[str, Any]) -> dict[str, Any]:
-    """Per-instance client CPU of indexing (pixel archives by ranged GETs, header archives streamed), of the
-    reassembly's pass over a pixel archive (one ranged GET, streamed), and of the writes; on S3 and on local files."""
-    import pickle
-
-    from dicom_reassembly.io import reads, writes
-    from dicom_reassembly.manifest.index import FIELD_NAMES, index_archive
-
-    with open(spec["objects"], "rb") as f:
-        objects = pickle.load(f)
-    run = spec["run"]
-    now = datetime.datetime.now(datetime.timezone.utc)
-    kind = FIELD_NAMES.index("kind")
-    out: dict[str, Any] = {}
-    for where in spec["where"]:
-        archives = spec["archives"][where]
-        for role in ("images", "text"):
-            todo = archives[role]
-            list(index_archive(todo[0], "warm", now))  # warm-up
-            reads.io_counter.reset()
-            c0 = _cpu()
-            members = sum(1 for a in todo for row in index_archive(a, "bench", now) if row[kind] != "archive")
-            out[f"index_{role}_{where}"] = {"cpu_ms_per_member": 1000 * (_cpu() - c0) / max(1, members),
-                                            "members": members, "gets": reads.io_counter.gets,
-                                            "bytes_read": reads.io_counter.bytes_read}
-        c0 = _cpu()
-        nbytes = 0
-        for a in archives["images"]:
-            with reads.open_read(a["uri"], 0, a["size"]) as stream:  # a ranged GET, as reassembly's pass
-                while chunk := stream.read(1 << 20):
-                    nbytes += len(chunk)
-        out[f"read_pass_{where}"] = {"cpu_ms_per_mb": 1000 * (_cpu() - c0) / (nbytes / MB), "bytes": nbytes}
-        target = spec["out"][where] + f"/{run}"
-        writes.write_parts(f"{target}/warm.dcm", [b"x" * 1024], 1024, writes.sha256_hex([b"x" * 1024]), if_absent=True)
-        c0 = _cpu()
-        for uid, parts, size, sha in objects:
-            writes.write_parts(f"{target}/{uid}.dcm", parts, size, sha, if_absent=True)
-        total = sum(o[2] for o in objects)
-        out[f"write_{where}"] = {"cpu_ms_per_instance": 1000 * (_cpu() - c0) / len(objects),
-                                 "instances": len(objects), "mean_bytes": total / len(objects)}
-    return out
-
-
-def phase_criteria(spec: dict[str, Any]) -> dict[str, Any]:
-    """Per-header CPU of evaluating criteria on a header's JSON (what a wave-2 plan does per header)."""
-    from dicom_reassembly.selection.criteria import first_failure_json
-    from dicom_reassembly.selection.spec import parse_criteria
-
-    crit = parse_criteria(spec["criteria"])
-    with open(spec["headers"]) as f:
-        headers = json.load(f)
-    for h in headers[:50]:
-        first_failure_json(crit, h)
-    c0 = _cpu()
-    rounds = max(1, 4000 // len(headers))
-    for _ in range(rounds):
-        for h in headers:
-            first_failure_json(crit, h)
-    n = rounds * len(headers)
-    return {"us_per_header": 1e6 * (_cpu() - c0) / n, "headers": n,
-            "mean_header_bytes": sum(len(h) for h in headers) / len(headers)}
-
-
-def client_main(spec_path: str) -> None:
-    with open(spec_path) as f:
-        spec = json.load(f)
-    phase = spec["phase"]
-    if phase != "criteria":
-        _prepare_client(spec)
-    result = {"requests": phase_requests, "instances": phase_instances, "criteria": phase_criteria}[phase](spec)
-    print(json.dumps(result))
-
-
-# ---------------------------------------------------------------- the driver
-
-
 def _crt_available() -> bool:
     try:
         import awscrt  # noqa: F401
@@ -348,7 +72,7 @@ def run_client(spec: dict[str, Any], env: dict[str, str], work: str) -> dict[str
         child_env.pop("BOTO_DISABLE_CRT", None)
     else:
         child_env["BOTO_DISABLE_CRT"] = "true"  # botocore uses awscrt whenever it is importable
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "client", path], env=child_env,
+    r = subprocess.run([sys.executable, CLIENT, path], env=child_env,
                        capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         from bench.measure import BenchError
@@ -612,12 +336,6 @@ def merge_into(report_json: str, result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--port", type=int, required=True)
-    s.add_argument("--cert")
-    s.add_argument("--key")
-    c = sub.add_parser("client")
-    c.add_argument("spec")
     m = sub.add_parser("measure", help="generate a small delivery and run the step alone")
     m.add_argument("--instances", type=int, default=240)
     m.add_argument("--repeats", type=int, default=3)
@@ -630,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--merge", help="a bench report.json to add the result to (as s3_client_cpu); report.md beside it "
                                    "is written again")
     args = p.parse_args(argv)
-    if args.cmd == "serve":
-        serve(args.port, args.cert, args.key)
-    elif args.cmd == "client":
-        client_main(args.spec)
-    else:
+    if args.cmd == "measure":
         from bench import delivery as dl
 
         root = os.path.join(args.work, "delivery")
