@@ -4,7 +4,7 @@ Every price comes from a prices file (``conf/prices.json``) per region, each wit
 taken from; nothing here hard-codes a price. The workload comes from a manifest (summarised with pyarrow,
 projecting a few columns) or from listing totals plus stated averages. EMR hours derive from the measured
 throughput per core in ``bench/results/report.json`` when it exists, else from a default in the prices file
-that says where it comes from.
+that says where it comes from, plus the report's measured S3 client CPU, phase by phase (``phases``).
 """
 
 from __future__ import annotations
