@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -329,3 +330,30 @@ def test_costs_under_a_cent_are_not_shown_as_zero(tmp_path, capsys) -> None:  # 
                     no_bench(tmp_path)]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| PUT: one per written instance")]
     assert rows and rows[0].endswith("| < 0.01 |")  # 3 PUTs at 0.005 per 1,000
+
+
+def test_design_md_states_the_cost_models_figures_for_the_example_delivery() -> None:
+    # docs/design.md (sections 3, 4 and 8) quotes the model on the shipped prices and the committed benchmark
+    # report; a new measurement or a model change that moves them must move the document too.
+    text = Path(ROOT, "docs", "design.md").read_text(encoding="utf-8")
+    book = read_prices(SHIPPED)
+    w = workload_from_totals(**FULL)
+    full = estimate_cost(w, book)
+    assert "not measured" not in full.derived["s3_client_cpu_source"]  # the committed report has the S3 figures
+    idx, reas = full.derived["phases"]["indexing"], full.derived["phases"]["reassembly"]
+    tenth = estimate_cost(w, book, Assumptions(selected_fraction=0.1))
+    located = estimate_cost(w, book, Assumptions(selected_fraction=0.1, selective_restore=True))
+    hours = full.derived["node_hours"], tenth.derived["node_hours"], located.derived["node_hours"]
+    stated = [
+        f"{round(reas['put_per_s'], -2):,.0f} PUT/s", f"{round(idx['get_per_s'], -2):,.0f} GET/s",
+        f"{reas['output_prefixes_needed_at_3500_put_s']} output prefixes at 3,500",
+        f"{idx['input_prefixes_needed_at_5500_get_s']} input prefixes at 5,500",
+        f"indexing takes {idx['wall_clock_hours']:.0f}", f"reassembly {reas['wall_clock_hours']:.0f} (network-bound)",
+        f"{reas['cpu_mb_s_per_vcpu']:.0f} MB per CPU-second", f"{reas['client_cpu_ms_per_put']:.1f} ms of client CPU",
+        f"{hours[1]:,.0f} worker node-hours against {hours[0]:,.0f}", f"**{hours[0] / hours[1]:.1f}×**",
+        f"gives {hours[2]:,.0f} node-hours, {hours[0] / hours[2]:.1f}× less",
+        f"| {line(full, 'EMR worker').quantity:,.0f} instance-hours |", f"**{full.one_time_total:,.2f}**",
+    ]
+    assert reas["bound"] == "network"
+    missing = [s for s in stated if s not in text]
+    assert not missing, f"docs/design.md no longer states the cost model's {missing}"
