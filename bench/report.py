@@ -370,6 +370,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("")
         lines += _table(["step (cumulative, overlapping)", "share of client CPU", "ms CPU per instance"],
                         [[k, v["share"], v["cpu_ms_per_instance_unprofiled"]] for k, v in wp["steps"].items()])
+    from bench.s3cpu import render_markdown as s3_client_lines
+
+    lines += s3_client_lines(results.get("s3_client_cpu"))
     lines += ["", "## Single-UID lookup (CLI, archives on S3)", ""]
     lines += _table(["archives per role", "with manifest s", "GETs", "without s", "GETs", "LISTs"],
                     [[x["archives"], x["manifest"]["wall_s"], x["manifest"]["archive_gets"], x["scan"]["wall_s"],

@@ -403,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             with CountingS3Server() as srv:
                 results["s3"] = measure_s3(srv, main_root, index, work, args.cores, log)
                 results["lookup"] = measure_lookups(srv, work, sizes["lookup_archives"], args.cores, args.seed, log)
+            from bench.s3cpu import measure_s3_client_cpu
+
+            log("S3 client CPU per request and per instance (plain processes, moto over HTTPS in another process), "
+                "and the botocore options A/B")
+            results["s3_client_cpu"] = measure_s3_client_cpu(main_root, index, work, log)
     except ms.BenchError as exc:
         results["error"] = str(exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -148,3 +148,37 @@ def test_report_says_how_much_memory_the_vm_handed_back_to_its_host(tmp_path) ->
     plain = write_report({**base, "machine": {"free_page_reporting": None, "free_page_reporting_end": None}},
                          str(tmp_path / "without"))
     assert "Free page reporting" not in Path(plain["md"]).read_text()
+
+
+def test_s3_client_cpu_step_measures_the_library_over_https_and_feeds_the_cost_model(tmp_path) -> None:  # noqa: ANN001
+    # bench/s3cpu.py on a tiny delivery, without the A/B: moto over HTTPS in its own process, the library's own
+    # calls in fresh client processes. Checked: the figures exist, are the cost model's (merged into a report,
+    # read_bench_s3_figures takes them), and each came from real S3 traffic (ranged GETs, not whole archives).
+    pytest.importorskip("uvicorn")
+    from bench.s3cpu import measure_s3_client_cpu, merge_into
+    from dicom_reassembly.estimate.prices import read_bench_s3_figures
+
+    root = str(tmp_path / "delivery")
+    index = write_delivery(root, DeliveryParams(instances=10, per_archive=5, pool=1, seed=11))
+    res = measure_s3_client_cpu(root, index, str(tmp_path / "work"), log=lambda *_: None, repeats=1, n=5,
+                                archives=2, objects=4, ab=False)
+    assert "TLS" in res["endpoint"] and res["ab"] == []
+    assert res["library_options"] == {"s3": {"payload_signing_enabled": False}}
+    inst = res["library"]["instances"][0]
+    pixel_bytes = sum(a["size"] for a in index["archives"]["images"][:2])
+    # Indexing pixel archives on S3 read tar headers by ranged GETs: one per member (members > 64 KiB) and one for
+    # each archive's end, far fewer bytes than the archives hold.
+    assert inst["index_images_s3"]["members"] == 10 and inst["index_images_s3"]["gets"] == 10 + 2
+    assert 0 < inst["index_images_s3"]["bytes_read"] < pixel_bytes / 10
+    assert inst["read_pass_s3"]["bytes"] == pixel_bytes == inst["read_pass_local"]["bytes"]
+    assert inst["write_s3"]["instances"] == inst["write_local"]["instances"] == 4
+    written = os.listdir(tmp_path / "work" / "s3cpu") if (tmp_path / "work" / "s3cpu").exists() else []
+    assert written == []  # the step cleans up after itself
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"derived": {}}))
+    (tmp_path / "report.md").write_text("# report\n")
+    merge_into(str(report), res)
+    figures, where = read_bench_s3_figures(str(report))
+    assert all(figures[k] == pytest.approx(res["figures"][k]) and figures[k] > 0 for k in figures)
+    assert "s3_client_cpu.figures" in where
+    assert "## S3 client CPU" in (tmp_path / "report.md").read_text()

@@ -44,6 +44,18 @@ def test_the_shipped_configs_load() -> None:
     assert (emr.upload_threads, emr.key_template) == (Config().upload_threads, Config().key_template)
 
 
+def test_the_emr_config_names_a_job_config_with_hashed_keys_and_sse_kms() -> None:
+    # docs/design.md sections 4 and 6: the PUT phase needs several output prefixes, and outputs are PHI.
+    from dicom_reassembly.emr.config import read_emr_config
+
+    emr = read_emr_config(os.path.join(ROOT, "conf", "emr.json"))
+    assert emr.job_config == "conf/emr-job.json"
+    job = load_config(os.path.join(ROOT, emr.job_config))
+    assert job.key_template.startswith("{uid_hash}/") and job.key_template == "{uid_hash}/{sop_instance_uid}.dcm"
+    assert job.sse == "aws:kms"
+    assert job.write_options().sse == "aws:kms"
+
+
 def test_good_values_are_taken_and_converted(tmp_path: Any) -> None:
     cfg = load_config(_write(tmp_path, {"job": {
         "key_template": "{modality}/{uid_hash}/{study_instance_uid}/{series_instance_uid}/{sop_instance_uid}.dcm",

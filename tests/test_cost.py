@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,7 @@ import pytest
 
 from dicom_reassembly.errors import ConfigError
 from dicom_reassembly.estimate.cost import Assumptions, estimate_cost
-from dicom_reassembly.estimate.prices import GB, read_bench_throughput, read_prices
+from dicom_reassembly.estimate.prices import GB, read_bench_s3_figures, read_bench_throughput, read_prices
 from dicom_reassembly.estimate.workload import read_manifest_workload, workload_from_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,6 +139,84 @@ def test_bench_throughput_drives_emr_hours(tmp_path) -> None:  # noqa: ANN001
     assert read_bench_throughput(str(tmp_path / "absent.json")) is None
 
 
+# Client CPU figures in the shape bench/s3cpu.py writes them (ms, bytes).
+S3_FIGURES = {"put_cpu_ms": 1.0, "put_object_cpu_ms": 3.0, "put_object_bytes": 1_000_000, "ranged_get_cpu_ms": 1.2,
+              "read_pass_cpu_ms_per_mb": 1.5, "read_pass_local_cpu_ms_per_mb": 0.5,
+              "write_local_cpu_ms_per_instance": 0.5, "write_mean_object_bytes": 1_000_000,
+              "index_pixel_cpu_ms_per_instance": 1.6, "index_pixel_gets_per_instance": 1.0,
+              "index_header_cpu_ms_per_instance": 0.8, "index_header_local_cpu_ms_per_instance": 0.5}
+
+
+def _s3_report(tmp_path, per_core: float, figures: dict | None = None) -> str:  # noqa: ANN001
+    p = tmp_path / "report-s3.json"
+    doc: dict = {"derived": {"reassembly": {"per_core_mb_s": per_core}}}
+    if figures is not None:
+        doc["s3_client_cpu"] = {"figures": figures, "measured": {"started_at": "2026-12-04T22:30:00+00:00"}}
+    p.write_text(json.dumps(doc))
+    return str(p)
+
+
+def test_without_s3_figures_compute_is_mb_over_the_capped_rate_plus_index_gets_over_their_rate(tmp_path) -> None:  # noqa: ANN001
+    w = workload_from_totals(**FULL)
+    est = estimate_cost(w, read_prices(SHIPPED), bench_report=_s3_report(tmp_path, 99.0))
+    d = est.derived
+    net = 6.25e9 / 8 / 1e6 / 16  # m6i.4xlarge: 6.25 Gbit/s over 16 vCPUs, MB/s
+    index_gets = 3e9  # one ranged GET per pixel member
+    assert d["core_seconds"] == pytest.approx(d["processed_mb"] / min(99.0, net) + index_gets / 50.0)
+    assert d["s3_client_cpu_source"].startswith("not measured")
+    phases = d["phases"]
+    # The PUTs happen in the reassembly phase only, so its rate is above the run's mean and sizes the prefixes.
+    put_rate = 3e9 / (phases["reassembly"]["wall_clock_hours"] * 3600)
+    assert phases["reassembly"]["put_per_s"] == pytest.approx(put_rate)
+    assert put_rate > d["mean_put_per_s"] * 1.5
+    assert d["output_prefixes_needed_at_3500_put_s"] == math.ceil(put_rate / 3500)
+    assert phases["indexing"]["get_per_s"] == pytest.approx(index_gets / (phases["indexing"]["wall_clock_hours"] * 3600))
+    assert phases["indexing"]["input_prefixes_needed_at_5500_get_s"] == math.ceil(phases["indexing"]["get_per_s"] / 5500)
+    total_h = phases["indexing"]["wall_clock_hours"] + phases["reassembly"]["wall_clock_hours"]
+    assert d["wall_clock_hours"] == pytest.approx(total_h)
+
+
+def test_measured_s3_client_cpu_adds_to_reassembly_and_can_make_the_cpu_bind(tmp_path) -> None:  # noqa: ANN001
+    w = workload_from_totals(**FULL)
+    book = read_prices(SHIPPED)
+    plain = estimate_cost(w, book, Assumptions(per_core_mb_s=200.0), bench_report=_s3_report(tmp_path, 200.0))
+    figures, where = read_bench_s3_figures(_s3_report(tmp_path, 200.0, S3_FIGURES))
+    assert figures["put_cpu_ms"] == 1.0 and "s3_client_cpu.figures (2026-12-04" in where
+    s3 = estimate_cost(w, book, Assumptions(per_core_mb_s=200.0), bench_report=_s3_report(tmp_path, 200.0, S3_FIGURES))
+    r0, r1 = plain.derived["phases"]["reassembly"], s3.derived["phases"]["reassembly"]
+    # Per PUT: 1 ms fixed + (2 ms/MB slope - 0.5 ms/MB local write) x object MB; reads: 1 ms/MB more than local,
+    # and 1.2 ms per reassembly GET.
+    obj_mb = s3.derived["output_gb"] * GB / 1e6 / 3e9
+    reads_mb = w.pixel_member_bytes * 1.05 / 1e6
+    extra = 3e9 * (1.0 + 1.5 * obj_mb) / 1000 + (reads_mb * 1.0 + line(s3, "GET: reassembly").quantity * 1.2) / 1000
+    assert r1["cpu_seconds"] == pytest.approx(r0["cpu_seconds"] + extra)
+    assert r1["s3_client_cpu_seconds"] == pytest.approx(extra)
+    assert r0["bound"] == "network" and "measured" in s3.derived["s3_client_cpu_source"]
+    # Dear enough S3 calls make the CPU bind instead of the network, and the note says so.
+    dear = dict(S3_FIGURES, put_cpu_ms=40.0)
+    slow = estimate_cost(w, book, Assumptions(per_core_mb_s=200.0), bench_report=_s3_report(tmp_path, 200.0, dear))
+    assert slow.derived["phases"]["reassembly"]["bound"] == "CPU"
+    assert any(n.startswith("reassembly is bound by the CPU") for n in slow.notes)
+    assert line(slow, "EMR worker").quantity > line(s3, "EMR worker").quantity
+    # Not counting the S3 client is the local model again.
+    off = estimate_cost(w, book, Assumptions(per_core_mb_s=200.0, s3_client_cpu=False),
+                        bench_report=_s3_report(tmp_path, 200.0, dear))
+    assert off.derived["core_seconds"] == pytest.approx(plain.derived["core_seconds"])
+
+
+def test_an_index_get_costs_its_latency_or_its_measured_cpu_whichever_is_larger(tmp_path) -> None:  # noqa: ANN001
+    w = workload_from_totals(**FULL)
+    book = read_prices(SHIPPED)
+    cheap = estimate_cost(w, book, bench_report=_s3_report(tmp_path, 99.0, S3_FIGURES))
+    idx = cheap.derived["phases"]["indexing"]
+    assert idx["bound"].startswith("latency") and idx["client_cpu_ms_per_ranged_get"] == pytest.approx(1.6)
+    dear = estimate_cost(w, book, bench_report=_s3_report(tmp_path, 99.0, dict(S3_FIGURES, index_pixel_cpu_ms_per_instance=100.0)))
+    idx = dear.derived["phases"]["indexing"]
+    assert idx["bound"] == "client CPU per ranged GET"
+    assert idx["core_seconds"] > 3e9 * 0.1  # 100 ms per GET, not the 20 ms latency
+    assert read_bench_s3_figures(_s3_report(tmp_path, 99.0, {"put_cpu_ms": 1.0})) is None  # incomplete: not used
+
+
 def test_selection_saves_restores_only_when_archives_are_located(tmp_path) -> None:  # noqa: ANN001
     w = workload_from_totals(**FULL)
     book = read_prices(SHIPPED)
@@ -251,3 +330,30 @@ def test_costs_under_a_cent_are_not_shown_as_zero(tmp_path, capsys) -> None:  # 
                     no_bench(tmp_path)]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| PUT: one per written instance")]
     assert rows and rows[0].endswith("| < 0.01 |")  # 3 PUTs at 0.005 per 1,000
+
+
+def test_design_md_states_the_cost_models_figures_for_the_example_delivery() -> None:
+    # docs/design.md (sections 3, 4 and 8) quotes the model on the shipped prices and the committed benchmark
+    # report; a new measurement or a model change that moves them must move the document too.
+    text = Path(ROOT, "docs", "design.md").read_text(encoding="utf-8")
+    book = read_prices(SHIPPED)
+    w = workload_from_totals(**FULL)
+    full = estimate_cost(w, book)
+    assert "not measured" not in full.derived["s3_client_cpu_source"]  # the committed report has the S3 figures
+    idx, reas = full.derived["phases"]["indexing"], full.derived["phases"]["reassembly"]
+    tenth = estimate_cost(w, book, Assumptions(selected_fraction=0.1))
+    located = estimate_cost(w, book, Assumptions(selected_fraction=0.1, selective_restore=True))
+    hours = full.derived["node_hours"], tenth.derived["node_hours"], located.derived["node_hours"]
+    stated = [
+        f"{round(reas['put_per_s'], -2):,.0f} PUT/s", f"{round(idx['get_per_s'], -2):,.0f} GET/s",
+        f"{reas['output_prefixes_needed_at_3500_put_s']} output prefixes at 3,500",
+        f"{idx['input_prefixes_needed_at_5500_get_s']} input prefixes at 5,500",
+        f"indexing takes {idx['wall_clock_hours']:.0f}", f"reassembly {reas['wall_clock_hours']:.0f} (network-bound)",
+        f"{reas['cpu_mb_s_per_vcpu']:.0f} MB per CPU-second", f"{reas['client_cpu_ms_per_put']:.1f} ms of client CPU",
+        f"{hours[1]:,.0f} worker node-hours against {hours[0]:,.0f}", f"**{hours[0] / hours[1]:.1f}×**",
+        f"gives {hours[2]:,.0f} node-hours, {hours[0] / hours[2]:.1f}× less",
+        f"| {line(full, 'EMR worker').quantity:,.0f} instance-hours |", f"**{full.one_time_total:,.2f}**",
+    ]
+    assert reas["bound"] == "network"
+    missing = [s for s in stated if s not in text]
+    assert not missing, f"docs/design.md no longer states the cost model's {missing}"

@@ -499,12 +499,15 @@ def aws(moto_server: str) -> dict[str, Any]:
 
 
 def _expected_tails(criteria: bool = True, work: str = WORK) -> tuple[list[str], list[str]]:
-    manifest = [f"{work}/code/build_manifest.py", "--text", TEXT, "--images", IMAGES, "--manifest", f"{work}/manifest"]
+    # The shipped conf/emr.json names a job config (conf/emr-job.json): both jobs get it from the work prefix.
+    config = ["--config", f"{work}/code/job-config.json"] if _conf_dict().get("job_config") else []
+    manifest = [f"{work}/code/build_manifest.py", "--text", TEXT, "--images", IMAGES, "--manifest", f"{work}/manifest",
+                *config]
     reassemble = [f"{work}/code/reassemble.py", "--manifest", f"{work}/manifest", "--out", OUT,
                   "--ledger", f"{work}/ledger", "--runs", f"{work}/runs"]
     if criteria:
         reassemble += ["--criteria", f"{work}/code/criteria.json"]
-    return manifest, reassemble
+    return manifest, reassemble + config
 
 
 def _steps_in_order(client: Any, cluster_id: str) -> list[dict[str, Any]]:
@@ -574,9 +577,10 @@ def test_e2e_existing_cluster_on_moto(project: Path, aws: dict[str, Any]) -> Non
     assert steps[1]["ActionOnFailure"] == "CANCEL_AND_WAIT"
     # an existing cluster was bootstrapped when it started: only the code is sent, no bootstrap or wheelhouse
     listed = aws["s3"].list_objects_v2(Bucket="work-bucket", Prefix="runs/existing/")
-    assert sorted(o["Key"] for o in listed["Contents"]) == [
+    job_config = ["runs/existing/code/job-config.json"] if _conf_dict().get("job_config") else []
+    assert sorted(o["Key"] for o in listed["Contents"]) == sorted([
         "runs/existing/code/build_manifest.py", "runs/existing/code/dicom_reassembly.zip",
-        "runs/existing/code/reassemble.py"]
+        "runs/existing/code/reassemble.py", *job_config])
 
 
 def _drive_moto_steps(cluster_id: str, states: list[tuple[str, str | None]]) -> threading.Thread:

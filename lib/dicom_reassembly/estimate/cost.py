@@ -4,7 +4,7 @@ Every price comes from a prices file (``conf/prices.json``) per region, each wit
 taken from; nothing here hard-codes a price. The workload comes from a manifest (summarised with pyarrow,
 projecting a few columns) or from listing totals plus stated averages. EMR hours derive from the measured
 throughput per core in ``bench/results/report.json`` when it exists, else from a default in the prices file
-that says where it comes from.
+that says where it comes from, plus the report's measured S3 client CPU, phase by phase (``phases``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
+from .phases import model_phases, phase_notes
 from .prices import (
     GB,
     IT_MONITORED_MIN_BYTES,
@@ -23,6 +24,7 @@ from .prices import (
     STORAGE_CLASSES,
     Price,
     PriceBook,
+    read_bench_s3_figures,
     read_bench_throughput,
 )
 from .workload import Workload
@@ -61,6 +63,7 @@ class Assumptions:
     restore_via: str = "auto"  # api | batch | auto
     batch_threshold: int = 100_000
     spot_discount: float = 0.0
+    s3_client_cpu: bool = True  # add the measured S3 client CPU (bench report's s3_client_cpu) to the local throughput
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,6 @@ def estimate_cost(workload: Workload, prices: PriceBook, assumptions: Assumption
     vcpu = int(inst["vcpu"])
     net_share = float(inst.get("network_gbps_baseline", 0) or 0) * 1e9 / 8 / MB / vcpu
     effective = min(per_core, net_share) if net_share > 0 else per_core
-    if effective < per_core:
-        notes.append(f"throughput capped by the network: {net_share:.1f} MB/s per vCPU on {a.instance_type}")
 
     n_head_restore = workload.header_archives
     n_pix_restore = math.ceil(workload.pixel_archives * restore_frac)
@@ -204,8 +205,18 @@ def estimate_cost(workload: Workload, prices: PriceBook, assumptions: Assumption
                            puts + reassembly_gets + index_gets, "requests", prices.price("kms_per_10000_requests"),
                            10_000))
 
+    out_bytes = sel * (workload.pixel_member_bytes + workload.header_member_bytes * a.header_binary_ratio
+                       + workload.instances * a.part10_overhead_bytes)
     processed_mb = (workload.header_archive_bytes + pixel_read_bytes) / MB
-    core_seconds = processed_mb / effective + index_gets / idx_rate
+    s3_found = read_bench_s3_figures(bench_report) if a.s3_client_cpu else None
+    phases = model_phases(header_mb=workload.header_archive_bytes / MB, headers=workload.instances,
+                          index_gets=index_gets, pixel_read_mb=pixel_read_bytes / MB, output_mb=out_bytes / MB,
+                          puts=puts, reassembly_gets=reassembly_gets, per_core_mb_s=per_core,
+                          net_mb_s_per_vcpu=net_share, index_gets_per_task_s=idx_rate,
+                          s3=s3_found[0] if s3_found else None, cluster_vcpus=a.worker_nodes * vcpu,
+                          utilization=a.utilization)
+    core_seconds = phases["indexing"]["core_seconds"] + phases["reassembly"]["core_seconds"]
+    notes.extend(phase_notes(phases, s3_found, net_share, a.instance_type))
     node_hours = core_seconds / 3600 / (vcpu * a.utilization)
     wall_hours = node_hours / a.worker_nodes
     ec2 = prices.price("instances", a.instance_type, "ec2_per_hour")
@@ -221,8 +232,6 @@ def estimate_cost(workload: Workload, prices: PriceBook, assumptions: Assumption
     lines.append(_line("compute", f"EMR primary node ({a.primary_instance_type})", wall_hours, "instance-hours",
                        primary_rate))
 
-    out_bytes = sel * (workload.pixel_member_bytes + workload.header_member_bytes * a.header_binary_ratio
-                       + workload.instances * a.part10_overhead_bytes)
     avg_obj = out_bytes / instances_sel if instances_sel else 0.0
     storage_rows = []
     for cls in STORAGE_CLASSES:
@@ -249,7 +258,10 @@ def estimate_cost(workload: Workload, prices: PriceBook, assumptions: Assumption
         "selected_instances": instances_sel, "output_gb": out_bytes / GB, "avg_output_object_bytes": avg_obj,
         "processed_mb": processed_mb, "core_seconds": core_seconds, "node_hours": node_hours,
         "wall_clock_hours": wall_hours, "cluster_vcpus": a.worker_nodes * vcpu,
-        "mean_put_per_s": peak_puts, "output_prefixes_needed_at_3500_put_s": max(1, math.ceil(peak_puts / 3500)),
+        "mean_put_per_s": peak_puts,
+        # The PUTs happen in the reassembly phase only: its rate, not the run's mean, sizes the output prefixes.
+        "output_prefixes_needed_at_3500_put_s": phases["reassembly"]["output_prefixes_needed_at_3500_put_s"],
+        "phases": phases, "s3_client_cpu_source": s3_found[1] if s3_found else "not measured (local throughput only)",
     }
     one_time = sum(line.cost for line in lines)
     return Estimate(prices.region, prices.currency, prices.path, asdict(workload), asdict(a), lines, storage_rows,
@@ -306,6 +318,11 @@ def format_cost_table(est: Estimate, at_scale: Estimate | None = None) -> str:
     rows.append(f"Region {est.region}, prices from {est.prices_file}. Throughput {_rate(d['per_core_mb_s'])} MB/s per "
                 f"core ({d['per_core_mb_s_source']}); {_hours(d['node_hours'])} of worker nodes, "
                 f"{_hours(d['wall_clock_hours'])} on {est.assumptions['worker_nodes']} worker nodes.")
+    ph = d.get("phases")
+    if ph:
+        rows.append(f"Phases: indexing {_hours(ph['indexing']['wall_clock_hours'])} "
+                    f"({_rate(ph['indexing']['get_per_s'])} GET/s), reassembly "
+                    f"{_hours(ph['reassembly']['wall_clock_hours'])} ({_rate(ph['reassembly']['put_per_s'])} PUT/s).")
     rows.extend(f"Note: {n}" for n in est.notes)
     if at_scale is not None:
         n = int(at_scale.workload["instances"])

@@ -1,5 +1,5 @@
 """Prices and throughput the cost model uses: ``conf/prices.json`` per region (each price with its date and
-source) and the benchmark's measured throughput per core.
+source), the benchmark's measured throughput per core and its measured S3 client CPU figures.
 """
 
 from __future__ import annotations
@@ -171,3 +171,28 @@ def read_bench_throughput(path: str | None = None) -> tuple[float, str] | None:
     found.sort(key=lambda f: ("reassembl" not in f[0], len(f[0])))
     where, value = found[0]
     return value, f"measured: {path} {where}"
+
+
+S3_FIGURES_SECTION = "s3_client_cpu"  # bench/s3cpu.py's section of the benchmark report
+
+
+def read_bench_s3_figures(path: str | None = None) -> tuple[dict[str, float], str] | None:
+    """The measured S3 client CPU figures (``s3_client_cpu.figures`` in the benchmark report) and where they were
+    found; None when the report or the section is absent or incomplete."""
+    path = _existing(path or DEFAULT_BENCH_REPORT)
+    if not uris.is_s3(path) and not os.path.exists(path):
+        return None
+    try:
+        report = json.loads(reads.read_bytes(path))
+    except (ValueError, ReassemblyError):
+        return None
+    section = report.get(S3_FIGURES_SECTION) if isinstance(report, dict) else None
+    figures = section.get("figures") if isinstance(section, dict) else None
+    needed = ("put_cpu_ms", "put_object_cpu_ms", "put_object_bytes", "ranged_get_cpu_ms", "read_pass_cpu_ms_per_mb",
+              "read_pass_local_cpu_ms_per_mb", "write_local_cpu_ms_per_instance", "write_mean_object_bytes",
+              "index_pixel_cpu_ms_per_instance", "index_pixel_gets_per_instance", "index_header_cpu_ms_per_instance",
+              "index_header_local_cpu_ms_per_instance")
+    if not isinstance(figures, dict) or not all(isinstance(figures.get(k), (int, float)) for k in needed):
+        return None
+    when = (section.get("measured") or {}).get("started_at") or report.get("started_at") or "undated"
+    return {k: float(figures[k]) for k in needed}, f"measured: {path} {S3_FIGURES_SECTION}.figures ({when})"

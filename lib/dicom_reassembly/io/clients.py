@@ -61,6 +61,18 @@ def archive_access(settings: S3Settings | None, bucket: str | None) -> ArchiveAc
     return ArchiveAccess(settings, bucket) if settings is not None and bucket else None
 
 
+# Botocore client options beyond retries and the pool, each kept on an A/B measurement of client CPU
+# (bench/s3cpu.py; the numbers, kept and not kept, are in bench/README.md, "S3 client CPU").
+# - Unsigned payload: botocore otherwise hashes every PUT body with SHA-256 for the signature (over HTTPS too,
+#   because the checksum we pass is a header it did not compute), a second pass over each object after the one
+#   whose digest S3 verifies (x-amz-checksum-sha256, itself a signed header). Bodies without a checksum of ours
+#   still get botocore's default CRC32, which S3 verifies.
+# Measured and not kept: parameter_validation=False (a clear gain in one run of two), checksums "when_required",
+# trimmed event handlers, awscrt (slower here). Kept as they were: one client per process and settings (a new
+# connection per request costs more CPU than the request itself), adaptive retries.
+CLIENT_OPTIONS: dict[str, Any] = {"s3": {"payload_signing_enabled": False}}
+
+
 # A cache of connections, keyed by the settings each was made with; which settings reach an object is always the
 # caller's explicit choice (``client_for``).
 _clients: dict[S3Settings, Any] = {}
@@ -85,6 +97,7 @@ def s3_client(settings: S3Settings | None = None) -> Any:
                 retries={"mode": "adaptive", "max_attempts": settings.max_attempts},
                 max_pool_connections=settings.max_pool_connections,
                 region_name=settings.region,
+                **CLIENT_OPTIONS,
             )
             session = boto3.session.Session(
                 aws_access_key_id=settings.access_key_id,
