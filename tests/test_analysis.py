@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import date
+from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ import pytest
 from dicom_reassembly.errors import ConfigError, NotFoundError
 from dicom_reassembly.estimate import analysis, charts, demographics, histograms, inputs, outputs
 from dicom_reassembly.estimate.engine import DuckDBEngine
+from dicom_reassembly.records import catalog as records_catalog
 
 MANIFEST_NAMES = ["archive_uri", "archive_role", "archive_size", "index_run", "member_name", "size", "kind",
                   "sop_instance_uid", "error", "error_detail", "header_json", "modality", "study_date", "patient_age"]
@@ -157,8 +158,11 @@ def test_inputs_on_s3(s3) -> None:  # noqa: ANN001
                            "output_bytes": pa.array([None], pa.int64())})
         _put_parquet(s3, "work", f"ledger/run_id={run}/part-00000.parquet", ledger)
     s3.put_object(Bucket="work", Key="ledger/_SUCCESS", Body=b"")
-    catalog = pa.table({"sop_instance_uid": ["1.2"], "series_instance_uid": ["9"], "output_bytes": [5],
-                        "study_date": pa.array([date(2021, 3, 4)]), "recorded_at": pa.array([1], pa.int64())})
+    # A file as reassemble writes it: the catalogue's own file schema (partition values in the path).
+    catalog = pa.Table.from_pylist([{"sop_instance_uid": "1.2", "series_instance_uid": "9", "output_bytes": 5,
+                                     "study_date": date(2021, 3, 4), "recorded_at": datetime(2025, 3, 3, tzinfo=timezone.utc),
+                                     "status": "written"}],
+                                   schema=records_catalog.arrow_schema(with_partitions=False))
     _put_parquet(s3, "work", "ledger_catalog/modality=CT/study_year=2021/part-0.parquet", catalog)
     data = inputs.open_inputs("s3://work/manifest", "s3://work/ledger")
     assert data.run_id == "20250303T000000Z-c" and data.runs == ["20250101T000000Z-a", "20250303T000000Z-c"]
