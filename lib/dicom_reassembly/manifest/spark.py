@@ -11,7 +11,7 @@ from typing import Any
 from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..io import listing as io_listing
 from ..io import uris
-from .index import index_archive, manifest_schema
+from .index import manifest_schema
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +61,30 @@ def manifest_exists(uri: str) -> bool:
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
                       tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
                       s3_bucket: str | None = None) -> Any:
-    """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks.
+    """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks; the rows ``index_archive``
+    yields, without ``bucket``.
 
-    ``s3``/``s3_bucket`` (input_s3_parameters) reach the executors in the task closure, as reassembly's
-    WriteContext does, never through Spark settings; they apply to the input bucket only.
+    Task ``i`` of ``spark.range`` takes the ``i``-th share of a broadcast list and hands its rows to Spark as
+    Arrow batches (``mapInArrow``): no per-row conversion on either side. ``s3``/``s3_bucket``
+    (input_s3_parameters) reach the executors in the task closure, as reassembly's WriteContext does, never
+    through Spark settings; they apply to the input bucket only.
     """
-    buckets = balance_by_bytes(archives, tasks) if archives else []
-    keyed = [(i, a) for i, bucket in enumerate(buckets) for a in bucket]
-    n = max(1, len(buckets))
+    shares = balance_by_bytes(archives, tasks) if archives else []
+    n = max(1, len(shares))
+    work = spark.sparkContext.broadcast(shares)
 
-    def index_partition(items: Any) -> Any:
+    def index_tasks(batches: Any) -> Any:
         from ..io import clients
+        from .index import index_batches
 
         if s3 is not None:
             clients.set_archive_s3_settings(s3, s3_bucket)
-        for _, archive in items:
-            yield from index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes)
+        for batch in batches:
+            for task in batch.column(0).to_pylist():
+                share = work.value[task] if task < len(work.value) else []
+                yield from index_batches(share, index_run, indexed_at, coalesce_gap, max_header_bytes)
 
-    rdd = (spark.sparkContext.parallelize(keyed, n)
-           .partitionBy(n, lambda k: k)
-           .mapPartitions(index_partition))
-    # Rows come from index_archive in schema order and types (tests/test_row_types.py): checking each in Python
-    # costs a share of the hot path.
-    return spark.createDataFrame(rdd, manifest_schema(), verifySchema=False)
+    return spark.range(0, n, 1, n).mapInArrow(index_tasks, manifest_schema())
 
 
 def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
