@@ -4,6 +4,10 @@ spark-submit jobs/build_manifest.py --text URI --images URI --manifest URI [--cr
 
 ``--criteria`` is the same file reassemble takes; only its ``input_s3_parameters`` are used here (they list and
 read the partner's archives), the criteria themselves apply in restore planning and reassembly.
+
+The manifest is written in the lookup layout (``dicom_reassembly.manifest.layout``): a manifest in the layout
+before issue 20 is rewritten into it first, and small groups of files are merged once there are more than
+``--max-groups`` of them. One build at a time per manifest.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--config", help="JSON config from conf/ (flags override it)")
     p.add_argument("--tasks", type=int, help="indexing tasks (default: derived from the cluster)")
     p.add_argument("--full", action="store_true", help="re-index every archive, not only new or changed ones")
+    p.add_argument("--max-groups", type=int, default=8, help="merge the smallest groups of manifest files beyond "
+                                                              "this many (a lookup reads one bucket file per group)")
     return p.parse_args(argv)
 
 
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from dicom_reassembly.io import clients
     from dicom_reassembly.manifest import index as manifest_index
+    from dicom_reassembly.manifest import layout
     from dicom_reassembly.manifest import listing as manifest_listing
     from dicom_reassembly.manifest import spark as manifest_spark
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks
@@ -54,13 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc)
 
     def index(spark: Any) -> int:
+        migrated = manifest_spark.prepare_manifest(spark, args.manifest)
         todo = listing if args.full else manifest_listing.archives_to_index(listing, indexed_archives(spark, args.manifest))
         index_run, indexed_at = manifest_spark.new_index_run()
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
                                    s3=s3, s3_bucket=bucket)
-            df.write.mode("append").parquet(args.manifest)
+            manifest_spark.write_manifest(spark, df, args.manifest, index_run, *layout.estimated_bytes(todo))
+        if migrated:
+            print(f"manifest rewritten in buckets: {len(migrated['inputs'])} files of the earlier layout")
         print(f"manifest: {args.manifest}")
         for line in manifest_listing.listing_summary(listing, todo):
             print(line)
@@ -70,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             run = spark.read.schema(manifest_index.manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
             for r in run.groupBy("kind", "error").count().orderBy("kind", "error").collect():
                 print(f"  {r['kind']:<8} {r['error'] or 'ok':<24} {r['count']}")
+        merged = manifest_spark.merge_small_groups(spark, args.manifest, args.max_groups)
+        if merged:
+            print(f"manifest groups merged: {len(merged['inputs'])} files rewritten as one group")
         return 0
 
     return run_spark_job("dicom-reassembly build_manifest", cfg.spark, index)
