@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from helpers import dcmftest_ok
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom import dcmread
 
 from dicom_reassembly.dicom.dicom_json import build_dataset, canonical_sha256, check_identity, key_tags, parse_header
@@ -378,3 +380,45 @@ def test_parse_header_gives_what_json_loads_gives(text: str) -> None:
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
     assert [type(v) for e in got.values() for v in e["Value"]] == [type(v) for e in want.values() for v in e["Value"]]
     assert parse_header(text.encode("utf-8") if "\\ud800" not in text else text) is not None
+
+
+def _depth(obj: Any) -> int:
+    """How deep lists and objects nest, by walking the parsed object (the reference)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack += [(c, level + 1) for c in (node.values() if isinstance(node, dict) else node)]
+    return deepest
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(alphabet='[]{}"\\ab,:'),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(alphabet='[]{}"\\x', max_size=3), inner,
+                                                                 max_size=4),
+    max_leaves=30)
+
+
+@given(JSON_VALUES, st.sampled_from([None, 0, 2]))
+def test_the_nesting_depth_read_from_the_text_is_the_parsed_objects(value: Any, indent: int | None) -> None:
+    from dicom_reassembly.dicom.dicom_json import _json_depth
+
+    data = json.dumps(value, indent=indent, ensure_ascii=False).encode("utf-8")
+    got = _json_depth(data)
+    assert got is None and b'\\"' in data or got == _depth(value)
+
+
+@pytest.mark.parametrize("levels", [195, 196, 197, 400])
+@pytest.mark.parametrize("string", ['"]]]]"', '"[[[["', '"a\\"]"'])
+def test_too_deep_is_decided_on_the_nesting_whatever_strings_hold(levels: int, string: str) -> None:
+    from dicom_reassembly.dicom.header_rules import MAX_JSON_DEPTH
+
+    text = '{"00081030": {"vr": "LO", "Value": [' + "[" * (levels - 3) + string + "]" * (levels - 3) + "]}}"
+    assert _depth(json.loads(text)) == levels
+    if levels > MAX_JSON_DEPTH:
+        with pytest.raises(HeaderError) as err:
+            parse_header(text)
+        assert err.value.reason == "too_deep"
+    else:
+        assert parse_header(text)["00081030"]["vr"] == "LO"

@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import orjson
 from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -49,6 +50,10 @@ def _table(**classes: bytes) -> bytes:
 
 _RAW_TOKENS = _table(**{"0": b"0123456789", "S": b"[:, \t\r\n-"})
 _OUT_TOKENS = _table(**{"0": b"0123456789", "S": b"[:,", "-": b"-", ".": b".", "e": b"e"})
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{}')
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[list(b"[{")] = 1
+_BRACKET_STEP[list(b"]}")] = -1
 _SMALL_FRACTIONS = tuple(sep + sign + b"0.0000" for sep in (b"[", b":", b",") for sign in (b"", b"-"))
 
 # Manifest column -> (tag, type). Typed columns later stages filter or group on.
@@ -106,7 +111,8 @@ def parse_header(raw: bytes | str, max_bytes: int = MAX_HEADER_BYTES) -> dict[st
         raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HeaderError("malformed_json", str(exc).splitlines()[0][:200]) from exc
-    if json_too_deep(obj):
+    depth = _json_depth(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if depth > MAX_JSON_DEPTH if depth is not None else json_too_deep(obj):
         raise too_deep
     if isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], dict):
         obj = obj[0]  # a QIDO/WADO metadata response holds a list of one dataset
@@ -129,6 +135,20 @@ def _loads(raw: bytes | str) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(raw)
+
+
+def _json_depth(data: bytes) -> int | None:
+    """How deep the lists and objects of a parsed JSON text nest, from its brackets outside strings (C-speed
+    array operations, where walking the parsed object takes ~4x longer); None when a string holds an escaped
+    quote, which this reading of the text cannot place."""
+    if b'\\"' in data:
+        return None
+    marks = np.frombuffer(data.translate(None, _NOT_STRUCTURE), np.uint8)
+    if not marks.size:
+        return 0
+    steps = _BRACKET_STEP[marks].astype(np.int32)
+    steps[(np.cumsum(marks == ord('"'), dtype=np.int32) & 1).astype(bool)] = 0  # odd quotes before: in a string
+    return int(steps.cumsum().max())
 
 
 def _may_hold_big_int(raw: bytes | str) -> bool:
