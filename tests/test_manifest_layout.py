@@ -156,8 +156,9 @@ def test_dataset_listing_skips_hidden_names_and_the_skipped_range_locally_and_on
         assert io_listing.name_prefixes(root, "bucket-m-", "-") == ["bucket-m-16-", "bucket-m-2-"]
         assert io_listing.name_prefixes(root, "_staging-", ".json") == ["_staging-g.json"]
         key = next(k for k in map(str, range(1000)) if layout.bucket_of(k, 16) == 3)
+        assert layout.bucket_counts(root, "m") == [2, 16] and layout.bucket_counts(root, "a") == [1]
         assert names_of(layout.bucket_files(root, "m", key)) == [
-            "bucket-m-16-3-h-0.parquet", f"bucket-m-2-{layout.bucket_of(key, 2)}-g-0.parquet"]
+            f"bucket-m-2-{layout.bucket_of(key, 2)}-g-0.parquet", "bucket-m-16-3-h-0.parquet"]
 
 
 def test_bucket_counts_are_powers_of_two_sized_by_bytes() -> None:

@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 
 MEMBERS, ARCHIVES = "m", "a"
 PREFIX = "bucket-"
-# A bucket file of about 64 MB has ~64 row groups of 1 MB and a footer of ~150 KB: a lookup reads both, whatever
-# the manifest's size. Smaller files would mean more files per write; larger, a larger footer.
-TARGET_BUCKET_BYTES = 64 << 20
+# A lookup reads a bucket file's footer and one row group. Row groups of 1 MB before compression are ~300 KB on
+# disk; the footer holds ~140 bytes per column per row group, ~5.6 KB a row group. Bucket files of 8-16 MB (the
+# bucket count is a power of two) keep the footer at 150-300 KB, so a lookup reads 0.5-0.6 MB per group whatever
+# the manifest's size; larger files would mean fewer files per write and a larger footer (about sqrt(size)).
+TARGET_BUCKET_BYTES = 16 << 20
 ROW_GROUP_BYTES = 1 << 20
 ROW_CHECK_MIN = 100  # Parquet's default: rows written before a row group's size is first checked
 MAX_BUCKETS = 1 << 16
@@ -126,12 +128,18 @@ def unclustered_files(manifest: str) -> list[io_listing.ObjectInfo]:
             if o.uri.endswith(".parquet")]
 
 
-def bucket_files(manifest: str, role: str, key: str) -> list[str]:
-    """The files of every group that can hold ``key``'s rows of ``role``: one bucket per bucket count present."""
+def bucket_counts(manifest: str, role: str) -> list[int]:
+    """The bucket counts the groups of ``role`` files use (one listing request on S3)."""
+    return sorted(int(head[len(PREFIX) + 2:-1]) for head in io_listing.name_prefixes(manifest, f"{PREFIX}{role}-", "-"))
+
+
+def bucket_files(manifest: str, role: str, key: str, counts: Sequence[int] | None = None) -> list[str]:
+    """The files of every group that can hold ``key``'s rows of ``role``: one bucket per bucket count present
+    (``counts``, listed when not given)."""
     found = []
-    for head in io_listing.name_prefixes(manifest, f"{PREFIX}{role}-", "-"):
-        buckets = int(head[len(PREFIX) + 2:-1])
-        found += [o.uri for o in io_listing.list_dataset_files(manifest, f"{head}{bucket_of(key, buckets)}-")]
+    for buckets in bucket_counts(manifest, role) if counts is None else counts:
+        prefix = f"{PREFIX}{role}-{buckets}-{bucket_of(key, buckets)}-"
+        found += [o.uri for o in io_listing.list_dataset_files(manifest, prefix)]
     return found
 
 
@@ -158,7 +166,8 @@ def read_uid_rows(manifest: str, uid: str, columns: Sequence[str]) -> Any:
         archives = sorted(set(rows.column("archive_uri").drop_null().to_pylist()))
         if not archives:
             return rows.select(list(columns))
-        archive_files = sorted({f for a in archives for f in bucket_files(manifest, ARCHIVES, a)}) + legacy
+        counts = bucket_counts(manifest, ARCHIVES)
+        archive_files = sorted({f for a in archives for f in bucket_files(manifest, ARCHIVES, a, counts)}) + legacy
         flt = (pads.field("kind") == "archive") & pads.field("archive_uri").isin(pa.array(archives, pa.string()))
         found = _scan(manifest, archive_files, ["archive_uri", "index_run"], flt).to_pylist() if archive_files else []
     newest: dict[str, str] = {}
