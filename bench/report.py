@@ -11,6 +11,8 @@ import os
 import statistics
 from typing import Any
 
+from bench import manifest as manifest_bench
+
 MB = 1000 ** 2
 
 # Issue 5's targets: (key in derived["ratios"], label, comparison, threshold).
@@ -28,6 +30,7 @@ TARGETS = [
     ("puts_per_written_full", "PUTs per written instance, full", "==", 1.0),
     ("puts_per_written_selection", "PUTs per written instance, 10%", "==", 1.0),
     ("lookup_manifest_max_gets", "archive GETs per single-UID lookup with the manifest (max)", "<=", 2),
+    *manifest_bench.TARGETS,
 ]
 
 
@@ -173,6 +176,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     lookups = _get(results, "lookup", "by_archives") or []
     if lookups:
         r["lookup_manifest_max_gets"] = max(x["manifest"]["archive_gets"] for x in lookups)
+    r.update(manifest_bench.ratios(results))
     for key, label, op, threshold in TARGETS:
         value = r.get(key)
         met = None if value is None else {">=": value >= threshold, "<=": value <= threshold,
@@ -369,6 +373,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _table(["archives per role", "with manifest s", "GETs", "without s", "GETs", "LISTs"],
                     [[x["archives"], x["manifest"]["wall_s"], x["manifest"]["archive_gets"], x["scan"]["wall_s"],
                       x["scan"]["archive_gets"], x["scan"]["lists"]] for x in (_get(results, "lookup", "by_archives") or [])])
+    lines += manifest_bench.markdown(results, _f, _table)
     lines += ["## Peak memory (RSS, sampled every 0.2 s)", ""]
     rows = []
     for name, mem in _memory_rows(results):

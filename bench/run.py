@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 
 from bench import delivery as dl  # noqa: E402
+from bench import manifest as bm  # noqa: E402
 from bench import measure as ms  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
@@ -39,9 +40,11 @@ LOOKUP_BUCKET = "bench-lookup"
 SELECTION_FRACTION = 0.10
 
 QUICK = {"instances": 240, "per_archive": 20, "naive_sample": 15, "lookup_archives": (10, 50), "profile": 100,
-         "hot_path_streams": 120, "pool": 4, "computations": False, "repeats": 1}
+         "hot_path_streams": 120, "pool": 4, "computations": False, "repeats": 1,
+         "manifest_sizes": (2_000, 10_000, 20_000)}
 FULL = {"instances": 2000, "per_archive": 50, "naive_sample": 50, "lookup_archives": (10, 100, 1000), "profile": 200,
-        "hot_path_streams": 2000, "pool": 8, "computations": True, "repeats": 2}
+        "hot_path_streams": 2000, "pool": 8, "computations": True, "repeats": 2,
+        "manifest_sizes": (10_000, 100_000, 1_000_000)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -59,6 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--naive-sample", type=int, help="UIDs timed for the naive baseline (default 50; 15 with --quick)")
     p.add_argument("--lookup-archives", help="comma-separated archive counts for the lookups (default 10,100,1000)")
     p.add_argument("--repeats", type=int, help="pipeline runs per size, the fastest counts (default 2; 1 with --quick)")
+    p.add_argument("--manifest-sizes", help="comma-separated instance counts of the generated manifests whose lookups "
+                                            "are measured (default 10000,100000,1000000)")
     p.add_argument("--note", default="", help="free text recorded in the report (e.g. 'machine shared')")
     return p.parse_args(argv)
 
@@ -80,6 +85,8 @@ def resolve_sizes(args: argparse.Namespace) -> dict[str, Any]:
         base["repeats"] = max(1, args.repeats)
     if args.lookup_archives:
         base["lookup_archives"] = tuple(int(x) for x in args.lookup_archives.split(",") if x.strip())
+    if args.manifest_sizes:
+        base["manifest_sizes"] = tuple(int(x) for x in args.manifest_sizes.split(",") if x.strip())
     return base
 
 
@@ -202,6 +209,24 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
     with_comp["reassemble"].pop("stdout", None)
     log(f"  reassemble with computations {with_comp['reassemble']['wall_s']:.1f}s")
     return {"cores": cores, "sizes": sizes, "with_computations": {"instances": n, **with_comp}}
+
+
+# ---------------------------------------------------------------- manifest build rates (issue 20)
+
+
+def measure_manifest_build(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, repeats: int,
+                           pipeline: dict[str, Any], log: Progress) -> dict[str, Any]:
+    """Members indexed per second per core: the pipeline's build_manifest (headers parsed), build_manifest over the
+    pixel archives alone, and ratarmountcore indexing the same pixel archives, each marginal between the sizes."""
+    out = {"with_headers": bm.build_rates(pipeline, cores),
+           "pixel_archives": bm.pixel_build_rates(deliveries, work, cores, repeats, log)}
+    log("ratarmountcore indexing the same pixel archives, one process (three runs per size, the fastest counts)")
+    out["ratarmount"] = bm.ratarmount_rates(deliveries, work)
+    for key in ("with_headers", "pixel_archives", "ratarmount"):
+        b = out[key]
+        log(f"  {key}: {b.get('per_core_wall') or float('nan'):,.0f} members/s per core, "
+            f"{b.get('per_cpu_s') or float('nan'):,.0f} per CPU-second")
+    return out
 
 
 # ---------------------------------------------------------------- S3: requests, amplification, selection
@@ -350,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                        "archives_per_role": math.ceil(n / k), "cores": args.cores, "seed": args.seed,
                        "sizes": [half, n], "repeats": sizes["repeats"], "naive_sample": sizes["naive_sample"],
                        "lookup_archives": list(sizes["lookup_archives"]), "profile_instances": sizes["profile"],
+                       "manifest_sizes": list(sizes["manifest_sizes"]),
                        "selection_fraction": SELECTION_FRACTION, "skip_s3": args.skip_s3, "note": args.note,
                        "spark": f"spark-submit --master local[{args.cores}] --conf spark.ui.enabled=false, conf/local.json"},
         "machine": machine_info(), "versions": versions(),
@@ -387,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  ratio per core {hs['ratio_per_core']:.2f}, per CPU-second {hs['ratio_cpu'] or float('nan'):.2f}")
         results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log,
                                             sizes["computations"], sizes["repeats"])
+        results["manifest_build"] = measure_manifest_build([(half_root, half_index), (main_root, index)], work,
+                                                           args.cores, sizes["repeats"], results["pipeline"], log)
+        results["manifest_lookup"] = bm.measure_lookup_layout(work, sizes["manifest_sizes"], args.cores, args.seed, log)
         if not args.skip_s3:
             from bench.s3count import CountingS3Server
 
