@@ -116,6 +116,8 @@ def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 1
 
 # ---------------------------------------------------------------- the lookup layout: write, move in, compact
 
+# Columns whose values (nearly) never repeat within a row group: written without a dictionary.
+_DISTINCT_COLUMNS = ("header_json", "header_sha256", "member_name", "sop_instance_uid", "header_offset", "data_offset")
 # Spark's names: part-<task>-<uuid>.c<file>.<codec>.parquet, under the partition folders of role and bucket.
 _STAGED = re.compile(r"_role=([ma])/_b=(\d+)/part-(\d+)-[^/]*\.c(\d+)\.[^/]*parquet$")
 
@@ -149,13 +151,16 @@ def write_manifest(spark: Any, df: Any, manifest_uri: str, group: str, member_by
     writes.write_bytes(uris.join_uri(manifest_uri, f"_staging-{group}.json"), json.dumps(plan).encode(),
                        writes.WriteOptions(content_type="application/json"))
     rows = with_buckets(df.select(*FIELD_NAMES), plan["member_buckets"], plan["archive_buckets"])
-    (rows.repartition(plan["member_buckets"] + plan["archive_buckets"], "_role", "bucket")
-     .withColumn("_b", F.col("bucket"))
-     # Rows without a UID (archive rows, and members without one) first, by archive; then by UID.
-     .sortWithinPartitions("_role", "_b", F.col("sop_instance_uid").asc_nulls_first(), "archive_uri", "header_offset")
-     .write.option("parquet.block.size", layout.ROW_GROUP_BYTES)
-     .option("parquet.page.size.row.check.min", layout.ROW_CHECK_MIN)  # also when a row group's size is checked
-     .partitionBy("_role", "_b").mode("overwrite").parquet(staging))
+    writer = (rows.repartition(plan["member_buckets"] + plan["archive_buckets"], "_role", "bucket")
+              .withColumn("_b", F.col("bucket"))
+              # Rows without a UID (archive rows, and members without one) first, by archive; then by UID.
+              .sortWithinPartitions("_role", "_b", F.col("sop_instance_uid").asc_nulls_first(), "archive_uri",
+                                    "header_offset")
+              .write.option("parquet.block.size", layout.ROW_GROUP_BYTES)
+              .option("parquet.page.size.row.check.min", layout.ROW_CHECK_MIN))  # also when a row group's size is checked
+    for column in _DISTINCT_COLUMNS:  # a dictionary of values that never repeat is built, then thrown away
+        writer = writer.option(f"parquet.enable.dictionary#{column}", "false")
+    writer.partitionBy("_role", "_b").mode("overwrite").parquet(staging)
     move_in(manifest_uri, plan)
     return plan
 
