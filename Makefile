@@ -134,8 +134,10 @@ bench: setup
 prefect-server: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
+## lint: ruff, and import-linter's layer contracts (pyproject.toml)
 lint: setup
 	$(VENV)/bin/ruff check lib jobs tests emr bench notebooks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(OUT) $(DATA) build dist *.egg-info .pytest_cache

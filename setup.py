@@ -37,5 +37,5 @@ setup(
         # cluster nodes, which only run the Spark jobs, do not carry Prefect's server and its dependencies.
         "campaign": ["prefect>=3.4,<4"],
     },
-    entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli:main"]},
+    entry_points={"console_scripts": ["dicom-reassembly=dicom_reassembly.cli.main:main"]},
 )

@@ -477,15 +477,15 @@ def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[
 
     from dicom_reassembly.dicom.part10 import assemble
     from dicom_reassembly.io import reads, writes
-    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+    from dicom_reassembly.reassembly.reads import ReadTuning, read_archive_members
 
-    ctx = WriteContext(run_id="bench", out=out_dir)
+    tuning = ReadTuning()
     split = {"read": 0.0, "assemble": 0.0, "write": 0.0}
     n = 0
     reads.io_counter.reset()
     for archive, group in groupby(items, key=lambda i: i["pixel_archive"]):
         members = list(group)
-        reader = read_archive_members(archive, members, members[0]["pixel_archive_size"], ctx)
+        reader = read_archive_members(archive, members, members[0]["pixel_archive_size"], tuning)
         while True:
             t0 = time.perf_counter()
             try:
@@ -509,11 +509,12 @@ def reassemble_sequentially(items: list[dict[str, Any]], out_dir: str) -> tuple[
 
 def _partition_in_process(items: list[dict[str, Any]], out_dir: str) -> None:
     """Child process body: the executor's own partition function over ``items``; exit 1 unless all were written."""
-    from dicom_reassembly.ledger import LEDGER_NAMES
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import LEDGER_NAMES
 
     status = LEDGER_NAMES.index("status")
-    rows = list(reassemble_partition(items, WriteContext(run_id="bench", out=out_dir)))
+    rows = list(reassemble_partition(items, TaskSettings("bench", WritePolicy(out=out_dir))))
     os._exit(0 if len(rows) == len(items) and all(r[status] == "written" for r in rows) else 1)
 
 
@@ -647,7 +648,7 @@ def profile_hot_path(root: str, index: dict[str, Any], want: int, work: str, pro
                 + "\n# flat: time spent in each function itself\n"
                 + "\n".join(profiler.output_text(unicode=False, color=False, flat=True).splitlines()[:60]) + "\n")
     with open(profile_txt, "w") as f:
-        f.write(f"# hot path: read_archive_members + part10.assemble + storage.write_parts, one thread, {n} instances\n")
+        f.write(f"# hot path: read_archive_members + part10.assemble + writes.write_parts, one thread, {n} instances\n")
         f.write(text)
     return {"instances": n, "archive_bytes_read": read, "wall_s": wall, "cpu_s": cpu, "ms_per_instance": 1000 * wall / n,
             "cpu_ms_per_instance": 1000 * cpu / n, "mb_per_cpu_s_in_process": read / cpu / MB if cpu else None,
@@ -689,8 +690,8 @@ def _area(path: str, func: str) -> str:
 
 # Steps of one instance's S3 writes, by cumulative time: (label, file suffix, function).
 _S3_STEPS = [
-    ("HEAD (storage.head_metadata, skip_existing)", "storage.py", "head_metadata"),
-    ("PUT (storage.write_parts)", "storage.py", "write_parts"),
+    ("HEAD (listing.head, skip_existing)", os.path.join("io", "listing.py"), "head"),
+    ("PUT (writes.write_parts)", os.path.join("io", "writes.py"), "write_parts"),
     ("HTTP round trips (botocore endpoint _send)", os.path.join("botocore", "endpoint.py"), "_send"),
     ("SigV4 signing (add_auth)", os.path.join("botocore", "auth.py"), "add_auth"),
     ("request checksums (httpchecksum)", os.path.join("botocore", "httpchecksum.py"), "apply_request_checksum"),
@@ -722,12 +723,15 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
             payload = f.read(it["pixel_size"])
         objs.append(assemble(it["header_json"], payload, it["sop_instance_uid"], it["pixel_member"]))
     port = _free_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY")}
     server = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        clients.set_default_s3_settings(clients.S3Settings(endpoint_url=url, region="us-east-1",
-                                                           access_key_id="bench", secret_access_key="bench"))
+        # The default AWS chain reads these when this process's first S3 client is made (the client is cached).
+        os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench"})
         client = clients.s3_client()
         deadline = time.time() + 30
         while True:
@@ -743,7 +747,7 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
         def put_all(tag: str) -> None:
             for obj in objs:
                 uri = f"s3://bench-profile/{tag}/{obj.sop_instance_uid}.dcm"
-                listing.head_metadata(uri)  # what skip_existing costs per instance
+                listing.head(uri)  # what skip_existing costs per instance
                 writes.write_parts(uri, obj.parts, obj.size, obj.sha256)
 
         t0, c0 = time.perf_counter(), time.process_time()
@@ -754,7 +758,11 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
         put_all("profiled")
         prof.disable()
     finally:
-        clients.set_default_s3_settings(None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         server.terminate()
         server.wait(timeout=30)
     n = len(objs)
@@ -774,7 +782,7 @@ def profile_s3_writes(root: str, index: dict[str, Any], want: int, profile_txt: 
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
     with open(profile_txt, "a") as f:
-        f.write(f"\n\n# S3 writes: head_metadata + write_parts per instance, {n} instances, client CPU only "
+        f.write(f"\n\n# S3 writes: head + write_parts per instance, {n} instances, client CPU only "
                 f"(cProfile on process time; moto in another process)\n")
         f.write(text.getvalue())
     return {"instances": n, "wall_ms_per_instance": 1000 * wall / n, "cpu_ms_per_instance": 1000 * cpu / n,

@@ -88,8 +88,11 @@ def measure_intake(work: str, files: list[str], stow_url: str | None, senders: i
                  lambda: "listening on" in read_text(log_path))
     try:
         t0 = time.perf_counter()
+        # dcmtk leaves Nagle's algorithm on unless TCP_NODELAY is set: each small PDU would then wait ~40 ms for
+        # a delayed ACK. listen turns it off on its side; a sender that cares does the same.
         runs = [subprocess.Popen(["storescu", "-aec", "DCMREASM", "127.0.0.1", str(port), *files[i::senders]],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "TCP_NODELAY": "1"})
                 for i in range(senders)]
         errors = [r.communicate(timeout=3600)[1] for r in runs]
         acked = time.perf_counter() - t0

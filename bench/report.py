@@ -497,7 +497,7 @@ def render_chart(results: dict[str, Any], path: str) -> None:
 def write_report(results: dict[str, Any], out_dir: str) -> dict[str, str]:
     """Derive the ratios, then write report.json, report.md and bench.png under ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    # derived.reassembly.per_core_mb_s is the one key named per_core_mb_s: lib/dicom_reassembly/cost.py reads it.
+    # derived.reassembly.per_core_mb_s is the one key named per_core_mb_s: lib/dicom_reassembly/estimate/prices.py reads it.
     results["derived"] = derive(results)
     paths = {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"),
              "png": os.path.join(out_dir, "bench.png")}

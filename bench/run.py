@@ -260,7 +260,7 @@ def stage_figures(c: Any, job: dict[str, Any], instances: int) -> dict[str, Any]
 def planned_reads(index: dict[str, Any], wanted: set[str], sizes: dict[str, int]) -> int:
     """How many archive reads reassemble should make for ``wanted`` UIDs, by its own read plan and config."""
     from dicom_reassembly.config import load_config
-    from dicom_reassembly.reassembly import plan_reads
+    from dicom_reassembly.reassembly.reads import plan_reads
 
     cfg = load_config(os.path.join(ROOT, "conf", "local.json"))
     by_archive: dict[str, list[dict[str, Any]]] = {}

@@ -23,8 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(ROOT, "lib")):  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(ROOT, "lib"))
 
-from dicom_reassembly import __version__, emr  # noqa: E402 - after the sys.path line above
-from dicom_reassembly.errors import ConfigError, CriteriaError, ReassemblyError  # noqa: E402
+from dicom_reassembly import __version__  # noqa: E402 - after the sys.path line above
+from dicom_reassembly.emr import config as emr_config  # noqa: E402
+from dicom_reassembly.emr import layout, submit  # noqa: E402
+from dicom_reassembly.emr import plan as emr_plan  # noqa: E402
+from dicom_reassembly.errors import ConfigError, CriteriaError, EmrError, ReassemblyError  # noqa: E402
+from dicom_reassembly.reassembly import tasks  # noqa: E402
 
 PROG = "submit.py"
 
@@ -65,7 +69,7 @@ class _ProgressLine:
         self.tty = sys.stderr.isatty()
         self.last = ""
 
-    def __call__(self, p: emr.Progress) -> None:
+    def __call__(self, p: submit.Progress) -> None:
         minutes, seconds = divmod(int(p.elapsed), 60)
         line = f"[{p.index + 1}/{p.total}] {p.name}: {p.state} ({minutes}m{seconds:02d}s)"
         if self.tty:
@@ -97,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     target = "cluster" if args.cluster_id else "new_cluster" if args.create_cluster else "serverless"
     progress = _ProgressLine()
     try:
-        config = emr.read_emr_config(args.config)
+        config = emr_config.read_emr_config(args.config)
         region = args.region or config.region
 
-        def plan_for(region: str | None, manifest_bytes: int | None = None) -> emr.SubmissionPlan:
-            return emr.build_submission_plan(
+        def plan_for(region: str | None, manifest_bytes: int | None = None) -> emr_plan.SubmissionPlan:
+            return emr_plan.build_submission_plan(
                 config, target=target, text=args.text, images=args.images, out=args.out, work=args.work,
                 root=ROOT, version=__version__, criteria=args.criteria, cluster_id=args.cluster_id,
                 application_id=args.serverless_app_id, region=region, manifest_bytes=manifest_bytes,
@@ -123,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             clients = _clients(region, target)
         except BotoCoreError as exc:
-            raise emr.EmrError("aws_unreachable", str(exc)) from exc
+            raise EmrError("aws_unreachable", str(exc)) from exc
         region = region or clients["s3"].meta.region_name
         # a rerun sizes the reassemble shuffle from the manifest already there
-        plan = plan_for(region, emr.read_manifest_bytes(plan.layout.manifest))
-        emr.write_uploads(clients["s3"], plan.uploads)
-        result = emr.run_plan(plan, emr=clients.get("emr"), serverless=clients.get("serverless"), wait=args.wait,
+        plan = plan_for(region, tasks.read_manifest_bytes(plan.layout.manifest))
+        layout.write_uploads(clients["s3"], plan.uploads)
+        result = emr_plan.run_plan(plan, emr=clients.get("emr"), serverless=clients.get("serverless"), wait=args.wait,
                               progress=progress, poll_seconds=config.poll_seconds,
                               timeout_seconds=config.timeout_hours * 3600)
         progress.done()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail, run_spark_job  # noqa: E402
+from dicom_reassembly.cli.main import configure_logging, fail, run_spark_job
 from dicom_reassembly.config import load_config  # noqa: E402
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
@@ -42,42 +43,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
-    from dicom_reassembly.io import clients
-    from dicom_reassembly.manifest import index as manifest_index
     from dicom_reassembly.manifest import layout
-    from dicom_reassembly.manifest import listing as manifest_listing
     from dicom_reassembly.manifest import spark as manifest_spark
+    from dicom_reassembly.manifest.index import manifest_schema
+    from dicom_reassembly.manifest.listing import archives_to_index, list_archives, listing_summary
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks
+    from dicom_reassembly.run_id import new_run_id
     from dicom_reassembly.selection.spec import load_criteria
 
     try:
         spec = load_criteria(args.criteria) if args.criteria else None
-        s3, bucket = (spec.s3, spec.bucket) if spec is not None and spec.s3 is not None else (None, None)
-        # The input bucket only: the manifest is written with the environment's credentials.
-        clients.set_archive_s3_settings(s3, bucket)
+        # The input credentials reach the input bucket only: the manifest is written with the environment's.
+        access = spec.access if spec is not None else None
         cfg = load_config(args.config, manifest_tasks=args.tasks)
-        listing = manifest_listing.list_archives(args.text, args.images, cfg.archive_suffixes)
+        listing = list_archives(args.text, args.images, cfg.archive_suffixes, access)
     except ReassemblyError as exc:
         return fail(exc)
 
     def index(spark: Any) -> int:
         migrated = manifest_spark.prepare_manifest(spark, args.manifest)
-        todo = listing if args.full else manifest_listing.archives_to_index(listing, indexed_archives(spark, args.manifest))
-        index_run, indexed_at = manifest_spark.new_index_run()
+        todo = listing if args.full else archives_to_index(listing, indexed_archives(spark, args.manifest))
+        indexed_at = datetime.now(timezone.utc)
+        index_run = new_run_id(indexed_at)
         tasks = manifest_tasks(len(todo), cfg.manifest_tasks, spark.sparkContext.defaultParallelism)
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
-                                   s3=s3, s3_bucket=bucket)
+                                   access=access)
             manifest_spark.write_manifest(spark, df, args.manifest, index_run, *layout.estimated_bytes(todo))
         if migrated:
             print(f"manifest rewritten in buckets: {len(migrated['inputs'])} files of the earlier layout")
         print(f"manifest: {args.manifest}")
-        for line in manifest_listing.listing_summary(listing, todo):
+        for line in listing_summary(listing, todo):
             print(line)
         if todo:
             from pyspark.sql import functions as F
 
-            run = spark.read.schema(manifest_index.manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
+            run = spark.read.schema(manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
             for r in run.groupBy("kind", "error").count().orderBy("kind", "error").collect():
                 print(f"  {r['kind']:<8} {r['error'] or 'ok':<24} {r['count']}")
         merged = manifest_spark.merge_small_groups(spark, args.manifest, args.max_groups)

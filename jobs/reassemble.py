@@ -14,7 +14,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from dicom_reassembly.cli import configure_logging, fail, run_spark_job  # noqa: E402
+from dicom_reassembly.cli.main import configure_logging, fail, run_spark_job
 from dicom_reassembly.errors import ReassemblyError  # noqa: E402
 
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from dicom_reassembly import errors
     from dicom_reassembly.config import load_config
-    from dicom_reassembly.io import clients, writes
+    from dicom_reassembly.io import writes
+    from dicom_reassembly.records.tables import JdbcTarget, jdbc_session_settings
     from dicom_reassembly.selection.spec import load_criteria
-    from dicom_reassembly.stow import StowAuth, StowSettings
-    from dicom_reassembly.tables import JdbcTarget, jdbc_session_settings
+    from dicom_reassembly.stow.settings import StowAuth, StowSettings
 
     started = datetime.now(timezone.utc)
     try:
@@ -59,23 +59,21 @@ def main(argv: list[str] | None = None) -> int:
         # Read here: executors on a cluster do not inherit the driver's environment.
         stow_auth = StowAuth.from_env() if args.stow_url else None
         jdbc = JdbcTarget.from_env(args.jdbc_url) if args.jdbc_url else None
-        from dicom_reassembly.manifest import spark as manifest_spark
+        from dicom_reassembly.io.arrow_io import dataset_exists
 
-        if not manifest_spark.manifest_exists(args.manifest):
+        if not dataset_exists(args.manifest):
             raise errors.NotFoundError("manifest_not_found", "run build_manifest first", uri=args.manifest)
         if args.out:
             writes.check_writable(args.out)
     except ReassemblyError as exc:
         return fail(exc)
-    if spec is not None and spec.s3 is not None:
-        clients.set_archive_s3_settings(spec.s3, spec.bucket)
 
     extra = dict(cfg.spark)
     if jdbc is not None:
         extra.update(jdbc_session_settings())
 
     def reassemble(spark: Any) -> int:
-        from dicom_reassembly.run import ReassembleRun
+        from dicom_reassembly.reassembly.run import ReassembleRun
 
         run = ReassembleRun(spark=spark, manifest_uri=args.manifest, out=args.out, ledger_uri=args.ledger,
                             runs_uri=args.runs or args.ledger.rstrip("/") + "_runs",

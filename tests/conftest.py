@@ -56,8 +56,8 @@ def spark(moto_server: str):  # noqa: ANN201
     It depends on the moto server so that AWS_ENDPOINT_URL is in the environment
     before the JVM and its Python workers start: executors reach S3 the way they would on EMR.
     """
+    from dicom_reassembly.records.tables import jdbc_session_settings
     from dicom_reassembly.session import get_session
-    from dicom_reassembly.tables import jdbc_session_settings
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = get_session("dicom-reassembly-tests", master="local[2]",

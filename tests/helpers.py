@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -71,11 +73,13 @@ def build_manifest(spark, text: str, images: str, manifest_uri: str) -> None:  #
     from dicom_reassembly.manifest import layout, listing
     from dicom_reassembly.manifest import spark as manifest_spark
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives
+    from dicom_reassembly.run_id import new_run_id
 
     manifest_spark.prepare_manifest(spark, manifest_uri)
     todo = listing.archives_to_index(listing.list_archives(text, images), indexed_archives(spark, manifest_uri))
     if todo:
-        run, at = manifest_spark.new_index_run()
+        at = datetime.now(timezone.utc)
+        run = new_run_id(at)
         df = build_manifest_df(spark, todo, run, at, 4, 64 * 1024)
         manifest_spark.write_manifest(spark, df, manifest_uri, run, *layout.estimated_bytes(todo))
 
@@ -187,9 +191,9 @@ def permissions_enforced_in_child() -> Callable[[], None] | None:
 
 
 @contextlib.contextmanager
-def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
-    """Until the block ends, our S3 calls run as an IAM user who may list and read ``bucket`` except
-    ``denied_keys`` (GetObject is denied on them), and the moto server enforces IAM: S3's real AccessDenied."""
+def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[Any]:
+    """An ``ArchiveAccess`` to ``bucket`` as an IAM user who may list and read it except ``denied_keys`` (GetObject
+    is denied on them); until the block ends the moto server enforces IAM: S3's real AccessDenied."""
     import json
     import uuid
 
@@ -211,8 +215,4 @@ def s3_access_denied(bucket: str, denied_keys: list[str]) -> Iterator[None]:
     settings = clients.S3Settings(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"],
                                   region="us-east-1", max_attempts=1)
     with enable_iam_authentication():
-        clients.set_default_s3_settings(settings)
-        try:
-            yield
-        finally:
-            clients.set_default_s3_settings(None)
+        yield clients.ArchiveAccess(settings, bucket)

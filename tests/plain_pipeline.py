@@ -1,7 +1,7 @@
 """The two Spark jobs as plain Python, for property tests, and the invariants every run must keep.
 
-``run_plain`` chains the library's own stages exactly as ``pipeline``/``run``
-do in Spark: ``manifest.index_archive`` per listed archive, the grouping of
+``run_plain`` chains the library's own stages exactly as ``reassembly.run``
+does in Spark: ``manifest.index.index_archive`` per listed archive, the grouping of
 ``with_members_by_uid`` (members with an ``invalid_uid`` stay out, a null UID
 joins nothing), the JVM fast path or ``plan_instance`` of
 ``with_instance_plan``, the rows of ``with_manifest_damage``, work items sorted
@@ -26,11 +26,12 @@ from typing import Any
 from helpers import dcmftest_ok
 
 from dicom_reassembly.config import Config
-from dicom_reassembly.ledger import LEDGER_NAMES, row_dict
 from dicom_reassembly.manifest import index, listing
-from dicom_reassembly.pipeline import HEADER_COLUMNS, MEMBER_COLUMNS
-from dicom_reassembly.reassembly import PENDING, PLAN_NAMES, plan_instance, reassemble_partition
-from dicom_reassembly.run import ReassembleRun
+from dicom_reassembly.reassembly.executor import reassemble_partition
+from dicom_reassembly.reassembly.plan import PENDING, PLAN_NAMES, plan_instance
+from dicom_reassembly.reassembly.run import ReassembleRun
+from dicom_reassembly.reassembly.transforms import HEADER_COLUMNS, MEMBER_COLUMNS
+from dicom_reassembly.records.ledger import LEDGER_NAMES, row_dict
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 RUN_ID = "plain"
@@ -134,15 +135,15 @@ def run_plain(root: str, out: str, key_template: str | None = None) -> PlainRun:
     ``check_key_template``: the write itself must still never replace another instance.
     """
     cfg = Config(upload_threads=2)
-    ctx = ReassembleRun(spark=None, manifest_uri="", out=out, ledger_uri="", runs_uri="", computations_uri="",
-                        cfg=cfg).context(RUN_ID)
+    task = ReassembleRun(spark=None, manifest_uri="", out=out, ledger_uri="", runs_uri="", computations_uri="",
+                         cfg=cfg).task_settings(RUN_ID)
     if key_template is not None:
-        ctx = replace(ctx, key_template=key_template)
+        task = replace(task, writes=replace(task.writes, key_template=key_template))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = build_manifest_rows(root, cfg)
         plan = plan_rows(members_by_uid(manifest))
-        written = [row_dict(t) for t in reassemble_partition(work_items(plan), ctx)]
+        written = [row_dict(t) for t in reassemble_partition(work_items(plan), task)]
     ledger = [_ledger(r) for r in plan if r["status"] != PENDING] + [_ledger(r) for r in manifest_damage(manifest)]
     # User warnings are what pydicom says about the data: the issue wants them in reasons, not on stderr.
     warned = [f"{w.category.__name__}: {str(w.message)[:200]}" for w in caught if issubclass(w.category, UserWarning)]

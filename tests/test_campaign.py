@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dicom_reassembly import restore
 from dicom_reassembly.campaign import channel, status, steps
 from dicom_reassembly.campaign.params import SecretText, parse_params, read_params
 from dicom_reassembly.errors import ConfigError, CriteriaError
+from dicom_reassembly.restore import ledger as restore_ledger
+from dicom_reassembly.restore import plan as restore_plan
 from dicom_reassembly.selection.spec import load_criteria, parse_criteria
 
 SECRET = "wJalrXUtnFEMI-campaign-secret-0123456789"
@@ -176,7 +177,7 @@ def test_wave_requests_once_then_waits_until_restored(s3, tmp_path, restore_tran
     time.sleep(0.6)  # older than the transition: the first look at a restore sees it in progress
     params = _local_params("wave-bucket", tmp_path)
     inputs = steps.Inputs(params, None)
-    plan = steps.plan_wave(params, inputs, restore.WAVE_HEADERS)
+    plan = steps.plan_wave(params, inputs, restore_plan.WAVE_HEADERS)
     assert [o.uri for o in plan.to_restore(wave=1)] == ["s3://wave-bucket/text/t0.tar", "s3://wave-bucket/text/t1.tar"]
     first = steps.request_wave(params, inputs, plan, 1)
     assert first["outcomes"] == {"requested": 2}
@@ -195,7 +196,7 @@ def test_wait_is_bounded_and_says_how_to_resume(s3, tmp_path, restore_transition
     time.sleep(0.6)
     params = _local_params("slow-bucket", tmp_path, max_wait_seconds=12)
     inputs = steps.Inputs(params, None)
-    plan = steps.plan_wave(params, inputs, restore.WAVE_HEADERS)
+    plan = steps.plan_wave(params, inputs, restore_plan.WAVE_HEADERS)
     steps.request_wave(params, inputs, plan, 1)
     now = [0.0]
     with pytest.raises(steps.CampaignError) as info:  # simulated time: the restore is never seen finished
@@ -209,10 +210,10 @@ def test_an_object_never_requested_is_requested_by_the_wait(s3, tmp_path) -> Non
     _glacier_delivery(s3, "forgotten-bucket")
     params = _local_params("forgotten-bucket", tmp_path)
     inputs = steps.Inputs(params, None)
-    plan = steps.plan_wave(params, inputs, restore.WAVE_HEADERS)
+    plan = steps.plan_wave(params, inputs, restore_plan.WAVE_HEADERS)
     result = steps.wait_wave(params, inputs, plan, 1, sleep=lambda s: None)
     assert result.polls == 2
-    ledger = restore.read_restore_ledger(str(tmp_path / "work" / "restore_ledger"))
+    ledger = restore_ledger.read_restore_ledger(str(tmp_path / "work" / "restore_ledger"))
     assert sorted(ledger.column("uri").to_pylist()) == [o.uri for o in plan.to_restore(wave=1)]
 
 
@@ -296,7 +297,7 @@ def test_status_counts_newest_outcomes_bytes_eta_and_expiring_restores(tmp_path)
             {"run_id": "B", "job": "reassemble", "started_at": t0, "finished_at": t0 + timedelta(seconds=10)}]
     _write(pa.Table.from_pylist(runs), str(work / "runs" / "part-0.parquet"))
     now = datetime.now(timezone.utc)
-    restore.write_restore_ledger([
+    restore_ledger.write_restore_ledger([
         {"run_id": "x", "uri": "s3://p/a.tar", "role": "text", "wave": 1, "size": 5, "tier": "Bulk", "days": 1,
          "requested_at": now - timedelta(hours=12), "outcome": "requested"},
         {"run_id": "x", "uri": "s3://p/b.tar", "role": "images", "wave": 2, "size": 5, "tier": "Bulk", "days": 7,
@@ -322,7 +323,7 @@ def test_status_counts_newest_outcomes_bytes_eta_and_expiring_restores(tmp_path)
 
 def test_status_of_a_campaign_that_only_requested_restores(tmp_path) -> None:  # noqa: ANN001
     now = datetime.now(timezone.utc)
-    restore.write_restore_ledger([{"run_id": "x", "uri": "s3://p/a.tar", "role": "text", "wave": 1, "size": 5,
+    restore_ledger.write_restore_ledger([{"run_id": "x", "uri": "s3://p/a.tar", "role": "text", "wave": 1, "size": 5,
                                    "tier": "Bulk", "days": 7, "requested_at": now, "outcome": "requested"}],
                                  str(tmp_path / "restore_ledger"), "x", 0)
     s = status.campaign_status(str(tmp_path))

@@ -163,7 +163,7 @@ def test_inspect_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001
 
 def _in_process(capsys, *args: str) -> tuple[int, str, list[str]]:  # noqa: ANN001
     """The command in this process (the sweeps below run it dozens of times): exit code, stdout, stderr lines."""
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     rc = main(list(args))
     captured = capsys.readouterr()
@@ -173,7 +173,7 @@ def _in_process(capsys, *args: str) -> tuple[int, str, list[str]]:  # noqa: ANN0
 def _check_like_the_pipeline(root: str, uid: str, inst: dict, members, capsys, tmp_path) -> None:  # noqa: ANN001
     """For one instance of the damaged delivery: the decision is the pipeline's expected status, and the command
     exits and explains it as documented, with the ledger's own reason."""
-    from dicom_reassembly.instance import outcome, reassemble_members
+    from dicom_reassembly.reassembly.instance import outcome, reassemble_members
 
     case = inst["case"] or uid
     status = inst["status"]

@@ -15,7 +15,7 @@ from matplotlib import image as mpimg
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_reassembly.computations import (
+from dicom_reassembly.records.computations import (
     COMPUTATIONS,
     COMPUTATIONS_NAMES,
     computations_schema,
@@ -23,7 +23,6 @@ from dicom_reassembly.computations import (
     run_computation,
     run_computations_partition,
 )
-from dicom_reassembly.io import clients
 
 CT_SERIES = "1.2.826.0.1.3680043.8.498.1001"
 MR_SERIES = "1.2.826.0.1.3680043.8.498.1002"
@@ -238,8 +237,8 @@ def test_registry_and_partition_rows(ct_series: dict, tmp_path) -> None:
 
 
 def test_series_summary_on_s3(ct_series: dict, s3) -> None:
-    """Instances read from and outputs written to S3 (moto server); the input client (which points
-    nowhere) serves only the partner's bucket, so our own objects go through the default client."""
+    """Instances read from and outputs written to S3 (moto server) through the default AWS chain: computations read
+    our own outputs, so they are given no archive access (the input credentials never reach them)."""
     bucket = "computations-test"
     s3.create_bucket(Bucket=bucket)
     uris = []
@@ -247,13 +246,7 @@ def test_series_summary_on_s3(ct_series: dict, s3) -> None:
         key = f"dcm/{os.path.basename(path)}"
         s3.upload_file(path, bucket, key)
         uris.append(f"s3://{bucket}/{key}")
-    clients.set_archive_s3_settings(clients.S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1",
-                                                       access_key_id="input", secret_access_key="input-secret",
-                                                       max_attempts=1), "partner-input")
-    try:
-        result = run_computation("series_summary", CT_SERIES, uris, f"s3://{bucket}/out")
-    finally:
-        clients.set_archive_s3_settings(None, None)
+    result = run_computation("series_summary", CT_SERIES, uris, f"s3://{bucket}/out")
 
     assert result.status == "done", result.detail
     prefix = f"out/_computations/series_summary/{CT_SERIES}"

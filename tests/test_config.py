@@ -69,8 +69,8 @@ def test_other_tools_sections_may_share_the_file(tmp_path: Any) -> None:
 
 def test_the_other_tools_top_level_keys_are_the_ones_they_read() -> None:
     from dicom_reassembly.config import OTHER_TOP_LEVEL_KEYS
-    from dicom_reassembly.emr import _TOP_KEYS
-    from dicom_reassembly.restore import RestoreConfig
+    from dicom_reassembly.emr.config import _TOP_KEYS
+    from dicom_reassembly.restore.batch import RestoreConfig
 
     with open(os.path.join(ROOT, "conf", "prices.json")) as f:
         prices = set(json.load(f))
@@ -193,7 +193,7 @@ def test_key_templates(tmp_path: Any, template: str, expected: str | None) -> No
 
 def test_the_template_of_the_issue_gave_two_instances_one_key() -> None:
     """Why it is refused: the study UID's digits run into the instance UID's."""
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     template = "{study_instance_uid}{sop_instance_uid}.dcm"
     a = {"sop_instance_uid": "34.5", "study_instance_uid": "1.2"}
@@ -228,7 +228,7 @@ def _templates(draw: Any) -> str:
 def test_accepted_templates_give_distinct_instances_distinct_keys(template: str) -> None:
     """Every accepted template is injective: over every combination of the values above, a key is never shared
     by two instances that differ in a field the template uses."""
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     try:
         check_key_template(template)
@@ -247,7 +247,7 @@ def test_accepted_templates_give_distinct_instances_distinct_keys(template: str)
 
 def test_the_property_finds_collisions_where_the_rule_refuses() -> None:
     """The values above are rich enough to expose ambiguous templates (so the property is not vacuous)."""
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     for template in ("{study_instance_uid}{sop_instance_uid}", "{study_instance_uid}.{sop_instance_uid}",
                      "{modality}_{sop_instance_uid}", "{sop_instance_uid}1{series_instance_uid}"):
@@ -403,8 +403,8 @@ def test_a_colliding_key_template_flag_is_refused_before_spark(monkeypatch: pyte
 
 
 def test_the_emr_and_restore_config_readers_have_the_same_bounds(tmp_path: Any) -> None:
-    from dicom_reassembly.emr import read_emr_config
-    from dicom_reassembly.restore import read_restore_config
+    from dicom_reassembly.emr.config import read_emr_config
+    from dicom_reassembly.restore.batch import read_restore_config
 
     deep = tmp_path / "deep.json"
     deep.write_text('{"cluster": ' + "[" * 50_000 + "]" * 50_000 + "}")

@@ -11,16 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dicom_reassembly.cost import (
-    GB,
-    Assumptions,
-    estimate_cost,
-    read_bench_throughput,
-    read_manifest_workload,
-    read_prices,
-    workload_from_totals,
-)
 from dicom_reassembly.errors import ConfigError
+from dicom_reassembly.estimate.cost import Assumptions, estimate_cost
+from dicom_reassembly.estimate.prices import GB, read_bench_throughput, read_prices
+from dicom_reassembly.estimate.workload import read_manifest_workload, workload_from_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "conf", "prices.json")
@@ -201,7 +195,7 @@ def test_manifest_workload_uses_the_newest_index(tmp_path) -> None:  # noqa: ANN
 
 def run_cli(argv: list[str]) -> int:
     """The real console entry point, as a user runs it."""
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     return main(argv)
 

@@ -23,8 +23,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from dicom_reassembly import emr
+from dicom_reassembly import errors
+from dicom_reassembly.emr import config as emr_config
+from dicom_reassembly.emr import layout as emr_layout
+from dicom_reassembly.emr import plan as emr_plan
+from dicom_reassembly.emr import requests
+from dicom_reassembly.emr import submit as emr_submit
 from dicom_reassembly.errors import ConfigError, CriteriaError, StorageError
+from dicom_reassembly.reassembly import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = ROOT / "emr" / "submit.py"
@@ -46,13 +52,13 @@ def _conf_dict() -> dict[str, Any]:
 
 
 @pytest.fixture()
-def config() -> emr.EmrConfig:
-    return emr.read_emr_config(str(CONF))
+def config() -> emr_config.EmrConfig:
+    return emr_config.read_emr_config(str(CONF))
 
 
 @pytest.fixture()
-def layout() -> emr.WorkLayout:
-    return emr.work_layout(WORK)
+def layout() -> emr_layout.WorkLayout:
+    return emr_layout.work_layout(WORK)
 
 
 def _client(service: str) -> Any:
@@ -100,7 +106,7 @@ def _conf_pairs(args: list[str]) -> dict[str, str]:
 
 
 def test_spark_step_is_command_runner_with_an_argument_list() -> None:
-    step = emr.build_spark_step("n", "s3://c/job.py", ["--out", "s3://b/with space/", "--x", "a=b"],
+    step = requests.build_spark_step("n", "s3://c/job.py", ["--out", "s3://b/with space/", "--x", "a=b"],
                                 {"spark.executor.cores": 4, "spark.speculation": False}, ["s3://c/lib.zip"])
     assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
     assert _args(step) == ["spark-submit", "--deploy-mode", "cluster", "--py-files", "s3://c/lib.zip",
@@ -110,7 +116,7 @@ def test_spark_step_is_command_runner_with_an_argument_list() -> None:
 
 def test_spark_step_refuses_a_string_to_split() -> None:
     with pytest.raises(ConfigError) as exc:
-        emr.build_spark_step("n", "s3://c/job.py", "--out s3://b/o", {}, [])  # type: ignore[arg-type]
+        requests.build_spark_step("n", "s3://c/job.py", "--out s3://b/o", {}, [])  # type: ignore[arg-type]
     assert exc.value.reason == "bad_step_args"
 
 
@@ -118,16 +124,16 @@ def test_spark_step_refuses_a_string_to_split() -> None:
                                  "spark.executorEnv.AWS_SESSION_TOKEN"])
 def test_secrets_never_go_into_spark_conf(key: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        emr.build_spark_step("n", "s3://c/job.py", [], {key: "AKIAVALUE"}, [])
+        requests.build_spark_step("n", "s3://c/job.py", [], {key: "AKIAVALUE"}, [])
     assert exc.value.reason == "secret_in_spark_conf"
     assert "AKIAVALUE" not in str(exc.value)
 
 
-def test_pipeline_steps_chain_manifest_into_reassemble(config: emr.EmrConfig, layout: emr.WorkLayout) -> None:
-    job_args = emr.build_job_args(layout, text=TEXT, images=IMAGES, out=OUT, criteria_uri=layout.criteria)
-    conf = emr.build_spark_conf(config, target="cluster", region="eu-west-1")
-    conf2 = emr.build_spark_conf(config, target="cluster", region="eu-west-1", shuffle_partitions=4242)
-    steps = emr.build_pipeline_steps(layout, job_args, conf, reassemble_conf=conf2, py_files=["s3://c/z.zip"])
+def test_pipeline_steps_chain_manifest_into_reassemble(config: emr_config.EmrConfig, layout: emr_layout.WorkLayout) -> None:
+    job_args = requests.build_job_args(layout, text=TEXT, images=IMAGES, out=OUT, criteria_uri=layout.criteria)
+    conf = requests.build_spark_conf(config, target="cluster", region="eu-west-1")
+    conf2 = requests.build_spark_conf(config, target="cluster", region="eu-west-1", shuffle_partitions=4242)
+    steps = requests.build_pipeline_steps(layout, job_args, conf, reassemble_conf=conf2, py_files=["s3://c/z.zip"])
     manifest, reassemble = (_args(s) for s in steps)
     assert [s["Name"] for s in steps] == ["dicom-reassembly: build_manifest", "dicom-reassembly: reassemble"]
     assert manifest[manifest.index(f"{WORK}/code/build_manifest.py"):] == [
@@ -145,24 +151,24 @@ def test_pipeline_steps_chain_manifest_into_reassemble(config: emr.EmrConfig, la
     assert all(s["ActionOnFailure"] == "CANCEL_AND_WAIT" for s in steps)
 
 
-def test_job_args_refuse_local_paths(layout: emr.WorkLayout) -> None:
+def test_job_args_refuse_local_paths(layout: emr_layout.WorkLayout) -> None:
     with pytest.raises(ConfigError):
-        emr.build_job_args(layout, text="/data/text", images=IMAGES, out=OUT)
+        requests.build_job_args(layout, text="/data/text", images=IMAGES, out=OUT)
     with pytest.raises(ConfigError):
-        emr.work_layout("/tmp/work")
+        emr_layout.work_layout("/tmp/work")
 
 
-def test_cluster_request_follows_the_config(layout: emr.WorkLayout) -> None:
+def test_cluster_request_follows_the_config(layout: emr_layout.WorkLayout) -> None:
     data = _conf_dict()
     data["cluster"]["release_label"] = "emr-7.1.0"
     data["cluster"]["ec2_subnet_ids"] = ["subnet-1", "subnet-2"]
-    config = emr.emr_config_from_dict(data)
-    steps = emr.build_pipeline_steps(layout, emr.build_job_args(layout, text=TEXT, images=IMAGES, out=OUT), {})
-    request = emr.build_cluster_request(config, layout, steps)
+    config = emr_config.emr_config_from_dict(data)
+    steps = requests.build_pipeline_steps(layout, requests.build_job_args(layout, text=TEXT, images=IMAGES, out=OUT), {})
+    request = requests.build_cluster_request(config, layout, steps)
     client = _client("emr")
     with Stubber(client) as stub:  # botocore validates the request against the EMR model before the stub answers
         stub.add_response("run_job_flow", {"JobFlowId": "j-NEW"}, request)
-        assert emr.submit_cluster(client, request) == "j-NEW"
+        assert emr_submit.submit_cluster(client, request) == "j-NEW"
         stub.assert_no_pending_responses()
     assert request["ReleaseLabel"] == "emr-7.1.0"
     fleets = {f["InstanceFleetType"]: f for f in request["Instances"]["InstanceFleets"]}
@@ -182,50 +188,50 @@ def test_cluster_request_follows_the_config(layout: emr.WorkLayout) -> None:
     assert request["Steps"] == steps
 
 
-def test_cluster_without_idle_timeout_ends_with_its_last_step(layout: emr.WorkLayout) -> None:
+def test_cluster_without_idle_timeout_ends_with_its_last_step(layout: emr_layout.WorkLayout) -> None:
     data = _conf_dict()
     data["cluster"]["idle_timeout_seconds"] = None
-    request = emr.build_cluster_request(emr.emr_config_from_dict(data), layout, [])
+    request = requests.build_cluster_request(emr_config.emr_config_from_dict(data), layout, [])
     assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
     assert "AutoTerminationPolicy" not in request
 
 
-def test_core_nodes_on_spot_are_refused(layout: emr.WorkLayout) -> None:
+def test_core_nodes_on_spot_are_refused(layout: emr_layout.WorkLayout) -> None:
     data = _conf_dict()
     data["cluster"]["fleets"]["core"]["spot"] = 3
     with pytest.raises(ConfigError, match="core must be on-demand"):
-        emr.build_cluster_request(emr.emr_config_from_dict(data), layout, [])
+        requests.build_cluster_request(emr_config.emr_config_from_dict(data), layout, [])
 
 
-def test_missing_release_label_is_a_config_error(layout: emr.WorkLayout) -> None:
+def test_missing_release_label_is_a_config_error(layout: emr_layout.WorkLayout) -> None:
     data = _conf_dict()
     del data["cluster"]["release_label"]
     with pytest.raises(ConfigError, match="release_label"):
-        emr.build_cluster_request(emr.emr_config_from_dict(data), layout, [])
+        requests.build_cluster_request(emr_config.emr_config_from_dict(data), layout, [])
 
 
 def test_release_label_is_not_written_in_the_logic() -> None:
-    for path in (ROOT / "lib" / "dicom_reassembly" / "emr.py", SUBMIT):
+    for path in (*sorted((ROOT / "lib" / "dicom_reassembly" / "emr").glob("*.py")), SUBMIT):
         assert not re.search(r"emr-\d", path.read_text()), path
 
 
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown keys"):
-        emr.emr_config_from_dict({"sparks": {}})
+        emr_config.emr_config_from_dict({"sparks": {}})
     with pytest.raises(ConfigError, match="minimum"):
-        emr.emr_config_from_dict({"partitions": {"minimum": 10, "maximum": 5}})
+        emr_config.emr_config_from_dict({"partitions": {"minimum": 10, "maximum": 5}})
 
 
 def test_security_kms_key_id_is_read_and_checked() -> None:
-    assert emr.emr_config_from_dict({}).kms_key_id is None
-    assert emr.emr_config_from_dict({"security": {"kms_key_id": None}}).kms_key_id is None
-    assert emr.emr_config_from_dict({"security": {"kms_key_id": "alias/dicom"}}).kms_key_id == "alias/dicom"
+    assert emr_config.emr_config_from_dict({}).kms_key_id is None
+    assert emr_config.emr_config_from_dict({"security": {"kms_key_id": None}}).kms_key_id is None
+    assert emr_config.emr_config_from_dict({"security": {"kms_key_id": "alias/dicom"}}).kms_key_id == "alias/dicom"
     for bad in ({"kms_key_id": ""}, {"kms_key_id": 7}, {"kms_key": "alias/typo"}):
         with pytest.raises(ConfigError) as err:
-            emr.emr_config_from_dict({"security": bad})
+            emr_config.emr_config_from_dict({"security": bad})
         assert err.value.reason == "bad_config" and "security" in str(err.value)
     with pytest.raises(ConfigError):
-        emr.emr_config_from_dict({"security": "alias/dicom"})
+        emr_config.emr_config_from_dict({"security": "alias/dicom"})
 
 
 def test_unreadable_config_files_are_one_line_config_errors(tmp_path: Path) -> None:
@@ -234,18 +240,18 @@ def test_unreadable_config_files_are_one_line_config_errors(tmp_path: Path) -> N
     cases = {str(tmp_path): "cannot be read", str(latin1): "not UTF-8"}
     for path, needle in cases.items():
         with pytest.raises(ConfigError) as err:
-            emr.read_emr_config(path)
+            emr_config.read_emr_config(path)
         assert err.value.reason == "bad_config" and needle in str(err.value) and "\n" not in str(err.value)
         r = run_cli("--cluster-id", "j-1", "--text", TEXT, "--images", IMAGES, "--out", OUT, "--work", WORK,
                     "--config", path, "--dry-run")
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
 
 
-def test_criteria_upload_is_encrypted_with_sse_s3_or_the_configured_kms_key(layout: emr.WorkLayout) -> None:
-    artifacts = emr.Artifacts("w.whl", "z.zip", {j: f"{j}.py" for j in emr.JOB_NAMES}, "b.sh", ())
+def test_criteria_upload_is_encrypted_with_sse_s3_or_the_configured_kms_key(layout: emr_layout.WorkLayout) -> None:
+    artifacts = emr_layout.Artifacts("w.whl", "z.zip", {j: f"{j}.py" for j in emr_layout.JOB_NAMES}, "b.sh", ())
     for kms, expected in ((None, {"ServerSideEncryption": "AES256"}),
                           ("alias/dicom", {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/dicom"})):
-        uploads = emr.build_uploads(layout, artifacts, with_cluster_bootstrap=True, criteria_path="c.json",
+        uploads = emr_layout.build_uploads(layout, artifacts, with_cluster_bootstrap=True, criteria_path="c.json",
                                     job_config_path="job.json", kms_key_id=kms)
         assert [dict(u.extra_args) for u in uploads if u.kind == "criteria"] == [expected]
         assert all(not u.extra_args for u in uploads if u.kind != "criteria")
@@ -255,47 +261,47 @@ def test_criteria_upload_is_encrypted_with_sse_s3_or_the_configured_kms_key(layo
 
 
 def test_shuffle_partitions_follow_manifest_size() -> None:
-    policy = emr.PartitionPolicy(bytes_per_partition=128 * emr.MIB, rows_per_partition=100_000, minimum=1,
+    policy = tasks.PartitionPolicy(bytes_per_partition=128 * emr_config.MIB, rows_per_partition=100_000, minimum=1,
                                  maximum=100_000, default=2000)
-    assert emr.shuffle_partitions_for(policy=policy) == 2000
-    assert emr.shuffle_partitions_for(10 * 1024 * emr.MIB, policy=policy) == 80
-    assert emr.shuffle_partitions_for(10 * 1024 * emr.MIB + 1, policy=policy) == 81
-    assert emr.shuffle_partitions_for(manifest_rows=1_000_000_000, policy=policy) == 10_000
+    assert tasks.shuffle_partitions_for(policy=policy) == 2000
+    assert tasks.shuffle_partitions_for(10 * 1024 * emr_config.MIB, policy=policy) == 80
+    assert tasks.shuffle_partitions_for(10 * 1024 * emr_config.MIB + 1, policy=policy) == 81
+    assert tasks.shuffle_partitions_for(manifest_rows=1_000_000_000, policy=policy) == 10_000
     # both measures: the larger estimate wins
-    assert emr.shuffle_partitions_for(10 * 1024 * emr.MIB, 1_000_000_000, policy=policy) == 10_000
+    assert tasks.shuffle_partitions_for(10 * 1024 * emr_config.MIB, 1_000_000_000, policy=policy) == 10_000
     sizes = [0, 1, 10**6, 10**9, 10**12, 10**15]
-    values = [emr.shuffle_partitions_for(s, policy=policy) for s in sizes]
+    values = [tasks.shuffle_partitions_for(s, policy=policy) for s in sizes]
     assert values == sorted(values)
 
 
 def test_shuffle_partitions_are_clamped() -> None:
-    policy = emr.PartitionPolicy(minimum=200, maximum=50_000)
-    assert emr.shuffle_partitions_for(1024, policy=policy) == 200
-    assert emr.shuffle_partitions_for(5 * 10**15, policy=policy) == 50_000  # 5 PB of manifest
+    policy = tasks.PartitionPolicy(minimum=200, maximum=50_000)
+    assert tasks.shuffle_partitions_for(1024, policy=policy) == 200
+    assert tasks.shuffle_partitions_for(5 * 10**15, policy=policy) == 50_000  # 5 PB of manifest
     with pytest.raises(ConfigError):
-        emr.shuffle_partitions_for(-1, policy=policy)
+        tasks.shuffle_partitions_for(-1, policy=policy)
 
 
 # --------------------------------------------------------------------------- submit and wait (Stubber)
 
 
-def test_submit_steps_success(config: emr.EmrConfig, layout: emr.WorkLayout) -> None:
-    steps = emr.build_pipeline_steps(layout, emr.build_job_args(layout, text=TEXT, images=IMAGES, out=OUT),
-                                     emr.build_spark_conf(config, target="cluster"))
+def test_submit_steps_success(config: emr_config.EmrConfig, layout: emr_layout.WorkLayout) -> None:
+    steps = requests.build_pipeline_steps(layout, requests.build_job_args(layout, text=TEXT, images=IMAGES, out=OUT),
+                                     requests.build_spark_conf(config, target="cluster"))
     client = _client("emr")
     with Stubber(client) as stub:
         stub.add_response("add_job_flow_steps", {"StepIds": ["s-1", "s-2"]}, {"JobFlowId": "j-1", "Steps": steps})
-        assert emr.submit_steps(client, "j-1", steps) == ["s-1", "s-2"]
+        assert emr_submit.submit_steps(client, "j-1", steps) == ["s-1", "s-2"]
         stub.assert_no_pending_responses()
 
 
 def test_submit_steps_client_error_is_logged_and_typed(caplog: pytest.LogCaptureFixture) -> None:
     client = _client("emr")
-    step = emr.build_spark_step("n", "s3://c/j.py", [], {})
+    step = requests.build_spark_step("n", "s3://c/j.py", [], {})
     with Stubber(client) as stub:
         stub.add_client_error("add_job_flow_steps", "ValidationException", "Cluster j-GONE is terminated")
-        with pytest.raises(emr.EmrError) as exc:
-            emr.submit_steps(client, "j-GONE", [step])
+        with pytest.raises(errors.EmrError) as exc:
+            emr_submit.submit_steps(client, "j-GONE", [step])
     assert exc.value.reason == "aws_error"
     assert "ValidationException" in str(exc.value) and "j-GONE" in str(exc.value)
     assert any("j-GONE" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
@@ -313,7 +319,7 @@ def test_wait_for_steps_reports_progress_until_completed() -> None:
             stub.add_response("describe_step", _step(state), {"ClusterId": "j-1", "StepId": "s-1"})
         stub.add_response("describe_step", _step("COMPLETED", "dicom-reassembly: reassemble"),
                           {"ClusterId": "j-1", "StepId": "s-2"})
-        emr.wait_for_steps(client, "j-1", ["s-1", "s-2"], lambda p: seen.append((p.name, p.state, p.index)),
+        emr_submit.wait_for_steps(client, "j-1", ["s-1", "s-2"], lambda p: seen.append((p.name, p.state, p.index)),
                            names=["manifest", "reassemble"], poll_seconds=0)
         stub.assert_no_pending_responses()
     assert seen == [("dicom-reassembly: build_manifest", "RUNNING", 0),
@@ -328,8 +334,8 @@ def test_wait_for_steps_stops_on_failure_with_the_reason() -> None:
         stub.add_response("describe_step", _step("RUNNING"), {"ClusterId": "j-1", "StepId": "s-1"})
         stub.add_response("describe_step", _step("FAILED", FailureDetails=details),
                           {"ClusterId": "j-1", "StepId": "s-1"})
-        with pytest.raises(emr.EmrError) as exc:
-            emr.wait_for_steps(client, "j-1", ["s-1", "s-2"], poll_seconds=0)
+        with pytest.raises(errors.EmrError) as exc:
+            emr_submit.wait_for_steps(client, "j-1", ["s-1", "s-2"], poll_seconds=0)
         stub.assert_no_pending_responses()  # s-2 was never polled
     assert exc.value.reason == "step_failed"
     text = str(exc.value)
@@ -341,8 +347,8 @@ def test_wait_for_steps_stops_on_cancel() -> None:
     with Stubber(client) as stub:
         stub.add_response("describe_step", _step("CANCELLED", StateChangeReason={"Message": "cancelled by user"}),
                           {"ClusterId": "j-1", "StepId": "s-1"})
-        with pytest.raises(emr.EmrError) as exc:
-            emr.wait_for_steps(client, "j-1", ["s-1"], poll_seconds=0)
+        with pytest.raises(errors.EmrError) as exc:
+            emr_submit.wait_for_steps(client, "j-1", ["s-1"], poll_seconds=0)
     assert exc.value.reason == "step_cancelled" and "cancelled by user" in str(exc.value)
 
 
@@ -350,8 +356,8 @@ def test_wait_for_steps_client_error() -> None:
     client = _client("emr")
     with Stubber(client) as stub:
         stub.add_client_error("describe_step", "InvalidRequestException", "Step s-9 not found")
-        with pytest.raises(emr.EmrError) as exc:
-            emr.wait_for_steps(client, "j-1", ["s-9"], poll_seconds=0)
+        with pytest.raises(errors.EmrError) as exc:
+            emr_submit.wait_for_steps(client, "j-1", ["s-9"], poll_seconds=0)
     assert exc.value.reason == "aws_error" and "InvalidRequestException" in str(exc.value)
 
 
@@ -361,19 +367,19 @@ def test_wait_for_steps_times_out_instead_of_spinning() -> None:
     with Stubber(client) as stub:
         for _ in range(8):
             stub.add_response("describe_step", _step("RUNNING"), {"ClusterId": "j-1", "StepId": "s-1"})
-        with pytest.raises(emr.EmrError) as exc:
-            emr.wait_for_steps(client, "j-1", ["s-1"], poll_seconds=0, timeout_seconds=250,
+        with pytest.raises(errors.EmrError) as exc:
+            emr_submit.wait_for_steps(client, "j-1", ["s-1"], poll_seconds=0, timeout_seconds=250,
                                clock=lambda: float(next(ticks)))
     assert exc.value.reason == "wait_timeout"
 
 
-def test_serverless_request_and_failure(config: emr.EmrConfig, layout: emr.WorkLayout) -> None:
+def test_serverless_request_and_failure(config: emr_config.EmrConfig, layout: emr_layout.WorkLayout) -> None:
     data = _conf_dict()
     data["serverless"]["execution_role_arn"] = ROLE
-    config = emr.emr_config_from_dict(data)
-    job_args = emr.build_job_args(layout, text=TEXT, images=IMAGES, out="s3://out-bucket/dcm/")
-    conf = emr.build_spark_conf(config, target="serverless", region="us-east-1")
-    runs = emr.build_serverless_runs(config, layout, "app-1", job_args, conf, None, ["s3://c/z.zip"], "tok")
+    config = emr_config.emr_config_from_dict(data)
+    job_args = requests.build_job_args(layout, text=TEXT, images=IMAGES, out="s3://out-bucket/dcm/")
+    conf = requests.build_spark_conf(config, target="serverless", region="us-east-1")
+    runs = requests.build_serverless_runs(config, layout, "app-1", job_args, conf, None, ["s3://c/z.zip"], "tok")
     driver = runs[1]["jobDriver"]["sparkSubmit"]
     assert driver["entryPoint"] == f"{WORK}/code/reassemble.py"
     assert driver["entryPointArguments"] == job_args["reassemble"]
@@ -388,32 +394,32 @@ def test_serverless_request_and_failure(config: emr.EmrConfig, layout: emr.WorkL
             "applicationId": "app-1", "jobRunId": "jr-1", "arn": RUN_ARN, "createdBy": ROLE, "createdAt": 0,
             "updatedAt": 0, "executionRole": ROLE, "state": "FAILED", "stateDetails": "Job failed: OOM on driver",
             "releaseLabel": "emr-7.5.0", "jobDriver": runs[0]["jobDriver"]}}, {"applicationId": "app-1", "jobRunId": "jr-1"})
-        assert emr.submit_serverless(client, runs[0]) == "jr-1"
-        with pytest.raises(emr.EmrError) as exc:
-            emr.wait_for_job_run(client, "app-1", "jr-1", poll_seconds=0)
+        assert emr_submit.submit_serverless(client, runs[0]) == "jr-1"
+        with pytest.raises(errors.EmrError) as exc:
+            emr_submit.wait_for_job_run(client, "app-1", "jr-1", poll_seconds=0)
         stub.assert_no_pending_responses()
     assert exc.value.reason == "job_failed" and "OOM on driver" in str(exc.value)
 
 
 def test_serverless_refuses_whitespace_in_parameters() -> None:
     with pytest.raises(ConfigError):
-        emr.build_serverless_job_run("a", ROLE, "n", "s3://c/j.py", [], {"spark.x": "a b"}, client_token="t")
+        requests.build_serverless_job_run("a", ROLE, "n", "s3://c/j.py", [], {"spark.x": "a b"}, client_token="t")
 
 
 def test_criteria_errors_do_not_echo_content(tmp_path: Path) -> None:
     bad = tmp_path / "c.json"
     bad.write_text('{"credentials": "' + SECRET + '" oops}')
     with pytest.raises(CriteriaError) as exc:
-        emr.check_criteria_file(str(bad))
+        emr_plan.check_criteria_file(str(bad))
     assert SECRET not in str(exc.value) and SECRET not in repr(exc.value.__cause__)
     # valid JSON, invalid criterion: refused at submission, not on the cluster
     bad.write_text(json.dumps({"criteria": [{"dicom_tag": "Modality", "operation": "LIKE", "reference": "CT"}],
                                "input_s3_parameters": {"bucket": "b", "region": "r", "credentials": f"K:{SECRET}"}}))
     with pytest.raises(CriteriaError) as exc:
-        emr.check_criteria_file(str(bad))
+        emr_plan.check_criteria_file(str(bad))
     assert SECRET not in str(exc.value)
     with pytest.raises(CriteriaError, match="missing_criteria"):
-        emr.check_criteria_file(str(tmp_path / "nope.json"))
+        emr_plan.check_criteria_file(str(tmp_path / "nope.json"))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -641,12 +647,12 @@ def test_cli_aws_error_is_one_line(project: Path, aws: dict[str, Any]) -> None:
 
 def test_write_uploads_skips_unchanged_dependencies(project: Path, aws: dict[str, Any]) -> None:
     dep = project / "dist" / "wheelhouse" / "numpy-2.0.0-cp311-cp311-manylinux_2_28_x86_64.whl"
-    uploads = [emr.Upload(str(dep), "s3://work-bucket/up/wheelhouse/numpy.whl", "dependency"),
-               emr.Upload(str(project / "jobs" / "reassemble.py"), "s3://work-bucket/up/reassemble.py", "code")]
-    assert emr.write_uploads(aws["s3"], uploads) == 2
-    assert emr.write_uploads(aws["s3"], uploads) == 1  # code is always re-sent, the same wheel is not
+    uploads = [emr_layout.Upload(str(dep), "s3://work-bucket/up/wheelhouse/numpy.whl", "dependency"),
+               emr_layout.Upload(str(project / "jobs" / "reassemble.py"), "s3://work-bucket/up/reassemble.py", "code")]
+    assert emr_layout.write_uploads(aws["s3"], uploads) == 2
+    assert emr_layout.write_uploads(aws["s3"], uploads) == 1  # code is always re-sent, the same wheel is not
     with pytest.raises(StorageError):
-        emr.write_uploads(aws["s3"], [emr.Upload(str(dep), "s3://no-such-bucket-here/x.whl", "code")])
+        emr_layout.write_uploads(aws["s3"], [emr_layout.Upload(str(dep), "s3://no-such-bucket-here/x.whl", "code")])
 
 
 def test_criteria_uploaded_under_the_configured_kms_key(project: Path, aws: dict[str, Any]) -> None:
@@ -680,7 +686,7 @@ def test_unexpected_failure_is_one_line_unless_debugging(project: Path, monkeypa
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("disk on fire\nsecond line of detail")
 
-    monkeypatch.setattr(emr, "find_artifacts", broken)
+    monkeypatch.setattr(emr_plan, "find_artifacts", broken)
     monkeypatch.delenv("DICOM_REASSEMBLY_LOG", raising=False)
     argv = ["--cluster-id", "j-1", "--text", TEXT, "--images", IMAGES, "--out", OUT, "--work", WORK,
             "--config", str(project / "emr.json"), "--dry-run"]
@@ -697,11 +703,11 @@ def test_unexpected_failure_is_one_line_unless_debugging(project: Path, monkeypa
 
 
 def test_read_manifest_bytes(aws: dict[str, Any]) -> None:
-    assert emr.read_manifest_bytes("s3://work-bucket/nothing/manifest") is None
+    assert tasks.read_manifest_bytes("s3://work-bucket/nothing/manifest") is None
     for i, size in enumerate((1000, 2345)):
         aws["s3"].put_object(Bucket="work-bucket", Key=f"m1/manifest/part-{i}.parquet", Body=b"x" * size)
     aws["s3"].put_object(Bucket="work-bucket", Key="m1/manifest/_SUCCESS", Body=b"")
-    assert emr.read_manifest_bytes("s3://work-bucket/m1/manifest") == 3345
+    assert tasks.read_manifest_bytes("s3://work-bucket/m1/manifest") == 3345
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -772,9 +778,9 @@ def test_bootstrap_refuses_old_python_and_missing_argument(fake_node: dict[str, 
     assert r.returncode != 0 and "usage" in r.stderr
 
 
-def test_conf_copy_is_not_shared(config: emr.EmrConfig) -> None:
+def test_conf_copy_is_not_shared(config: emr_config.EmrConfig) -> None:
     """Builders must not mutate the config they read (the same config builds several requests)."""
     before = copy.deepcopy(dict(config.cluster))
-    layout = emr.work_layout(WORK)
-    emr.build_cluster_request(config, layout, [emr.build_spark_step("n", "s3://c/j.py", [], {})])
+    layout = emr_layout.work_layout(WORK)
+    requests.build_cluster_request(config, layout, [requests.build_spark_step("n", "s3://c/j.py", [], {})])
     assert dict(config.cluster) == before

@@ -21,15 +21,15 @@ from helpers import dcmftest_ok
 
 from dicom_reassembly.config import Config, load_config
 from dicom_reassembly.dicom.header_rules import MAX_HEADER_BYTES
-from dicom_reassembly.io import tar_access
+from dicom_reassembly.io import tar_access, tar_sources
 from dicom_reassembly.manifest import index, listing
-from dicom_reassembly.manifest import spark as manifest_spark
+from dicom_reassembly.run_id import new_run_id
 
 CLI = os.path.join(os.path.dirname(sys.executable), "dicom-reassembly")
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 ROOT = "1.2.826.0.1.3680043.10.1234."
 GOOD, DEEP, LARGE, BITS12, WARNS, NUL_STUDY = (ROOT + s for s in ("1", "2", "3", "4", "5", "6"))
-CHUNK_LIMIT = 1 << 20  # _StreamSource steps over data in reads of at most this
+CHUNK_LIMIT = 1 << 20  # StreamSource steps over data in reads of at most this
 
 
 def _header(uid: str, **extra: Any) -> dict[str, Any]:
@@ -110,7 +110,7 @@ class _CountingStream(io.RawIOBase):
 def test_walk_steps_over_a_member_above_max_data_in_bounded_reads(tmp_path: Any) -> None:
     path = _tar(tmp_path / "t.tar", {"a.json": b"{}", "big.json": b"x" * (5 * CHUNK_LIMIT), "b.json": b"[1]"})
     stream = _CountingStream(path)
-    items = list(tar_access.walk(tar_access._StreamSource(stream), os.path.getsize(path), True, path,
+    items = list(tar_access.walk(tar_sources.StreamSource(stream), os.path.getsize(path), True, path,
                                  max_data=CHUNK_LIMIT))
     stream.close()
     assert [(m.name, m.data, m.too_large) for m in items] == [("a.json", b"{}", False), ("big.json", None, True),
@@ -170,7 +170,8 @@ def _manifest(tmp_path: Any, text: str, images: str) -> str:
     """A manifest written from index_archive's rows, without Spark."""
     kinds = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "timestamp": pa.timestamp("us", tz="UTC")}
     schema = pa.schema([(n, kinds[t]) for n, t in index.MANIFEST_FIELDS])
-    run, at = manifest_spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     rows = [dict(zip(index.FIELD_NAMES, r)) for a in listing.list_archives(text, images) for r in index.index_archive(a, run, at)]
     out = tmp_path / "manifest"
     out.mkdir()
@@ -208,7 +209,8 @@ def test_build_manifest_df_applies_max_header_bytes(spark: Any, tmp_path: Any) -
     from dicom_reassembly.manifest.spark import build_manifest_df
 
     text, images = _delivery(tmp_path, large_bytes=128 << 10)
-    run, at = manifest_spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     archives = listing.list_archives(text, images)
     rows = build_manifest_df(spark, archives, run, at, 2, 64 * 1024, max_header_bytes=64 << 10).collect()
     errors = {r["member_name"]: r["error"] for r in rows if r["kind"] == "header"}

@@ -26,11 +26,11 @@ from network_helpers import (
 )
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
-from dicom_reassembly import catalog
 from dicom_reassembly.intake.receiver import Intake, IntakeSettings
 from dicom_reassembly.intake.validation import Refused, check_dataset
+from dicom_reassembly.records import catalog
 
 if TYPE_CHECKING:
     from orthanc_fixture import OrthancServer
@@ -96,10 +96,10 @@ def send_pynetdicom(port: int, datasets: list[Dataset]) -> list[tuple[int, str |
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's note on the malformed UID the case sets
 @pytest.mark.parametrize(("change", "code", "reason"), [
-    (lambda ds: setattr(ds, "SOPInstanceUID", [generate_uid(), generate_uid()]), 0xC000, "invalid_uid"),
-    (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.03"), 0xC000, "invalid_uid"),
+    (lambda ds: setattr(ds, "SOPInstanceUID", [generate_uid(), generate_uid()]), 0xC000, "invalid_vm"),
+    (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.03"), 0xC000, "invalid_uid_value"),
     (lambda ds: delattr(ds, "SeriesInstanceUID"), 0xA900, "missing_uid"),
-    (lambda ds: ds.add_new(0x00031010, "LO", "private in an odd group"), 0xC000, "forbidden_group"),
+    (lambda ds: ds.add_new(0x00031010, "LO", "private in an odd group"), 0xC000, "reserved_group"),
     (lambda ds: setattr(ds, "BitsAllocated", 12), 0xC000, "invalid_bits_allocated"),
     (lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"), 0xC000, "unknown_character_set"),
 ], ids=["multi-valued uid", "bad uid syntax", "missing series uid", "group 0003", "bits 12", "unknown charset"])
@@ -365,3 +365,21 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Any, args: list[str], rea
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and reason in res.stderr and "Traceback" not in res.stderr
+
+
+def test_accepted_associations_send_without_nagle_delay() -> None:
+    """Each C-STORE-RSP must leave at once: with Nagle on, it waits ~40 ms for the sender's delayed ACK."""
+    import socket
+    from types import SimpleNamespace
+
+    from dicom_reassembly.intake.scp import handle_open, handlers
+
+    assert any(h[0] is evt.EVT_CONN_OPEN and h[1] is handle_open for h in handlers(None))  # type: ignore[arg-type]
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            handle_open(SimpleNamespace(assoc=SimpleNamespace(dul=SimpleNamespace(socket=SimpleNamespace(socket=accepted)))))
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()

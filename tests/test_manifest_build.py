@@ -23,6 +23,7 @@ from dicom_reassembly.io import arrow_io
 from dicom_reassembly.manifest import index, layout, listing
 from dicom_reassembly.manifest import spark as manifest_spark
 from dicom_reassembly.manifest.lookup import manifest_members, scan_members
+from dicom_reassembly.run_id import new_run_id
 
 sys.path.insert(0, ROOT)  # bench/ is a package at the repository root, not an installed one
 
@@ -53,7 +54,8 @@ def _value(v: Any) -> str:
 
 def _python_rows(text: str, images: str) -> Counter:
     """The rows indexing gives in Python, without Spark: what the manifest must hold (run columns aside)."""
-    run, at = manifest_spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     rows = Counter()
     for a in listing.list_archives(text, images):
         for row in index.index_archive(a, run, at):
@@ -135,7 +137,8 @@ def test_a_lookup_reads_one_bucket_and_few_row_groups(spark: Any, sample_deliver
 
 def _write_old_layout(spark: Any, text: str, images: str, manifest: str) -> None:
     """A manifest as the code before issue 20 wrote it: Python rows through createDataFrame, appended as is."""
-    run, at = manifest_spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     todo = listing.list_archives(text, images)
     rdd = spark.sparkContext.parallelize(todo, 2).flatMap(lambda a: index.index_archive(a, run, at))
     spark.createDataFrame(rdd, index.manifest_schema(), verifySchema=False).write.mode("append").parquet(manifest)

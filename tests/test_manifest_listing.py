@@ -45,8 +45,9 @@ STRAYS: dict[str, tuple[bytes, str]] = {
 }
 
 
-def _archive_rows(listing: list[dict[str, Any]]) -> tuple[dict[str, tuple[str | None, str | None]], list[tuple]]:
-    rows = [row for a in listing for row in index.index_archive(a, "run", NOW)]
+def _archive_rows(listing: list[dict[str, Any]], access: Any = None
+                  ) -> tuple[dict[str, tuple[str | None, str | None]], list[tuple]]:
+    rows = [row for a in listing for row in index.index_archive(a, "run", NOW, access=access)]
     fields = index.FIELD_NAMES
     archive = {os.path.basename(r[fields.index("archive_uri")]): (r[fields.index("error")], r[fields.index("error_detail")])
                for r in rows if r[fields.index("kind")] == "archive"}
@@ -95,9 +96,9 @@ def test_every_s3_object_gets_rows_or_a_reason(s3: Any) -> None:
     s3.put_object(Bucket=bucket, Key="d/text/folder/", Body=b"")  # a console folder marker: no object of ours
     for name, (content, _) in STRAYS.items():
         s3.put_object(Bucket=bucket, Key=f"d/images/{name}", Body=content)
-    with s3_access_denied(bucket, ["d/text/secret.tar", "d/text/secret.txt"]):
-        listing = manifest_listing.list_archives(f"s3://{bucket}/d/text", f"s3://{bucket}/d/images")
-        archive, rows = _archive_rows(listing)
+    with s3_access_denied(bucket, ["d/text/secret.tar", "d/text/secret.txt"]) as access:
+        listing = manifest_listing.list_archives(f"s3://{bucket}/d/text", f"s3://{bucket}/d/images", access=access)
+        archive, rows = _archive_rows(listing, access)
     assert {k: v[0] for k, v in archive.items()} == {
         "t.tar": None, "secret.tar": "access_denied", "secret.txt": "access_denied",
         **{name: reason for name, (_, reason) in STRAYS.items()}}

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dicom_reassembly import analysis
 from dicom_reassembly.errors import ConfigError, NotFoundError
+from dicom_reassembly.estimate import analysis, charts, inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "manifest_analysis.ipynb")
@@ -65,7 +65,7 @@ def test_read_manifest_frame_keeps_the_newest_run_and_never_reads_the_header_jso
             "header_json": "{}", "modality": "CT", "patient_age": "030Y"}]
     pq.write_table(_manifest_table(old), tmp_path / "part-0.parquet")
     pq.write_table(_manifest_table(new), tmp_path / "part-1.parquet")
-    df = analysis.read_manifest_frame(str(tmp_path))
+    df = inputs.read_manifest_frame(str(tmp_path))
     assert "header_json" not in df.columns
     assert set(df["index_run"]) == {"20250101"}
     assert sorted(df["kind"]) == ["archive", "header"]
@@ -79,14 +79,14 @@ def test_read_manifest_frame_decides_the_newest_run_by_each_archives_own_archive
             ("b", "3", "header", "stray.json")]  # a partial run that never wrote b's archive row does not count
     table = _manifest_table([{"archive_uri": a, "index_run": r, "kind": k, "member_name": m} for a, r, k, m in rows])
     pq.write_table(table, tmp_path / "part-0.parquet")
-    got = analysis.read_manifest_frame(str(tmp_path))
+    got = inputs.read_manifest_frame(str(tmp_path))
     assert sorted(zip(got["archive_uri"], got["index_run"], got["member_name"].fillna("-"))) == [
         ("a", "2", "-"), ("a", "2", "new.j2c"), ("b", "1", "-"), ("b", "1", "h.json")]
 
 
 def test_read_manifest_frame_says_where_no_manifest_is(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(NotFoundError) as err:
-        analysis.read_manifest_frame(str(tmp_path / "nothing"))
+        inputs.read_manifest_frame(str(tmp_path / "nothing"))
     assert err.value.reason == "manifest_not_found" and "make demo" in str(err.value)
 
 
@@ -103,26 +103,26 @@ def test_read_ledger_frame_takes_the_newest_run_unless_told(tmp_path) -> None:  
     ledger = str(tmp_path / "ledger")
     _write_ledger(ledger, [("20250101T000000Z-a", "1", "written"), ("20250101T000000Z-a", "2", "orphan_header"),
                            ("20250202T000000Z-b", "1", "skipped_existing")])
-    assert analysis.ledger_runs(ledger) == ["20250101T000000Z-a", "20250202T000000Z-b"]
-    df, run = analysis.read_ledger_frame(ledger)
+    assert inputs.ledger_runs(ledger) == ["20250101T000000Z-a", "20250202T000000Z-b"]
+    df, run = inputs.read_ledger_frame(ledger)
     assert run == "20250202T000000Z-b"
     assert list(df["status"]) == ["skipped_existing"]
-    df, run = analysis.read_ledger_frame(ledger, "20250101T000000Z-a")
+    df, run = inputs.read_ledger_frame(ledger, "20250101T000000Z-a")
     assert sorted(df["status"]) == ["orphan_header", "written"]
     with pytest.raises(ConfigError):
-        analysis.read_ledger_frame(ledger, "no-such-run")
+        inputs.read_ledger_frame(ledger, "no-such-run")
 
 
 def test_all_digit_run_ids_stay_strings(tmp_path) -> None:  # noqa: ANN001
     ledger = str(tmp_path / "ledger")
     _write_ledger(ledger, [("20250101", "1", "written"), ("20250102", "1", "skipped_existing")])
-    df, run = analysis.read_ledger_frame(ledger)
+    df, run = inputs.read_ledger_frame(ledger)
     assert run == "20250102" and list(df["status"]) == ["skipped_existing"]
-    assert list(analysis.read_ledger_frame(ledger, "20250101")[0]["status"]) == ["written"]
+    assert list(inputs.read_ledger_frame(ledger, "20250101")[0]["status"]) == ["written"]
 
 
 def test_no_ledger_yet_gives_an_empty_run(tmp_path) -> None:  # noqa: ANN001
-    df, run = analysis.read_ledger_frame(str(tmp_path / "ledger"))
+    df, run = inputs.read_ledger_frame(str(tmp_path / "ledger"))
     assert run is None and len(df) == 0
     assert len(analysis.status_counts(df)) == 0 and len(analysis.orphans(df)) == 0
 
@@ -149,7 +149,7 @@ def test_read_inputs_from_s3(s3) -> None:  # noqa: ANN001
                            "output_bytes": pa.array([None], pa.int64())})
         _put_parquet(s3, "work", f"ledger/run_id={run}/part-00000.parquet", ledger)
     s3.put_object(Bucket="work", Key="ledger/_SUCCESS", Body=b"")
-    data = analysis.read_inputs("s3://work/manifest", "s3://work/ledger")
+    data = inputs.read_inputs("s3://work/manifest", "s3://work/ledger")
     assert data.run_id == "20250303T000000Z-c" and data.runs == ["20250101T000000Z-a", "20250303T000000Z-c"]
     assert data.prefix == "s3://in/d/images/"
     assert list(analysis.orphans(data.ledger)["archive"]) == ["i.tar"]
@@ -157,15 +157,15 @@ def test_read_inputs_from_s3(s3) -> None:  # noqa: ANN001
 
 
 def test_resolve_input_takes_relative_paths_from_the_root() -> None:
-    assert analysis.resolve_input(None, "out/demo/manifest", "/repo") == "/repo/out/demo/manifest"
-    assert analysis.resolve_input("  ", "out/x", "/repo") == "/repo/out/x"
-    assert analysis.resolve_input("m", "out/x", "/repo") == "/repo/m"
-    assert analysis.resolve_input("/abs/m", "out/x", "/repo") == "/abs/m"
-    assert analysis.resolve_input("s3://b/m", "out/x", "/repo") == "s3://b/m"
+    assert inputs.resolve_input(None, "out/demo/manifest", "/repo") == "/repo/out/demo/manifest"
+    assert inputs.resolve_input("  ", "out/x", "/repo") == "/repo/out/x"
+    assert inputs.resolve_input("m", "out/x", "/repo") == "/repo/m"
+    assert inputs.resolve_input("/abs/m", "out/x", "/repo") == "/abs/m"
+    assert inputs.resolve_input("s3://b/m", "out/x", "/repo") == "s3://b/m"
 
 
 def _ledger(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{c: r.get(c) for c in analysis.LEDGER_COLUMNS} for r in rows])
+    return pd.DataFrame([{c: r.get(c) for c in inputs.LEDGER_COLUMNS} for r in rows])
 
 
 def test_status_and_reason_counts() -> None:
@@ -284,7 +284,7 @@ def test_size_histograms_have_tick_labels_that_do_not_run_into_each_other() -> N
              for i in range(30)]
     rows += [{"archive_uri": "a3.tar", "archive_role": "images", "archive_size": 0, "kind": "pixels", "size": 200 * 2 ** i}
              for i in range(12)]
-    fig = analysis.plot_size_distributions(pd.DataFrame(rows))
+    fig = charts.plot_size_distributions(pd.DataFrame(rows))
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     for ax in fig.axes:
@@ -354,7 +354,7 @@ def sample_outputs(spark, sample_delivery, tmp_path_factory):  # noqa: ANN001, A
     from helpers import build_manifest
 
     from dicom_reassembly.config import Config
-    from dicom_reassembly.run import ReassembleRun
+    from dicom_reassembly.reassembly.run import ReassembleRun
 
     root, expected = sample_delivery
     base = str(tmp_path_factory.mktemp("notebook"))

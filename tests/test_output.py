@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_reassembly.dicom.part10 import Part10
 from dicom_reassembly.io import reads
-from dicom_reassembly.output import INSTANCE_METADATA, instance_at, instance_uid_of, write_once
+from dicom_reassembly.reassembly.writes import INSTANCE_METADATA, instance_at, instance_uid_of, write_once
 
 
 def _dicom(uid: str, note: str = "", pad: int = 0) -> bytes:
@@ -53,7 +53,7 @@ def test_the_instance_an_object_holds_is_read_from_its_header(tmp_path: Any) -> 
     path = tmp_path / "o.dcm"
     path.write_bytes(data)
     assert instance_at(str(path)) == "1.2.3.4"
-    assert instance_at(str(path), {"size": 1, "metadata": {INSTANCE_METADATA: "9.9"}}) == "9.9"
+    assert instance_at(str(path), {INSTANCE_METADATA: "9.9"}) == "9.9"
     assert instance_at(str(tmp_path / "absent.dcm")) is None
 
 
@@ -120,15 +120,16 @@ def test_a_colliding_template_in_a_partition_gives_written_and_conflict(sample_d
     object and one conflict row naming both instances, never two written rows."""
     from helpers import dcmftest_ok, work_item
 
-    from dicom_reassembly.ledger import row_dict
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import row_dict
 
     root, expected = sample_delivery
     picked = [(u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native"][:2]
     items = [work_item(root, inst, uid) for uid, inst in picked]  # both in study 1.2
     items.sort(key=lambda it: (it["pixel_archive"], it["pixel_offset"]))
-    ctx = WriteContext(run_id="r", out=str(tmp_path), key_template="{study_instance_uid}.dcm", upload_threads=2)
-    rows = [row_dict(r) for r in reassemble_partition(items, ctx)]
+    task = TaskSettings("r", WritePolicy(out=str(tmp_path), key_template="{study_instance_uid}.dcm", upload_threads=2))
+    rows = [row_dict(r) for r in reassemble_partition(items, task)]
     by_status = {r["status"]: r for r in rows}
     assert sorted(by_status) == ["conflict", "written"], rows
     written, conflict = by_status["written"], by_status["conflict"]

@@ -13,19 +13,14 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicom_reassembly.config import Config
-from dicom_reassembly.ledger import STATUSES
 from dicom_reassembly.manifest import index
 from dicom_reassembly.manifest import listing as manifest_listing
 from dicom_reassembly.manifest import spark as manifest_spark
 from dicom_reassembly.manifest.spark import indexed_archives
-from dicom_reassembly.pipeline import (
-    partition_keys,
-    plan_reassembly_tasks,
-    with_archive_locality,
-    with_manifest_damage,
-    with_members_by_uid,
-)
-from dicom_reassembly.run import ReassembleRun
+from dicom_reassembly.reassembly.run import ReassembleRun
+from dicom_reassembly.reassembly.tasks import partition_keys, plan_reassembly_tasks
+from dicom_reassembly.reassembly.transforms import with_archive_locality, with_manifest_damage, with_members_by_uid
+from dicom_reassembly.records.ledger import STATUSES
 
 pytestmark = pytest.mark.spark
 
@@ -293,7 +288,7 @@ def test_every_ledger_reason_is_one_line(damaged_run, spark) -> None:  # noqa: A
 
 
 def test_the_jvm_plan_for_clean_pairs_equals_the_python_plan(spark) -> None:  # noqa: ANN001
-    from dicom_reassembly.pipeline import with_instance_plan
+    from dicom_reassembly.reassembly.transforms import with_instance_plan
 
     def header(uid: str, archive: str = "t.tar", sha: str = "s") -> dict:
         return {"archive_uri": archive, "archive_size": 10240, "kind": "header", "member_name": f"{uid}.json",

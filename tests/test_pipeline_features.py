@@ -14,7 +14,7 @@ from test_pipeline import _build_manifest, _ledger, _run
 
 from dicom_reassembly.config import Config
 from dicom_reassembly.selection.spec import load_criteria
-from dicom_reassembly.stow import StowSettings
+from dicom_reassembly.stow.settings import StowSettings
 
 pytest_plugins = ["orthanc_fixture", "postgres_fixture"]
 pytestmark = pytest.mark.spark
@@ -146,7 +146,7 @@ def test_stow_forwards_every_instance_to_orthanc(spark, indexed, orthanc_running
 
     served = dcmread(BytesIO(body[start:]))
     local = str(tmp_path / "one")
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     assert main(["uid", uid, "--text", os.path.join(root, "text"), "--images", os.path.join(root, "images"), "--out", local]) == 0
     assert served.PixelData == dcmread(os.path.join(local, f"{uid}.dcm")).PixelData
@@ -156,7 +156,7 @@ def test_orthanc_stopped_mid_run_then_stow_only_failed_completes(spark, indexed,
     import threading
     import time
 
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     root, base, expected = indexed
     orthanc = orthanc_running
@@ -202,7 +202,7 @@ def _orthanc_id(orthanc, uid: str) -> str | None:  # noqa: ANN001
 
 
 def test_tables_also_go_to_postgresql(spark, indexed, postgres, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    from dicom_reassembly.tables import JdbcTarget
+    from dicom_reassembly.records.tables import JdbcTarget
 
     root, base, expected = indexed
     monkeypatch.setenv("DICOM_REASSEMBLY_JDBC_USER", postgres.user)

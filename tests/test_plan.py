@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_reassembly.reassembly import PENDING, PLAN_NAMES, plan_instance, plan_reads
+from dicom_reassembly.reassembly.plan import PENDING, PLAN_NAMES, plan_instance
+from dicom_reassembly.reassembly.reads import plan_reads
 
 
 def header(archive: str = "t0.tar", sha: str = "h1", error: str | None = None, hj: str = '{"x": 1}') -> dict:
@@ -120,7 +121,7 @@ def test_reads_decide_from_the_archive_totals_on_the_first_item_without_bufferin
 
 
 def test_a_coalesced_range_holds_a_bounded_number_of_items() -> None:
-    from dicom_reassembly.reassembly import MAX_RANGE_ITEMS
+    from dicom_reassembly.reassembly.reads import MAX_RANGE_ITEMS
 
     items = _items(*[(512 + 1024 * i, 100) for i in range(MAX_RANGE_ITEMS + 5)])
     ranges = list(plan_reads(items, 10**12, 0.5, 1 << 20))
@@ -151,14 +152,14 @@ def test_archive_pass_yields_each_member_once_in_one_forward_read(tmp_path, frac
     import os
 
     from dicom_reassembly.io import reads
-    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+    from dicom_reassembly.reassembly.reads import ReadTuning, read_archive_members
 
     path, items = _tar(tmp_path, [300, 5000, 40, 70000])
     wanted = [items[0], items[1], items[3]]
-    ctx = WriteContext(run_id="r", out=None, stream_fraction=fraction, coalesce_gap=0, large_member_bytes=large)
+    tuning = ReadTuning(stream_fraction=fraction, coalesce_gap=0, large_member_bytes=large)
     reads.io_counter.reset()
     got = []
-    for it, payload, err in read_archive_members(path, wanted, os.path.getsize(path), ctx):
+    for it, payload, err in read_archive_members(path, wanted, os.path.getsize(path), tuning):
         assert err is None
         got.append((it["pixel_offset"], bytes(payload.data)))
         payload.close()
@@ -171,13 +172,13 @@ def test_archive_pass_yields_each_member_once_in_one_forward_read(tmp_path, frac
 def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> None:  # noqa: ANN001
     import os
 
-    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+    from dicom_reassembly.reassembly.reads import ReadTuning, read_archive_members
 
     path, items = _tar(tmp_path, [300, 5000, 7000])
     with open(path, "r+b") as f:
         f.truncate(items[1]["pixel_offset"] + 100)
-    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0)
-    out = list(read_archive_members(path, items, os.path.getsize(path), ctx))
+    tuning = ReadTuning(stream_fraction=1.0)
+    out = list(read_archive_members(path, items, os.path.getsize(path), tuning))
     assert out[0][2] is None and out[0][1].data == items[0]["data"]
     assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
 
@@ -185,11 +186,11 @@ def test_a_cut_archive_turns_the_rest_of_its_members_into_errors(tmp_path) -> No
 def test_big_local_members_are_mapped_in_place_and_a_cut_mapped_member_is_an_error(tmp_path) -> None:  # noqa: ANN001
     import os
 
-    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+    from dicom_reassembly.reassembly.reads import ReadTuning, read_archive_members
 
     path, items = _tar(tmp_path, [300, 200_000, 150_000, 90_000])
-    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=1000)
-    out = list(read_archive_members(path, items[:3], os.path.getsize(path), ctx))
+    tuning = ReadTuning(stream_fraction=1.0, large_member_bytes=1000)
+    out = list(read_archive_members(path, items[:3], os.path.getsize(path), tuning))
     # Members above large_member_bytes come back as views of the archive's pages, not spooled copies.
     assert [type(p.data).__name__ for _, p, _ in out] == ["bytes", "memoryview", "memoryview"]
     assert [bytes(p.data) for _, p, _ in out] == [it["data"] for it in items[:3]]
@@ -199,7 +200,7 @@ def test_big_local_members_are_mapped_in_place_and_a_cut_mapped_member_is_an_err
     # Cut inside the third member: the mapping stops at the file's end, and the member is reported cut.
     with open(path, "r+b") as f:
         f.truncate(items[2]["pixel_offset"] + 70_000)
-    out = list(read_archive_members(path, items[1:], os.path.getsize(path), ctx))
+    out = list(read_archive_members(path, items[1:], os.path.getsize(path), tuning))
     assert out[0][2] is None and bytes(out[0][1].data) == items[1]["data"]
     assert [e.reason for _, _, e in out[1:]] == ["truncated_archive", "truncated_archive"]
 
@@ -208,15 +209,15 @@ def test_a_big_member_cut_at_its_first_byte_on_a_page_boundary_is_reported_cut(t
     import mmap
     import os
 
-    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+    from dicom_reassembly.reassembly.reads import ReadTuning, read_archive_members
 
     # 512 (header) + 3,072 (data) + 512 (next header): the second member's data starts at 4,096.
     path, items = _tar(tmp_path, [3072, 200_000])
     assert items[1]["pixel_offset"] % mmap.ALLOCATIONGRANULARITY == 0
     with open(path, "r+b") as f:
         f.truncate(items[1]["pixel_offset"])
-    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=1000)
-    out = list(read_archive_members(path, items, os.path.getsize(path), ctx))
+    tuning = ReadTuning(stream_fraction=1.0, large_member_bytes=1000)
+    out = list(read_archive_members(path, items, os.path.getsize(path), tuning))
     assert out[0][2] is None and bytes(out[0][1].data) == items[0]["data"]
     assert out[1][1] is None and out[1][2].reason == "truncated_archive"
 
@@ -224,15 +225,15 @@ def test_a_big_member_cut_at_its_first_byte_on_a_page_boundary_is_reported_cut(t
 def test_big_members_of_an_s3_archive_are_spooled_to_a_temporary_file(tmp_path, s3) -> None:  # noqa: ANN001
     import uuid
 
-    from dicom_reassembly.reassembly import WriteContext, read_archive_members
+    from dicom_reassembly.reassembly.reads import ReadTuning, read_archive_members
 
     path, items = _tar(tmp_path, [300, 200_000])
     bucket = f"pl-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
     with open(path, "rb") as f:
         s3.put_object(Bucket=bucket, Key="a.tar", Body=f.read())
-    ctx = WriteContext(run_id="r", out=None, stream_fraction=1.0, large_member_bytes=1000)
-    out = list(read_archive_members(f"s3://{bucket}/a.tar", items, None, ctx))
+    tuning = ReadTuning(stream_fraction=1.0, large_member_bytes=1000)
+    out = list(read_archive_members(f"s3://{bucket}/a.tar", items, None, tuning))
     assert [e for _, _, e in out] == [None, None]
     assert [p.file is not None for _, p, _ in out] == [False, True]
     assert [bytes(p.data) for _, p, _ in out] == [it["data"] for it in items]
@@ -263,7 +264,7 @@ def test_a_negative_member_size_is_damage_not_an_endless_walk(tmp_path) -> None:
 
 
 def test_output_keys_never_leave_the_output_prefix() -> None:
-    from dicom_reassembly.reassembly import output_key
+    from dicom_reassembly.reassembly.writes import output_key
 
     item = {"sop_instance_uid": "1.2.3", "study_instance_uid": "../../etc", "series_instance_uid": "1.2.3.4",
             "modality": "../x"}
@@ -274,14 +275,16 @@ def test_output_keys_never_leave_the_output_prefix() -> None:
 def test_members_above_the_memory_threshold_are_assembled_and_written(sample_delivery, tmp_path) -> None:  # noqa: ANN001
     from helpers import dcmftest_ok, work_item
 
-    from dicom_reassembly.ledger import row_dict
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.reads import ReadTuning
+    from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import row_dict
 
     root, expected = sample_delivery
     uid, inst = next((u, i) for u, i in sorted(expected["instances"].items()) if i["payload"] == "native")
     item = work_item(root, inst, uid)
-    ctx = WriteContext(run_id="r", out=str(tmp_path), large_member_bytes=1, upload_threads=2)
-    rows = [row_dict(r) for r in reassemble_partition([item], ctx)]
+    task = TaskSettings("r", WritePolicy(out=str(tmp_path), upload_threads=2), ReadTuning(large_member_bytes=1))
+    rows = [row_dict(r) for r in reassemble_partition([item], task)]
     assert [r["status"] for r in rows] == ["written"], rows
     assert dcmftest_ok(rows[0]["output_uri"])
 

@@ -137,7 +137,7 @@ def test_spark_jobs_give_the_plain_drivers_ledger(spark, delivery: Delivery) -> 
     from pyspark.sql import functions as F
 
     from dicom_reassembly.config import Config
-    from dicom_reassembly.run import ReassembleRun
+    from dicom_reassembly.reassembly.run import ReassembleRun
 
     with tempfile.TemporaryDirectory(prefix="props-spark-") as tmp:
         plain, _ = run_and_check(delivery, tmp)

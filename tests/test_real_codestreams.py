@@ -44,7 +44,7 @@ from pydicom.encaps import generate_fragments, generate_frames
 
 from dicom_reassembly.dicom.part10 import assemble
 from dicom_reassembly.errors import PixelError
-from dicom_reassembly.ledger import row_dict
+from dicom_reassembly.records.ledger import row_dict
 from dicom_reassembly.testing.instances import header_json
 
 J2K_SYNTAXES = {
@@ -174,7 +174,6 @@ def test_pad_byte_ff_after_eoc_is_what_the_real_file_holds() -> None:
     assert fragment == member[:-1] + b"\x00"  # the codestream, padded to even with 0x00
 
 
-@pytest.mark.skipif("JPEG2000-embedded-sequence-delimiter.dcm" not in LOCAL, reason="not bundled with this pydicom")
 def test_the_undecodable_file_is_refused_with_its_numbers() -> None:
     src = _source("JPEG2000-embedded-sequence-delimiter.dcm")
     with pytest.raises(Exception):  # noqa: B017,PT011 - first prove no decoder takes it
@@ -214,12 +213,13 @@ def _delivery(tmp_path: Path, name: str) -> tuple[str, dict, str]:
 
 
 def test_notes_reach_the_ledger_reason_of_written_and_skipped_rows(tmp_path: Path) -> None:
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
 
     _, item, _ = _delivery(tmp_path, "693_J2KI.dcm")
-    ctx = WriteContext(run_id="r", out=str(tmp_path / "out"), upload_threads=1)
-    first = [row_dict(r) for r in reassemble_partition([dict(item)], ctx)]
-    again = [row_dict(r) for r in reassemble_partition([dict(item)], ctx)]
+    task = TaskSettings("r", WritePolicy(out=str(tmp_path / "out"), upload_threads=1))
+    first = [row_dict(r) for r in reassemble_partition([dict(item)], task)]
+    again = [row_dict(r) for r in reassemble_partition([dict(item)], task)]
     assert [r["status"] for r in first + again] == ["written", "skipped_existing"]
     for r in first + again:
         assert r["reason"] == "j2k_precision_differs: codestream precision 16 but BitsStored 14, written as is"

@@ -17,33 +17,39 @@ from dicom_reassembly import errors
 from dicom_reassembly.errors import ConfigError, NotRestoredError, StorageError
 from dicom_reassembly.io import clients, listing, reads
 from dicom_reassembly.io import uris as io_uris
-from dicom_reassembly.restore import (
-    OUTCOME_ALREADY_RESTORED,
-    OUTCOME_ERROR,
-    OUTCOME_NOT_ARCHIVED,
-    OUTCOME_REQUESTED,
+from dicom_reassembly.io.throttle import TokenBucket
+from dicom_reassembly.restore.batch import (
+    BatchManifest,
+    RestoreConfig,
+    build_batch_restore_job,
+    submit_batch_job,
+    write_batch_manifest,
+)
+from dicom_reassembly.restore.ledger import read_restore_ledger
+from dicom_reassembly.restore.plan import (
     STATE_AVAILABLE,
     STATE_NOT_NEEDED,
     STATE_RESTORE,
     STATE_UNKNOWN,
+    PlannedObject,
+    plan_restore,
+)
+from dicom_reassembly.restore.requests import (
+    OUTCOME_ALREADY_RESTORED,
+    OUTCOME_ERROR,
+    OUTCOME_NOT_ARCHIVED,
+    OUTCOME_REQUESTED,
+    request_restores,
+)
+from dicom_reassembly.restore.status import (
     STATUS_MISSING,
     STATUS_NOT_NEEDED,
     STATUS_NOT_REQUESTED,
     STATUS_PENDING,
     STATUS_RESTORED,
-    BatchManifest,
-    PlannedObject,
-    RestoreConfig,
-    TokenBucket,
-    build_batch_restore_job,
     parse_restore_header,
-    plan_restore,
-    read_restore_ledger,
-    request_restores,
     restore_status,
     status_one,
-    submit_batch_job,
-    write_batch_manifest,
 )
 
 CRITERIA = [
@@ -390,7 +396,7 @@ def test_create_job_request_shape_and_submit() -> None:
 
 def run_cli(argv: list[str]) -> int:
     """The real console entry point, as a user runs it."""
-    from dicom_reassembly.cli import main
+    from dicom_reassembly.cli.main import main
 
     return main(argv)
 

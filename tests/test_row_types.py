@@ -26,8 +26,9 @@ def assert_typed(rows: list[tuple], fields: list[tuple[str, str]]) -> None:
 
 def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tmp_path: Any) -> None:
     """The ledger DataFrame skips Spark's per-row type check: every outcome path must build typed rows itself."""
-    from dicom_reassembly.ledger import LEDGER_FIELDS, STATUSES
-    from dicom_reassembly.reassembly import WriteContext, reassemble_partition
+    from dicom_reassembly.reassembly.executor import TaskSettings, reassemble_partition
+    from dicom_reassembly.reassembly.writes import WritePolicy
+    from dicom_reassembly.records.ledger import LEDGER_FIELDS, STATUSES
 
     root, expected = sample_delivery
     (u1, i1), (u2, i2) = sorted(expected["instances"].items())[:2]
@@ -47,18 +48,20 @@ def test_every_executor_ledger_row_has_the_schema_types(sample_delivery: Any, tm
     blocked.write_text("a file where a folder should be")
     rows = []
     for out in (str(tmp_path / "out"), str(blocked)):
-        rows += list(reassemble_partition(iter(items), WriteContext(run_id="r", out=out, upload_threads=2)))
+        rows += list(reassemble_partition(iter(items), TaskSettings("r", WritePolicy(out=out, upload_threads=2))))
     assert_typed(rows, LEDGER_FIELDS)
     seen = {row[2] for row in rows}
     assert {"written", "invalid_header", "invalid_pixels", "duplicate", "conflict", "failed"} <= seen <= set(STATUSES), seen
 
 
 def test_every_manifest_row_has_the_schema_types(sample_delivery: Any, damaged_delivery: Any) -> None:
-    from dicom_reassembly.manifest import index, listing, spark
+    from dicom_reassembly.manifest import index, listing
+    from dicom_reassembly.run_id import new_run_id
 
     rows, errors = [], set()
     for root, _ in (sample_delivery, damaged_delivery):
-        run, at = spark.new_index_run()
+        at = datetime.now(timezone.utc)
+        run = new_run_id(at)
         for a in listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images")):
             for row in index.index_archive(a, run, at):
                 rows.append(row)
@@ -71,9 +74,11 @@ def test_every_manifest_row_has_the_schema_types(sample_delivery: Any, damaged_d
 def test_index_batches_carry_the_rows_of_index_archive_in_the_arrow_schema(sample_delivery: Any,
                                                                            damaged_delivery: Any) -> None:
     """What mapInArrow hands Spark: every row index_archive yields, typed by the schema, in batches of bounded size."""
-    from dicom_reassembly.manifest import index, listing, spark
+    from dicom_reassembly.manifest import index, listing
+    from dicom_reassembly.run_id import new_run_id
 
-    run, at = spark.new_index_run()
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
     archives = [a for root, _ in (sample_delivery, damaged_delivery)
                 for a in listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))]
     rows = [row for a in archives for row in index.index_archive(a, run, at)]

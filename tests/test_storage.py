@@ -404,16 +404,35 @@ def test_local_reads_keep_their_cause(tmp_path: Any) -> None:
                 assert exc.value.reason == reason
 
 
+def test_input_credentials_reach_the_input_bucket_only(s3: Any, bucket: str) -> None:
+    """ArchiveAccess's settings (pointing nowhere here) serve the partner's bucket only: any other bucket, ours,
+    goes through the default chain even when the access is passed along."""
+    s3.put_object(Bucket=bucket, Key="t/ours.bin", Body=b"ours")
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1", access_key_id="input",
+                          secret_access_key="input-secret", max_attempts=1)
+    access = clients.ArchiveAccess(settings, "partner-input")
+    assert reads.read_bytes(f"s3://{bucket}/t/ours.bin", access) == b"ours"
+    assert [o.uri for o in listing.list_objects(f"s3://{bucket}/t", access=access)] == [f"s3://{bucket}/t/ours.bin"]
+    assert listing.head(f"s3://{bucket}/t/ours.bin", access).size == 4
+    with pytest.raises(StorageError) as exc:
+        reads.read_bytes("s3://partner-input/t/any.tar", access)
+    assert exc.value.reason == "s3_unreachable"
+    assert clients.archive_access(settings, None) is None  # without a bucket, input settings apply nowhere
+    assert "input-secret" not in repr(access)
+
+
 def test_s3_reads_keep_their_cause(s3: Any, bucket: str) -> None:
     for key in ("t/open.tar", "t/secret.tar"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x" * 100)
-    with s3_access_denied(bucket, ["t/secret.tar"]):
-        assert [o.uri.rsplit("/", 1)[-1] for o in listing.list_objects(f"s3://{bucket}/t")] == ["open.tar", "secret.tar"]
-        assert reads.read_range(f"s3://{bucket}/t/open.tar", 0, 4) == b"xxxx"
-        for read in (reads.read_bytes, lambda u: reads.read_range(u, 0, 4), listing.head):
+    with s3_access_denied(bucket, ["t/secret.tar"]) as access:
+        assert [o.uri.rsplit("/", 1)[-1] for o in listing.list_objects(f"s3://{bucket}/t", access=access)] == [
+            "open.tar", "secret.tar"]
+        assert reads.read_range(f"s3://{bucket}/t/open.tar", 0, 4, access) == b"xxxx"
+        for read in (lambda u: reads.read_bytes(u, access), lambda u: reads.read_range(u, 0, 4, access),
+                     lambda u: listing.head(u, access)):
             with pytest.raises(StorageError) as exc:
                 read(f"s3://{bucket}/t/secret.tar")
             assert exc.value.reason == "access_denied"
         with pytest.raises(NotFoundError) as exc:
-            reads.read_bytes(f"s3://{bucket}/t/missing.tar")
+            reads.read_bytes(f"s3://{bucket}/t/missing.tar", access)
         assert exc.value.reason == "not_found"

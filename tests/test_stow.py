@@ -26,16 +26,11 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
+from dicom_reassembly.cli.stow import add_stow_parser, run_stow
 from dicom_reassembly.errors import ConfigError
-from dicom_reassembly.stow import (
-    StowAuth,
-    StowClient,
-    StowItem,
-    StowSettings,
-    add_stow_parser,
-    read_failed_from_ledger,
-    run_stow,
-)
+from dicom_reassembly.stow.client import StowClient, StowItem
+from dicom_reassembly.stow.command import read_failed_from_ledger
+from dicom_reassembly.stow.settings import StowAuth, StowSettings
 
 if TYPE_CHECKING:
     from orthanc_fixture import OrthancServer

@@ -17,10 +17,10 @@ from postgres_fixture import postgres  # noqa: F401
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_reassembly.computations import computations_schema, run_computations_partition
 from dicom_reassembly.errors import ConfigError, StorageError
-from dicom_reassembly.ledger import ledger_row, ledger_schema
-from dicom_reassembly.tables import (
+from dicom_reassembly.records.computations import computations_schema, run_computations_partition
+from dicom_reassembly.records.ledger import ledger_row, ledger_schema
+from dicom_reassembly.records.tables import (
     JDBC_JAR,
     RUNS_NAMES,
     JdbcTarget,

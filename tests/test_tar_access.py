@@ -20,15 +20,8 @@ from hypothesis import strategies as st
 
 from dicom_reassembly.errors import ArchiveError, NotRestoredError
 from dicom_reassembly.io import reads
-from dicom_reassembly.io.tar_access import (
-    MAX_EXTENDED_HEADER,
-    Damage,
-    Member,
-    _StreamSource,
-    iter_members,
-    read_member,
-    walk,
-)
+from dicom_reassembly.io.tar_access import MAX_EXTENDED_HEADER, Damage, Member, iter_members, read_member, walk
+from dicom_reassembly.io.tar_sources import StreamSource
 
 LONG_DIR = "text/" + "d" * 90 + "/"  # > 100 characters with the file name; ustar can still split it
 LONG_BASENAME = "1.2.826.0.1.3680043.10.1234." + "9" * 90 + ".json"  # > 100 characters on its own
@@ -515,7 +508,7 @@ def test_hostile_header_bytes_end_the_walk_with_damage_never_an_exception(edits:
     if cut is not None:
         del data[cut:]
     raw = bytes(data)
-    for with_data, source in ((False, _BytesSource(raw)), (True, _StreamSource(io.BytesIO(raw)))):
+    for with_data, source in ((False, _BytesSource(raw)), (True, StreamSource(io.BytesIO(raw)))):
         items = list(walk(source, len(raw), with_data))
         members = [m for m in items if isinstance(m, Member)]
         assert all(isinstance(i, Member) for i in items[:-1]) and len(items) - len(members) <= 1

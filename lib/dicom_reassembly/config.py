@@ -150,7 +150,7 @@ class Config:
             raise ConfigError("bad_config", f"archive_suffixes: must be name endings such as .tar, not "
                                             f"{_shown(self.archive_suffixes)}")
         if self.computations:
-            from .computations import COMPUTATIONS
+            from .records.computations import COMPUTATIONS
 
             for name in self.computations:
                 if name not in COMPUTATIONS:
@@ -225,15 +225,15 @@ _CHOICES: dict[str, tuple[str | None, ...]] = {
     "sse": (None, "AES256", "aws:kms", "aws:kms:dsse"),
 }
 
-# Other tools read their own sections of the same file: emr.py (conf/emr.json's keys), restore.py (a "restore"
-# section or its keys at the top level) and cost.py (conf/prices.json). Their top-level keys are legitimate
-# here; tests/test_config.py keeps this list in step with those modules.
+# Other tools read their own sections of the same file: emr/config.py (conf/emr.json's keys), restore/batch.py (a
+# "restore" section or its keys at the top level) and estimate/prices.py (conf/prices.json). Their top-level keys
+# are legitimate here; tests/test_config.py keeps this list in step with those modules.
 OTHER_TOP_LEVEL_KEYS = frozenset({
-    # emr.py
+    # emr/config.py
     "region", "artifacts", "job_config", "step", "spark", "partitions", "cluster", "serverless", "wait", "security",
-    # restore.py
+    # restore/batch.py
     "restore", "account_id", "role_arn", "report_bucket", "report_prefix", "report_scope", "partition", "priority",
-    # cost.py
+    # estimate/prices.py
     "schema_version", "currency", "units", "caveat", "regions", "workload_defaults",
 })
 MAX_CONFIG_BYTES = 1024 * 1024

@@ -21,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from .. import restore
 from ..errors import ConfigError, CriteriaError
 from ..io import uris, writes
+from ..restore import plan as restore_plan
 from . import DEPLOYMENT_NAME, FLOW_NAME, steps
 from .jobs import JobError
 from .params import DEFAULT_POLL_SECONDS, CampaignParams, parse_params, resolve_credentials
@@ -46,7 +46,7 @@ _TASK = {"retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS, "retry_conditi
 
 
 @task(name="plan-restore", **_TASK)
-def plan_task(params: CampaignParams, inputs: steps.Inputs, wave: int) -> restore.RestorePlan:
+def plan_task(params: CampaignParams, inputs: steps.Inputs, wave: int) -> restore_plan.RestorePlan:
     plan = steps.plan_wave(params, inputs, wave)
     summary = plan.summary(params.include_unknown)
     get_run_logger().info("wave %d plan: %d archives to restore (%d bytes); %s", wave,
@@ -57,14 +57,14 @@ def plan_task(params: CampaignParams, inputs: steps.Inputs, wave: int) -> restor
 
 
 @task(name="request-restores", **_TASK)
-def request_task(params: CampaignParams, inputs: steps.Inputs, plan: restore.RestorePlan, wave: int) -> dict:
+def request_task(params: CampaignParams, inputs: steps.Inputs, plan: restore_plan.RestorePlan, wave: int) -> dict:
     out = steps.request_wave(params, inputs, plan, wave)
     get_run_logger().info("wave %d requests: %s", wave, json.dumps(out, default=str))
     return out
 
 
 @task(name="wait-for-restores", **_TASK)
-def wait_task(params: CampaignParams, inputs: steps.Inputs, plan: restore.RestorePlan, wave: int) -> dict:
+def wait_task(params: CampaignParams, inputs: steps.Inputs, plan: restore_plan.RestorePlan, wave: int) -> dict:
     logger = get_run_logger()
     result = steps.wait_wave(params, inputs, plan, wave, progress=logger.info)
     logger.info("wave %d restored: %d archives after %d polls", wave, result.objects, result.polls)
@@ -133,14 +133,14 @@ def campaign_flow(
     inputs = steps.Inputs(params, resolve_credentials(params))
     steps.check_tranche(params)  # before any restore is paid for
     stages: dict[str, Any] = {}
-    plan = plan_task(params, quote(inputs), restore.WAVE_HEADERS)
-    stages["restore_headers"] = request_task(params, quote(inputs), quote(plan), restore.WAVE_HEADERS)
-    stages["wait_headers"] = wait_task(params, quote(inputs), quote(plan), restore.WAVE_HEADERS)
+    plan = plan_task(params, quote(inputs), restore_plan.WAVE_HEADERS)
+    stages["restore_headers"] = request_task(params, quote(inputs), quote(plan), restore_plan.WAVE_HEADERS)
+    stages["wait_headers"] = wait_task(params, quote(inputs), quote(plan), restore_plan.WAVE_HEADERS)
     stages["build_manifest"] = build_manifest_task(params, quote(inputs))
-    plan = plan_task(params, quote(inputs), restore.WAVE_PIXELS)  # the selection: archives of selected instances
+    plan = plan_task(params, quote(inputs), restore_plan.WAVE_PIXELS)  # the selection: archives of selected instances
     stages["selection"] = plan.summary(params.include_unknown).get("selection")
-    stages["restore_pixels"] = request_task(params, quote(inputs), quote(plan), restore.WAVE_PIXELS)
-    stages["wait_pixels"] = wait_task(params, quote(inputs), quote(plan), restore.WAVE_PIXELS)
+    stages["restore_pixels"] = request_task(params, quote(inputs), quote(plan), restore_plan.WAVE_PIXELS)
+    stages["wait_pixels"] = wait_task(params, quote(inputs), quote(plan), restore_plan.WAVE_PIXELS)
     stages["build_manifest_pixels"] = build_manifest_task(params, quote(inputs))
     stages["reassemble"] = reassemble_task(params, quote(inputs))
     return report_task(params, stages)

@@ -131,37 +131,40 @@ def run_emr(job: str, args: Sequence[str], target: EmrTarget, work: str, *, poll
     """Upload the code, run one job as an EMR step (or Serverless job run) and wait for it."""
     import boto3
 
-    from .. import __version__, emr
+    from .. import __version__
+    from ..emr import config as emr_config
+    from ..emr import layout as emr_layout
+    from ..emr import requests, submit
 
-    config = emr.read_emr_config(target.config if os.path.isabs(target.config)
+    config = emr_config.read_emr_config(target.config if os.path.isabs(target.config)
                                  else os.path.join(target.root, target.config))
     region = target.region or config.region
-    layout = emr.work_layout(work)
-    artifacts = emr.find_artifacts(config, target.root, __version__)
+    layout = emr_layout.work_layout(work)
+    artifacts = emr_layout.find_artifacts(config, target.root, __version__)
     missing = [m for m in artifacts.missing if not (m.endswith("*.whl") or m in (artifacts.wheel, artifacts.bootstrap))]
     if missing:
         raise ConfigError("missing_artifact", f"{', '.join(missing)}: run `make dist`")
-    uploads = emr.build_uploads(layout, artifacts, with_cluster_bootstrap=False, job_config_path=job_config)
-    emr.write_uploads(boto3.client("s3", region_name=region), uploads)
+    uploads = emr_layout.build_uploads(layout, artifacts, with_cluster_bootstrap=False, job_config_path=job_config)
+    emr_layout.write_uploads(boto3.client("s3", region_name=region), uploads)
     py_files = [layout.code_file(os.path.basename(artifacts.py_files))]
-    name = emr.step_name(job)
+    name = requests.step_name(job)
     if target.cluster_id:
-        conf = emr.build_spark_conf(config, target="cluster", region=region)
-        step = emr.build_spark_step(name, layout.script(job), args, conf, py_files, config.action_on_failure)
+        conf = requests.build_spark_conf(config, target="cluster", region=region)
+        step = requests.build_spark_step(name, layout.script(job), args, conf, py_files, config.action_on_failure)
         client = boto3.client("emr", region_name=region)
-        step_ids = emr.submit_steps(client, target.cluster_id, [step])
-        emr.wait_for_steps(client, target.cluster_id, step_ids, names=[name], poll_seconds=poll_seconds,
+        step_ids = submit.submit_steps(client, target.cluster_id, [step])
+        submit.wait_for_steps(client, target.cluster_id, step_ids, names=[name], poll_seconds=poll_seconds,
                            timeout_seconds=timeout_seconds)
         return JobResult(job, 0, f"EMR step {step_ids[0]} on {target.cluster_id} completed")
-    conf = emr.build_spark_conf(config, target="serverless", region=region)
+    conf = requests.build_spark_conf(config, target="serverless", region=region)
     role = str(config.serverless.get("execution_role_arn") or "")
     if not role:
         raise ConfigError("bad_config", "serverless.execution_role_arn is required", uri=config.source)
-    request = emr.build_serverless_job_run(str(target.serverless_app_id), role, name, layout.script(job), args,
+    request = requests.build_serverless_job_run(str(target.serverless_app_id), role, name, layout.script(job), args,
                                            conf, py_files, log_uri=layout.logs + "serverless/",
                                            client_token=uuid.uuid4().hex)
     client = boto3.client("emr-serverless", region_name=region)
-    run_id = emr.submit_serverless(client, request)
-    emr.wait_for_job_run(client, str(target.serverless_app_id), run_id, poll_seconds=poll_seconds,
+    run_id = submit.submit_serverless(client, request)
+    submit.wait_for_job_run(client, str(target.serverless_app_id), run_id, poll_seconds=poll_seconds,
                          timeout_seconds=timeout_seconds)
     return JobResult(job, 0, f"EMR Serverless job run {run_id} succeeded")

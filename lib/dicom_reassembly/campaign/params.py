@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError, CriteriaError
 from ..io.uris import is_s3, split_s3
-from ..restore import TIERS
+from ..restore.requests import TIERS
 
 DEFAULT_POLL_SECONDS = 600.0
 # Restore times AWS gives (Flexible Retrieval / Deep Archive): Expedited 1-5 min, Standard 3-5 h / 12 h,
@@ -100,11 +100,11 @@ class CampaignParams:
     max_wait_seconds: float | None = None
     restore_tier: str = "Bulk"
     restore_days: int = 7
+    config: str | None = None
     include_unknown: bool = True
     tranche: str | None = None
     stow_url: str | None = None
     emr: EmrTarget | None = None
-    config: str | None = None
 
     @property
     def wait_bound(self) -> float:

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ..emr.layout import work_layout
 from ..errors import NotFoundError, StorageError
 from ..io import listing, uris
-from ..ledger import STATUSES
-from .layout import campaign_layout
+from ..records.ledger import STATUSES
+from ..units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,10 @@ def read_restore_state(restore_ledger_uri: str, now: datetime, expiring_hours: f
                        head: Callable[[list[str]], dict[str, tuple[str, datetime | None]]] | None = None,
                        head_limit: int = 1000) -> dict[str, Any]:
     """Archives waiting for their restore, and restored copies expiring within ``expiring_hours``."""
-    from .. import restore
+    from ..restore import ledger as restore_ledger
 
     try:
-        table = restore.read_restore_ledger(restore_ledger_uri)
+        table = restore_ledger.read_restore_ledger(restore_ledger_uri)
     except NotFoundError:
         table = None
     newest: dict[str, dict[str, Any]] = {}
@@ -180,7 +181,7 @@ def campaign_status(work: str, *, now: datetime | None = None, expiring_hours: f
                     head_limit: int = 1000) -> dict[str, Any]:
     """Everything ``campaign status`` shows, as a JSON-safe dict."""
     now = now or datetime.now(timezone.utc)
-    layout = campaign_layout(work)
+    layout = work_layout(work, s3_only=False)
     if not _has_objects(layout.work):
         raise NotFoundError("campaign_not_found", "no manifest, ledger or restore ledger here yet", uri=work)
     states = read_instance_states(layout.ledger)
@@ -219,14 +220,6 @@ def campaign_status(work: str, *, now: datetime | None = None, expiring_hours: f
     }
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} PB"
-
-
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown (no reassemble run has written anything yet)"
@@ -248,10 +241,10 @@ def format_status(summary: dict[str, Any], width: int = 40) -> str:
     lines.append(f"{'state':<20}{'instances':>12}")
     for state, n in summary["states"].items():
         lines.append(f"{state:<20}{n:>12,}")
-    lines.append(f"bytes done {_human(summary['bytes_done'])}, left {_human(summary['bytes_left'])} "
-                 f"(input bytes; {_human(summary['output_bytes'])} written)")
+    lines.append(f"bytes done {human_bytes(summary['bytes_done'])}, left {human_bytes(summary['bytes_left'])} "
+                 f"(input bytes; {human_bytes(summary['output_bytes'])} written)")
     rate = summary["throughput"]["bytes_per_second"]
-    lines.append(f"throughput {_human(rate) + '/s' if rate else 'unknown'} over {summary['throughput']['runs']} "
+    lines.append(f"throughput {human_bytes(rate) + '/s' if rate else 'unknown'} over {summary['throughput']['runs']} "
                  f"runs; ETA {_duration(summary['eta_seconds'])}")
     r = summary["restores"]
     lines.append(f"restores: {r['archives']} archives in the restore ledger "

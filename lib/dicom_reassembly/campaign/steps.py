@@ -12,26 +12,28 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import errors, restore
+from .. import errors
+from ..emr.layout import WorkLayout, work_layout
 from ..errors import ConfigError, ReassemblyError
-from ..io import clients, uris
+from ..io import arrow_io, clients, uris
+from ..io.clients import ArchiveAccess
 from ..manifest import listing as manifest_listing
-from ..manifest import spark
+from ..restore import ledger, requests, status
+from ..restore import plan as restore_plan
 from . import jobs
 from .channel import criteria_file
-from .layout import CampaignLayout, campaign_layout
 from .params import CampaignParams, SecretText
 
 log = logging.getLogger(__name__)
 
 # Restore-ledger outcomes that mean a restored copy exists or is on its way (until ``days`` after the request).
-ACTIVE_OUTCOMES = (restore.OUTCOME_REQUESTED, restore.OUTCOME_IN_PROGRESS, restore.OUTCOME_ALREADY_RESTORED,
-                   restore.OUTCOME_BATCH)
+ACTIVE_OUTCOMES = (requests.OUTCOME_REQUESTED, requests.OUTCOME_IN_PROGRESS, requests.OUTCOME_ALREADY_RESTORED,
+                   requests.OUTCOME_BATCH)
 
 
 class CampaignError(ReassemblyError):
@@ -72,18 +74,15 @@ class Inputs:
 
         return redact(text, self.spec)
 
-    @contextlib.contextmanager
-    def access(self) -> Iterator[None]:
-        """Archive reads and listings in this process use the input credentials, for the input bucket only."""
-        clients.set_archive_s3_settings(self.spec.s3, self.spec.bucket)
-        try:
-            yield
-        finally:
-            clients.set_archive_s3_settings(None, None)
+    @property
+    def access(self) -> ArchiveAccess | None:
+        """The input credentials for the input bucket only, for the listings and reads of this process."""
+        return self.spec.access
 
 
-def layout_of(params: CampaignParams) -> CampaignLayout:
-    return campaign_layout(params.work)
+def layout_of(params: CampaignParams) -> WorkLayout:
+    """Where the campaign keeps its state: the data under ``work`` are the state of record, not Prefect's."""
+    return work_layout(params.work, s3_only=False)
 
 
 def check_tranche(params: CampaignParams) -> None:
@@ -96,19 +95,18 @@ def check_tranche(params: CampaignParams) -> None:
 # ------------------------------------------------------------------------------------------- restores
 
 
-def plan_wave(params: CampaignParams, inputs: Inputs, wave: int) -> restore.RestorePlan:
+def plan_wave(params: CampaignParams, inputs: Inputs, wave: int) -> restore_plan.RestorePlan:
     """The restore plan with the manifest as it stands: wave 1 needs no criteria, wave 2 applies them."""
     layout = layout_of(params)
-    manifest = layout.manifest if spark.manifest_exists(layout.manifest) else None
-    spec = inputs.spec if wave == restore.WAVE_PIXELS and params.criteria and manifest else None
-    with inputs.access():
-        return restore.plan_restore(params.text, params.images, manifest, spec)
+    manifest = layout.manifest if arrow_io.dataset_exists(layout.manifest) else None
+    spec = inputs.spec if wave == restore_plan.WAVE_PIXELS and params.criteria and manifest else None
+    return restore_plan.plan_restore(params.text, params.images, manifest, spec, access=inputs.access)
 
 
 def read_active_restores(ledger_uri: str, now: datetime) -> set[str]:
     """Archives whose newest restore request succeeded and whose copy has not expired (requested_at + days)."""
     try:
-        table = restore.read_restore_ledger(ledger_uri)
+        table = ledger.read_restore_ledger(ledger_uri)
     except errors.NotFoundError:
         return set()
     newest: dict[str, dict[str, Any]] = {}
@@ -120,7 +118,7 @@ def read_active_restores(ledger_uri: str, now: datetime) -> set[str]:
             and r["requested_at"] + timedelta(days=int(r["days"] or 0)) > now}
 
 
-def request_wave(params: CampaignParams, inputs: Inputs, plan: restore.RestorePlan, wave: int) -> dict[str, Any]:
+def request_wave(params: CampaignParams, inputs: Inputs, plan: restore_plan.RestorePlan, wave: int) -> dict[str, Any]:
     """Request the restores of one wave that are not already under way; every request goes to the ledger."""
     todo = plan.to_restore(params.include_unknown, wave)
     active = read_active_restores(layout_of(params).restore_ledger, datetime.now(timezone.utc))
@@ -128,7 +126,7 @@ def request_wave(params: CampaignParams, inputs: Inputs, plan: restore.RestorePl
     out: dict[str, Any] = {"wave": wave, "to_restore": len(todo), "bytes": sum(o.size for o in todo),
                            "already_requested": len(todo) - len(fresh), "outcomes": {}}
     if fresh:
-        report = restore.request_restores(fresh, params.restore_tier, params.restore_days,
+        report = requests.request_restores(fresh, params.restore_tier, params.restore_days,
                                           ledger_uri=layout_of(params).restore_ledger, settings=inputs.settings)
         out["outcomes"], out["errors"] = report.outcomes, report.error_codes
     return out
@@ -146,7 +144,7 @@ class WaitResult:
     earliest_expiry: str | None = None
 
 
-def wait_wave(params: CampaignParams, inputs: Inputs, plan: restore.RestorePlan, wave: int, *,
+def wait_wave(params: CampaignParams, inputs: Inputs, plan: restore_plan.RestorePlan, wave: int, *,
               sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
               progress: Callable[[str], None] = log.info) -> WaitResult:
     """Poll each object still waiting every ``poll_seconds`` until all are restored, up to the wait bound.
@@ -160,25 +158,25 @@ def wait_wave(params: CampaignParams, inputs: Inputs, plan: restore.RestorePlan,
     expiries: list[datetime] = []
     while waiting:
         result.polls += 1
-        report = restore.restore_status(list(waiting.values()), settings=inputs.settings)
+        report = status.restore_status(list(waiting.values()), settings=inputs.settings)
         again = []
         for st in report.objects:
-            if st.state in (restore.STATUS_RESTORED, restore.STATUS_NOT_NEEDED):
+            if st.state in (status.STATUS_RESTORED, status.STATUS_NOT_NEEDED):
                 waiting.pop(st.uri, None)
                 if st.expiry is not None:
                     expiries.append(st.expiry)
-            elif st.state == restore.STATUS_NOT_REQUESTED:
+            elif st.state == status.STATUS_NOT_REQUESTED:
                 again.append(waiting[st.uri])
-            elif st.state == restore.STATUS_MISSING:
+            elif st.state == status.STATUS_MISSING:
                 log.warning("archive %s is gone; it is no longer waited for", st.uri)
                 waiting.pop(st.uri, None)
-            elif st.state == restore.STATUS_ERROR and st.error in ("AccessDenied", "403"):
+            elif st.state == status.STATUS_ERROR and st.error in ("AccessDenied", "403"):
                 raise CampaignError("restore_status_denied", f"HEAD refused ({st.error}): check input_s3_parameters",
                                     uri=st.uri)
         summary = report.summary()
         result.states = {k: v["count"] for k, v in summary["states"].items()}
         if again:
-            restore.request_restores(again, params.restore_tier, params.restore_days,
+            requests.request_restores(again, params.restore_tier, params.restore_days,
                                      ledger_uri=layout_of(params).restore_ledger, settings=inputs.settings)
         if not waiting:
             break
@@ -204,11 +202,10 @@ def archives_to_index(params: CampaignParams, inputs: Inputs) -> tuple[int, int]
     from ..io import arrow_io
 
     suffixes = load_config(params.config).archive_suffixes if params.config and not params.emr else (".tar",)
-    with inputs.access():
-        listing = manifest_listing.list_archives(params.text, params.images, suffixes)
+    listing = manifest_listing.list_archives(params.text, params.images, suffixes, inputs.access)
     manifest = layout_of(params).manifest
     indexed: list[dict[str, Any]] = []
-    if spark.manifest_exists(manifest):
+    if arrow_io.dataset_exists(manifest):
         dataset = arrow_io.open_manifest(manifest)
         cols = [c for c in ("archive_role", "archive_size", "archive_etag", "error") if c in dataset.schema.names]
         with arrow_io.manifest_errors(manifest):

@@ -211,8 +211,8 @@ def first_value(header: dict[str, Any], tag: str) -> Any:
     return v
 
 
-def _as_int(v: Any) -> int | None:
-    """An int that fits the manifest's 32-bit columns, or None."""
+def as_int(v: Any) -> int | None:
+    """An IS/US value as an int that fits 32-bit columns (the manifest's, the catalogue's), or None."""
     try:
         n = int(float(v)) if isinstance(v, str) else int(v)
     except (TypeError, ValueError, OverflowError):
@@ -228,7 +228,7 @@ def key_tags(header: dict[str, Any]) -> dict[str, Any]:
         if v is None:
             out[column] = None
         elif kind is int:
-            out[column] = _as_int(v)
+            out[column] = as_int(v)
         else:
             out[column] = str(v).strip()
     out["pixel_ref"] = pixel_ref(header)

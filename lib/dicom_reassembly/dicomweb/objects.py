@@ -1,6 +1,6 @@
 """Stored objects as DICOMweb answers: streamed bytes, multipart bodies, headers as DICOM JSON, rendered PNG.
 
-Objects are read through ``storage.open_read`` (local file or one S3 GET) and streamed in chunks, never
+Objects are read through ``io.reads.open_read`` (local file or one S3 GET) and streamed in chunks, never
 held whole, except where the answer needs the pixels decoded (rendered PNG) or the header parsed
 (metadata, a single tag): the header alone is read for those when the tag sits before Pixel Data.
 """

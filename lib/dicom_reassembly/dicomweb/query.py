@@ -16,10 +16,10 @@ from typing import Any
 
 import duckdb
 
-from .. import catalog
 from ..dicom.uids import uid_problem
 from ..errors import NotFoundError
 from ..io import listing
+from ..records import catalog
 
 
 class QueryError(ValueError):

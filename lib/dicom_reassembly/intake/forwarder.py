@@ -18,8 +18,9 @@ import threading
 import time
 from typing import Any
 
-from ..ledger import ledger_row, row_dict
-from ..stow import StowClient, StowItem, StowSettings
+from ..records.ledger import ledger_row, row_dict
+from ..stow.client import StowClient, StowItem
+from ..stow.settings import StowSettings
 from .spool import Spool
 from .state import IntakeState
 

@@ -24,13 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import catalog
 from ..dicom.part10 import Part10
 from ..errors import ReassemblyError
 from ..io import uris, writes
-from ..ledger import ledger_row, row_dict
-from ..output import write_once
-from ..reassembly import output_key
+from ..reassembly.writes import output_key, write_once
+from ..records import catalog
+from ..records.ledger import ledger_row, row_dict
 from .forwarder import Forwarder
 from .records import Recorder
 from .spool import Spool

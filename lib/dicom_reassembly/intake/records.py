@@ -12,10 +12,10 @@ import uuid
 from datetime import date, datetime, timezone
 from typing import Any
 
-from .. import catalog
 from ..errors import ReassemblyError
 from ..io import arrow_io
-from ..ledger import LEDGER_FIELDS, LEDGER_NAMES
+from ..records import catalog
+from ..records.ledger import LEDGER_FIELDS, LEDGER_NAMES
 from .state import IntakeState
 
 log = logging.getLogger(__name__)

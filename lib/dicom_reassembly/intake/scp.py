@@ -13,6 +13,7 @@ instance gets its error status and the association stays up.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,6 +101,17 @@ def handle_store(event: Any, intake: Intake) -> Dataset:
     return _status(outcome.status, outcome.reason)
 
 
-def handlers(intake: Intake) -> list[tuple[Any, Any, list[Any]]]:
+def handle_open(event: Any) -> None:
+    """EVT_CONN_OPEN: answers leave at once. With Nagle's algorithm on, each small C-STORE-RSP waits for the
+    peer's delayed ACK (about 40 ms on Linux), which caps one association at about 20 instances a second."""
+    raw = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if raw is not None:
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # a closed or non-TCP socket: the association still works, only slower
+            log.debug("TCP_NODELAY not set: %s", exc)
+
+
+def handlers(intake: Intake) -> list[tuple[Any, Any, list[Any]] | tuple[Any, Any]]:
     """The event handlers to pass to ``AE.start_server``; C-ECHO uses pynetdicom's default (success)."""
-    return [(evt.EVT_C_STORE, handle_store, [intake])]
+    return [(evt.EVT_CONN_OPEN, handle_open), (evt.EVT_C_STORE, handle_store, [intake])]

@@ -1,7 +1,8 @@
 """Rules a received instance must meet before it is stored: the reassembly's header rules, over a pydicom Dataset.
 
-The same rules as ``dicom_json.check_identity`` and the header checks of issue 16, applied to a dataset that
-arrived as bytes (C-STORE, STOW-RS) rather than as DICOM JSON:
+The rules of ``dicom.header_rules`` (with its reason codes), applied to a dataset that arrived as bytes
+(C-STORE, STOW-RS) rather than as DICOM JSON. Received bytes are stored as sent, so where the JSON path
+repairs (a missing character set becomes ``ISO_IR 192``), this one refuses:
 
 - SOPClassUID, SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID present, VM 1, valid UIDs (``uids``);
 - they agree with what the request announced (C-STORE's Affected SOP Class/Instance UID);
@@ -25,6 +26,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ..dicom.header_rules import TEXT_VRS
 from ..dicom.uids import uid_problem
 from ..errors import HeaderError
 
@@ -36,7 +38,6 @@ CANNOT_UNDERSTAND = 0xC000
 
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 FORBIDDEN_GROUPS = frozenset({0x0001, 0x0003, 0x0005, 0x0007, 0xFFFF})
-TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 _DELIMITERS = {"PN": {0x5E, 0x3D}}  # ^ and =: the component and group separators of PN
 _TEXT_DELIMITERS = {0x5C, 0x0D, 0x0A, 0x09, 0x0C}  # backslash, CR, LF, TAB, FF
 
@@ -80,11 +81,11 @@ def check_dataset(ds: Dataset, sop_class_uid: str | None = None, sop_instance_ui
         if elem is None or elem.value in (None, ""):
             raise Refused(DOES_NOT_MATCH_SOP_CLASS, "missing_uid", f"{keyword} is missing")
         if elem.VM != 1:
-            raise Refused(CANNOT_UNDERSTAND, "invalid_uid", f"{keyword} has {elem.VM} values, not 1")
+            raise Refused(CANNOT_UNDERSTAND, "invalid_vm", f"{keyword} has {elem.VM} values, not 1")
         value = str(elem.value)
         problem = uid_problem(value)
         if problem:
-            raise Refused(CANNOT_UNDERSTAND, "invalid_uid", f"{keyword} {value[:70]!r} is {problem}")
+            raise Refused(CANNOT_UNDERSTAND, "invalid_uid_value", f"{keyword} {value[:70]!r} is {problem}")
         values[keyword] = value
     if sop_class_uid and values["SOPClassUID"] != sop_class_uid:
         raise Refused(DOES_NOT_MATCH_SOP_CLASS, "sop_class_mismatch",
@@ -113,7 +114,7 @@ def _check_elements(ds: Dataset, inherited: list[str] | None, path: str) -> None
         group = tag.group
         where = f"{path}({group:04X},{tag.element:04X})"
         if group in FORBIDDEN_GROUPS:
-            raise Refused(CANNOT_UNDERSTAND, "forbidden_group", f"{where} is in group {group:04X}")
+            raise Refused(CANNOT_UNDERSTAND, "reserved_group", f"{where} is in group {group:04X}")
         if group == 0x0002:
             raise Refused(CANNOT_UNDERSTAND, "file_meta_in_dataset", f"{where} belongs to the file meta")
         raw = ds.get_item(tag)

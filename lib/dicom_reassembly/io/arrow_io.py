@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError, NotFoundError, StorageError
 from . import uris
+from .listing import list_dataset_files
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,6 +51,12 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
         kwargs["endpoint_override"] = parts.netloc or endpoint
         kwargs["scheme"] = parts.scheme or "https"
     return fs.S3FileSystem(**kwargs), uri[len(uris.S3_PREFIX):]
+
+
+def dataset_exists(uri: str) -> bool:
+    """True when a Parquet dataset (at least one ``.parquet`` file) has been written at ``uri``: files under
+    ``_``/``.`` names (a staged write that never moved in, ``_temporary``) do not count, as readers skip them."""
+    return any(o.uri.endswith(".parquet") for o in list_dataset_files(uri, recursive=True))
 
 
 def open_dataset(uri: str, partitioning: Any = None) -> pads.Dataset:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, NotRestoredError, StorageError
-from .uris import split_s3
+from .uris import is_s3, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +38,43 @@ class S3Settings:
         return f"S3Settings(endpoint_url={self.endpoint_url!r}, region={self.region!r}, access_key_id={key!r})"
 
 
+@dataclass(frozen=True)
+class ArchiveAccess:
+    """The partner's input bucket and the settings that reach it (``input_s3_parameters``).
+
+    Handed explicitly to whatever lists or reads the archives: on the driver as an argument, on the executors
+    inside the task's closure; never kept in module state. Every other bucket (outputs, manifest, ledger, code)
+    goes through the default AWS chain, so input credentials never reach anything else. ``repr`` hides the
+    secret (``S3Settings`` does); the pickled form holds it: ship it to executors, never log it.
+    """
+
+    settings: S3Settings
+    bucket: str
+
+    def settings_for(self, uri: str) -> S3Settings | None:
+        """The input settings for an object of the input bucket; None (the default chain) for any other."""
+        return self.settings if is_s3(uri) and split_s3(uri)[0] == self.bucket else None
+
+
+def archive_access(settings: S3Settings | None, bucket: str | None) -> ArchiveAccess | None:
+    """An ``ArchiveAccess`` when both are given, else None: without a bucket, input settings apply nowhere."""
+    return ArchiveAccess(settings, bucket) if settings is not None and bucket else None
+
+
+# A cache of connections, keyed by the settings each was made with; which settings reach an object is always the
+# caller's explicit choice (``client_for``).
 _clients: dict[S3Settings, Any] = {}
 _clients_lock = threading.Lock()
-_default_settings = S3Settings()
-_read_settings: S3Settings | None = None
-_read_buckets: frozenset[str] = frozenset()
 
 
-def set_default_s3_settings(settings: S3Settings | None) -> None:
-    """Make ``settings`` the process default for every S3 call."""
-    global _default_settings
-    _default_settings = settings or S3Settings()
-
-
-def set_archive_s3_settings(settings: S3Settings | None, bucket: str | None) -> None:
-    """Settings for the partner's input bucket only (the orchestrator's input_s3_parameters).
-
-    Every other bucket (outputs, manifest, ledger, code) keeps the default chain,
-    so input credentials never write anywhere else.
-    """
-    global _read_settings, _read_buckets
-    _read_settings = settings
-    _read_buckets = frozenset({bucket}) if settings is not None and bucket else frozenset()
-
-
-def client_for(uri: str) -> Any:
-    if _read_settings is not None and split_s3(uri)[0] in _read_buckets:
-        return s3_client(_read_settings)
-    return s3_client()
+def client_for(uri: str, access: ArchiveAccess | None = None) -> Any:
+    """The client for ``uri``: the input settings for the input bucket (``access``), else the default chain."""
+    return s3_client(access.settings_for(uri) if access is not None else None)
 
 
 def s3_client(settings: S3Settings | None = None) -> Any:
     """A cached boto3 S3 client with adaptive retries (SlowDown, 5xx)."""
-    settings = settings or _default_settings
+    settings = settings or S3Settings()
     with _clients_lock:
         client = _clients.get(settings)
         if client is None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import NotFoundError, StorageError
-from .clients import client_for, s3_call, translate_client_error
+from .clients import ArchiveAccess, client_for, s3_call, translate_client_error
 from .reads import translate_os_error
 from .uris import is_s3, split_s3
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One listed object: its URI, size, and a change fingerprint.
+    """One listed object: its URI, size, and a change fingerprint (and, from ``head``, its user metadata).
 
     ``error`` is set (with ``error_detail``) for an entry the listing found but
     could not use: a broken link (``broken_link``), a folder it may not read
@@ -36,9 +36,11 @@ class ObjectInfo:
     storage_class: str | None = None
     error: str | None = None
     error_detail: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)  # S3 user metadata (HEAD only)
 
 
-def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[ObjectInfo]:
+def list_objects(prefix: str, suffixes: tuple[str, ...] = (), access: ArchiveAccess | None = None
+                 ) -> Iterator[ObjectInfo]:
     """List the objects under a local folder or S3 prefix, paginated, sorted by key.
 
     ``suffixes`` filters by name ending; empty means everything. Entries that
@@ -47,7 +49,7 @@ def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[Object
     since archives may be inside it. Only a prefix that cannot be listed at all raises.
     """
     if is_s3(prefix):
-        yield from _list_s3(prefix, suffixes)
+        yield from _list_s3(prefix, suffixes, access)
         return
     if os.path.isdir(prefix):
         entries = _walk_local(prefix)
@@ -60,13 +62,13 @@ def list_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> Iterator[Object
             yield entry
 
 
-def _list_s3(prefix: str, suffixes: tuple[str, ...]) -> Iterator[ObjectInfo]:
+def _list_s3(prefix: str, suffixes: tuple[str, ...], access: ArchiveAccess | None) -> Iterator[ObjectInfo]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(prefix)
     if key and not key.endswith("/"):
         key += "/"
-    pages = client_for(prefix).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+    pages = client_for(prefix, access).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
     try:
         for page in pages:
             for obj in page.get("Contents", []):
@@ -125,50 +127,40 @@ def _walk_local(top: str) -> list[tuple[ObjectInfo, bool]]:
     return entries
 
 
-def count_objects(prefix: str, suffixes: tuple[str, ...] = ()) -> tuple[int, int]:
+def count_objects(prefix: str, suffixes: tuple[str, ...] = (), access: ArchiveAccess | None = None
+                  ) -> tuple[int, int]:
     """How many objects are under ``prefix``, and their bytes."""
     n = total = 0
-    for obj in list_objects(prefix, suffixes):
+    for obj in list_objects(prefix, suffixes, access):
         n += 1
         total += obj.size
     return n, total
 
 
-def head(uri: str) -> ObjectInfo | None:
-    """Size and fingerprint of one object, or None when it does not exist."""
+def head(uri: str, access: ArchiveAccess | None = None) -> ObjectInfo | None:
+    """Size, fingerprint and (S3) user metadata of one object, or None when it does not exist.
+
+    Locally, a broken link or a refusal is not "absent": it raises with its cause.
+    """
     if is_s3(uri):
         bucket, key = split_s3(uri)
         try:
-            r = s3_call(uri, client_for(uri).head_object, Bucket=bucket, Key=key)
+            r = s3_call(uri, client_for(uri, access).head_object, Bucket=bucket, Key=key)
         except NotFoundError:
             return None
         return ObjectInfo(uri, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'),
-                          r.get("LastModified"), r.get("StorageClass"))
+                          r.get("LastModified"), r.get("StorageClass"), metadata=r.get("Metadata", {}))
     try:
         st = os.stat(uri)
     except OSError as exc:
         err = translate_os_error(exc, uri)
         if err.reason == "not_found":
             return None
-        raise err from exc  # a broken link or a refusal is not "absent": keep the cause
+        raise err from exc
     if not stat.S_ISREG(st.st_mode):
         return None
     return ObjectInfo(uri, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}",
                       datetime.fromtimestamp(st.st_mtime, tz=timezone.utc))
-
-
-def head_metadata(uri: str) -> dict[str, Any] | None:
-    """Raw head: size and user metadata, or None when absent."""
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        try:
-            r = s3_call(uri, client_for(uri).head_object, Bucket=bucket, Key=key)
-        except NotFoundError:
-            return None
-        return {"size": int(r["ContentLength"]), "metadata": r.get("Metadata", {})}
-    if not os.path.isfile(uri):
-        return None
-    return {"size": os.path.getsize(uri), "metadata": {}}
 
 
 def _hidden(relative: str) -> bool:

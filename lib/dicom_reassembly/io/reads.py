@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from ..errors import NotFoundError, ReassemblyError, StorageError
-from .clients import client_for, s3_call
+from .clients import ArchiveAccess, client_for, s3_call
 from .uris import is_s3, split_s3
 
 log = logging.getLogger(__name__)
@@ -143,14 +143,14 @@ class _LimitedFile:
         self.f.close()
 
 
-def open_read(uri: str, start: int = 0, end: int | None = None) -> Any:
-    """Open a forward-only stream over bytes [start, end) of an object: one GET on S3."""
+def open_read(uri: str, start: int = 0, end: int | None = None, access: ArchiveAccess | None = None) -> Any:
+    """Open a forward-only stream over bytes [start, end) of an object: one GET on S3 (``access``: see clients)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        r = s3_call(uri, client_for(uri).get_object, **kwargs)
+        r = s3_call(uri, client_for(uri, access).get_object, **kwargs)
         io_counter.record(uri)
         return _CountingReader(r["Body"], uri)
     try:
@@ -161,11 +161,11 @@ def open_read(uri: str, start: int = 0, end: int | None = None) -> Any:
     return _CountingReader(reader, uri)
 
 
-def read_range(uri: str, start: int, length: int) -> bytes:
+def read_range(uri: str, start: int, length: int, access: ArchiveAccess | None = None) -> bytes:
     """Read ``length`` bytes at ``start`` with a single ranged read."""
     if length <= 0:
         return b""
-    with open_read(uri, start, start + length) as stream:
+    with open_read(uri, start, start + length, access) as stream:
         return read_exact(stream, length)
 
 
@@ -182,7 +182,7 @@ def read_exact(stream: Any, n: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, access: ArchiveAccess | None = None) -> bytes:
     """Read a whole (small) object."""
-    with open_read(uri) as s:
+    with open_read(uri, access=access) as s:
         return s.read()

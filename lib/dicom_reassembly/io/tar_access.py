@@ -23,10 +23,11 @@ from typing import Any
 
 from ..errors import ArchiveError, NotRestoredError, ReassemblyError
 from . import listing, reads, uris
+from .clients import ArchiveAccess
+from .tar_sources import BLOCK, LocalSeekSource, RangedSource, StreamSource
 
 log = logging.getLogger(__name__)
 
-BLOCK = 512
 # Gaps up to this are read through rather than skipped with a new request. Small on purpose:
 # it keeps read amplification near 1 for the realistic mix (members of 100 KB and more), while
 # archives of tiny members still need only a few requests.
@@ -75,85 +76,6 @@ class Damage:
 
 def _round_up(n: int) -> int:
     return (n + BLOCK - 1) // BLOCK * BLOCK
-
-
-class _StreamSource:
-    """Forward-only source over one streaming read (a whole S3 GET or a file)."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.pos = 0
-
-    def read_at(self, offset: int, n: int) -> bytes:
-        if offset < self.pos:
-            raise ArchiveError("backward_seek", f"stream at {self.pos} asked for {offset}")
-        while self.pos < offset:  # skip by reading: this is one streaming pass
-            chunk = self.stream.read(min(offset - self.pos, 1 << 20))
-            if not chunk:
-                return b""
-            self.pos += len(chunk)
-        data = reads.read_exact(self.stream, n)
-        self.pos += len(data)
-        return data
-
-
-class _LocalSeekSource:
-    """Random access to a local file: headers are read by seeking."""
-
-    def __init__(self, path: str) -> None:
-        try:
-            self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise reads.translate_os_error(exc, path) from exc
-        reads.io_counter.record(path)
-        self.path = path
-
-    def read_at(self, offset: int, n: int) -> bytes:
-        self.f.seek(offset)
-        data = self.f.read(n)
-        reads.io_counter.record(self.path, len(data), open_=False)
-        return data
-
-    def close(self) -> None:
-        self.f.close()
-
-
-class _RangedSource:
-    """Headers of a remote archive by ranged GETs, coalescing small gaps.
-
-    When members are small, one window spans many headers; when they are large,
-    each GET fetches a few header blocks only, so member data is not read.
-    """
-
-    def __init__(self, uri: str, size: int, coalesce_gap: int) -> None:
-        self.uri = uri
-        self.size = size
-        self.coalesce_gap = coalesce_gap
-        self.buf = b""
-        self.buf_start = 0
-        self.last_offset = 0
-        self.spans: list[int] = []
-
-    def read_at(self, offset: int, n: int) -> bytes:
-        if n == BLOCK and offset > self.last_offset:
-            # Header blocks come one per member: their spacing is the member span.
-            self.spans.append(offset - self.last_offset)
-            self.spans = self.spans[-16:]
-            self.last_offset = offset
-        end = min(offset + n, self.size)
-        if offset >= self.buf_start and end <= self.buf_start + len(self.buf):
-            rel = offset - self.buf_start
-            return self.buf[rel: rel + n]
-        typical = sorted(self.spans)[len(self.spans) // 2] if self.spans else self.coalesce_gap + 1
-        window = max(n, 3 * BLOCK)
-        if typical <= self.coalesce_gap:
-            window = max(window, self.coalesce_gap)
-        window = min(window, self.size - offset)
-        if window <= 0:
-            return b""
-        self.buf = reads.read_range(self.uri, offset, window)
-        self.buf_start = offset
-        return self.buf[:n]
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -400,18 +322,20 @@ def walk(source: Any, archive_size: int | None, with_data: bool, uri: str = "",
 
 
 def iter_members(uri: str, size: int | None = None, with_data: bool = False,
-                 coalesce_gap: int = DEFAULT_COALESCE_GAP, max_data: int | None = None) -> Iterator[Member | Damage]:
+                 coalesce_gap: int = DEFAULT_COALESCE_GAP, max_data: int | None = None,
+                 access: ArchiveAccess | None = None) -> Iterator[Member | Damage]:
     """Members of one archive, local or S3, followed by a Damage if it is damaged.
 
     ``with_data=True`` streams the archive once (one GET) and attaches each
     regular member's bytes, up to ``max_data`` (larger ones are marked
     ``too_large`` and skipped); otherwise only headers are read: by seeking locally,
     by coalesced ranged reads on S3. Storage errors become a Damage too, except
-    NotRestoredError, which callers report as ``not_restored``.
+    NotRestoredError, which callers report as ``not_restored``. ``access``: the input credentials
+    (``io.clients.ArchiveAccess``).
     """
     try:
         if size is None:
-            info = listing.head(uri)
+            info = listing.head(uri, access)
             if info is None:
                 yield Damage("not_found", "archive does not exist", 0)
                 return
@@ -420,12 +344,12 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
             yield Damage("empty_archive", "archive is 0 bytes", 0)
             return
         if with_data:
-            with reads.open_read(uri) as stream:
-                yield from walk(_StreamSource(stream), size, True, uri, max_data)
+            with reads.open_read(uri, access=access) as stream:
+                yield from walk(StreamSource(stream), size, True, uri, max_data)
         elif uris.is_s3(uri):
-            yield from walk(_RangedSource(uri, size, coalesce_gap), size, False, uri)
+            yield from walk(RangedSource(uri, size, coalesce_gap, access), size, False, uri)
         else:
-            src = _LocalSeekSource(uri)
+            src = LocalSeekSource(uri)
             try:
                 yield from walk(src, size, False, uri)
             finally:
@@ -439,9 +363,9 @@ def iter_members(uri: str, size: int | None = None, with_data: bool = False,
         yield Damage("read_error", f"{type(exc).__name__}: {str(exc)[:200]}", 0)
 
 
-def read_member(uri: str, data_offset: int, size: int) -> bytes:
+def read_member(uri: str, data_offset: int, size: int, access: ArchiveAccess | None = None) -> bytes:
     """One member's bytes by a single ranged read."""
-    data = reads.read_range(uri, data_offset, size)
+    data = reads.read_range(uri, data_offset, size, access)
     if len(data) < size:
         raise ArchiveError("truncated_archive", f"member at {data_offset} cut at {len(data)} of {size} bytes", uri=uri)
     return data

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError
-from .clients import client_for, s3_call
+from .clients import s3_call, s3_client
 from .uris import is_s3, split_s3
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def check_writable(uri: str) -> None:
     if is_s3(uri):
         bucket, _ = split_s3(uri)
         try:
-            s3_call(uri, client_for(uri).head_bucket, Bucket=bucket)
+            s3_call(uri, s3_client().head_bucket, Bucket=bucket)
         except NotFoundError as exc:  # HEAD has no body: a bare 404 here means the bucket
             raise StorageError("no_such_bucket", f"bucket {bucket!r} does not exist", uri=uri) from exc
         return
@@ -84,7 +84,7 @@ def write_parts(uri: str, parts: list[Any], size: int, sha256: str, opts: WriteO
     if is_s3(uri):
         bucket, key = split_s3(uri)
         extra = _s3_extra_args(opts, sha256, metadata)
-        client = client_for(uri)
+        client = s3_client()
         if size < opts.multipart_threshold:
             if if_absent:
                 extra["IfNoneMatch"] = "*"
@@ -256,7 +256,7 @@ def delete(uri: str) -> None:
     """Delete an object; missing is fine."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_call(uri, client_for(uri).delete_object, Bucket=bucket, Key=key)
+        s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
     elif os.path.exists(uri):
         os.unlink(uri)
 
@@ -266,7 +266,7 @@ def move(src: str, dst: str) -> None:
     if is_s3(src):
         bucket, key = split_s3(src)
         dst_bucket, dst_key = split_s3(dst)
-        client = client_for(dst)
+        client = s3_client()
         # The managed copy switches to a multipart copy for large objects (a single CopyObject stops at 5 GB).
         s3_call(dst, client.copy, CopySource={"Bucket": bucket, "Key": key}, Bucket=dst_bucket, Key=dst_key)
         delete(src)
@@ -285,7 +285,7 @@ def delete_tree(uri: str) -> None:
         shutil.rmtree(uri, ignore_errors=True)
         return
     bucket, key = split_s3(uri)
-    client = client_for(uri)
+    client = s3_client()
     prefix = key.rstrip("/") + "/"
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]

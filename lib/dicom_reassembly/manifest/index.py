@@ -19,6 +19,7 @@ from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..dicom.uids import member_uid, uid_problem
 from ..errors import HeaderError, NotRestoredError, ReassemblyError
 from ..io import reads, tar_access
+from ..io.clients import ArchiveAccess
 
 log = logging.getLogger(__name__)
 HEADER_SUFFIXES = (".json",)
@@ -91,15 +92,16 @@ def _array(values: tuple, kind: Any) -> Any:
 
 def index_batches(archives: Iterable[dict[str, Any]], index_run: str, indexed_at: datetime,
                   coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP, max_header_bytes: int = MAX_HEADER_BYTES,
-                  batch_rows: int = BATCH_ROWS, batch_bytes: int = BATCH_BYTES) -> Iterator[Any]:
+                  access: ArchiveAccess | None = None, batch_rows: int = BATCH_ROWS,
+                  batch_bytes: int = BATCH_BYTES) -> Iterator[Any]:
     """The rows of ``archives`` (``index_archive`` for each) as Arrow record batches of at most ``batch_rows``
-    rows, cut early once their header JSON passes ``batch_bytes``."""
+    rows, cut early once their header JSON passes ``batch_bytes``. ``access``: the input credentials."""
     schema = arrow_schema()
     json_at = FIELD_NAMES.index("header_json")
     rows: list[tuple] = []
     held = 0
     for archive in archives:
-        for row in index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes):
+        for row in index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes, access):
             rows.append(row)
             held += len(row[json_at] or "")
             if len(rows) >= batch_rows or held >= batch_bytes:
@@ -125,12 +127,12 @@ def _row(**values: Any) -> tuple:
 
 def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
                   coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP,
-                  max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[tuple]:
+                  max_header_bytes: int = MAX_HEADER_BYTES, access: ArchiveAccess | None = None) -> Iterator[tuple]:
     """Manifest rows of one archive: one per member, then one archive-level row.
 
     ``archive`` has uri, role ('text' streams the data, 'images' reads headers
     only), size, etag and mtime. Errors become rows, never exceptions. A member
-    above ``max_header_bytes`` is never read into memory (``too_large``).
+    above ``max_header_bytes`` is never read into memory (``too_large``). ``access``: the input credentials.
     """
     base = {
         "archive_uri": archive["uri"], "archive_role": archive["role"], "archive_size": archive["size"],
@@ -139,7 +141,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
     }
     if archive.get("error") or not archive.get("is_archive", True):
         # Listed but not indexed as a tar: one archive-level row says why, so nothing in the prefix goes unseen.
-        error, detail = (archive["error"], archive.get("error_detail")) if archive.get("error") else read_other_object(archive)
+        error, detail = (archive["error"], archive.get("error_detail")) if archive.get("error") else read_other_object(archive, access)
         yield _row(**base, kind="archive", member_type="archive", size=archive["size"], error=error, error_detail=detail)
         return
     with_data = archive["role"] == "text"
@@ -147,7 +149,7 @@ def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
     members = 0
     try:
         for item in tar_access.iter_members(archive["uri"], archive["size"], with_data, coalesce_gap,
-                                            max_header_bytes if with_data else None):
+                                            max_header_bytes if with_data else None, access):
             if isinstance(item, tar_access.Damage):
                 error, detail = item.reason, f"at offset {item.offset}: {item.detail}"
                 break
@@ -211,7 +213,7 @@ def header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYT
     return cols
 
 
-def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
+def read_other_object(archive: dict[str, Any], access: ArchiveAccess | None = None) -> tuple[str, str]:
     """(reason, detail) for a listed object whose name is not an archive's: decided by its first bytes.
 
     ``compressed_archive`` when it starts with a compression format's magic
@@ -222,7 +224,7 @@ def read_other_object(archive: dict[str, Any]) -> tuple[str, str]:
     named = "its name is not in archive_suffixes, so it is not indexed"
     by_name = next((f for s, f in COMPRESSED_SUFFIXES if uri.lower().endswith(s)), None)
     try:
-        head = reads.read_range(uri, 0, min(archive["size"], tar_access.BLOCK))
+        head = reads.read_range(uri, 0, min(archive["size"], tar_access.BLOCK), access)
     except NotRestoredError:  # not worth a restore: its name already says it is no archive of ours
         if by_name:
             return "compressed_archive", f"{by_name} by its name, in Glacier and not read ({named})"

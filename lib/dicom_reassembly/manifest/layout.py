@@ -95,6 +95,11 @@ def estimated_bytes(archives: Iterable[dict[str, Any]]) -> tuple[float, float]:
     return members, archive_rows
 
 
+def group_of(run_id: str) -> str:
+    """The group name of a write from its run id (``run_id.new_run_id``): its ``-`` dropped, as names split on it."""
+    return run_id.replace("-", "")
+
+
 def file_name(role: str, buckets: int, bucket: int, group: str, seq: int) -> str:
     """The name of one clustered file."""
     if "-" in group or "/" in group:

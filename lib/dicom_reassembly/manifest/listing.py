@@ -8,24 +8,26 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import listing as io_listing
+from ..io.clients import ArchiveAccess
 from .index import RETRYABLE_ARCHIVE_ERRORS
 
 log = logging.getLogger(__name__)
 
 
-def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",)) -> list[dict[str, Any]]:
+def list_archives(text: str, images: str, suffixes: tuple[str, ...] = (".tar",),
+                  access: ArchiveAccess | None = None) -> list[dict[str, Any]]:
     """List both prefixes (paginated on S3) into archive dicts tagged with their role.
 
     Every object is listed, not only archives: those whose name ends in one of
     ``suffixes`` (every object when it is empty) have ``is_archive`` and are
     walked as tars; the others, and the entries the listing could not read
-    (``error``), each get one archive-level manifest row with a reason.
+    (``error``), each get one archive-level manifest row with a reason. ``access``: the input credentials.
     """
     out = []
     if text.rstrip("/") == images.rstrip("/") or text.startswith(images.rstrip("/") + "/") or images.startswith(text.rstrip("/") + "/"):
         raise ConfigError("overlapping_prefixes", f"--text {text} and --images {images} overlap: each archive needs one role")
     for role, prefix in (("text", text), ("images", images)):
-        for obj in io_listing.list_objects(prefix):
+        for obj in io_listing.list_objects(prefix, access=access):
             out.append({"uri": obj.uri, "role": role, "size": obj.size, "etag": obj.etag, "mtime": obj.mtime,
                         "is_archive": not suffixes or obj.uri.endswith(suffixes),
                         "error": obj.error, "error_detail": obj.error_detail})

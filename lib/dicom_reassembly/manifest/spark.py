@@ -15,12 +15,15 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..io import listing as io_listing
 from ..io import reads, uris, writes
+from ..io.arrow_io import dataset_exists
+from ..io.clients import ArchiveAccess
+from ..run_id import new_run_id
 from . import layout
 from .index import FIELD_NAMES, manifest_schema
 
@@ -41,12 +44,6 @@ def balance_by_bytes(archives: list[dict[str, Any]], tasks: int) -> list[list[di
     return buckets
 
 
-def new_index_run() -> tuple[str, datetime]:
-    """An index run id that sorts by time, and its timestamp."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ"), now
-
-
 def with_latest_index(df: Any) -> Any:
     """Keep, for each archive, only the rows of its newest index run."""
     from pyspark.sql import functions as F
@@ -62,43 +59,35 @@ def read_manifest(spark: Any, uri: str) -> Any:
     return spark.read.schema(manifest_schema(stored=True)).parquet(uri).transform(with_latest_index)
 
 
-def manifest_exists(uri: str) -> bool:
-    """True when a manifest dataset has been written at ``uri`` (a staged write that never moved in does not count)."""
-    return any(o.uri.endswith(".parquet") for o in io_listing.list_dataset_files(uri, recursive=True))
-
-
 def build_manifest_df(spark: Any, archives: list[dict[str, Any]], index_run: str, indexed_at: datetime,
-                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *, s3: Any = None,
-                      s3_bucket: str | None = None) -> Any:
+                      tasks: int, coalesce_gap: int, max_header_bytes: int = MAX_HEADER_BYTES, *,
+                      access: ArchiveAccess | None = None) -> Any:
     """Index ``archives`` on the executors, balanced by bytes over ``tasks`` tasks; the rows ``index_archive``
     yields, without ``bucket``.
 
     Task ``i`` of ``spark.range`` takes the ``i``-th share of a broadcast list and hands its rows to Spark as
-    Arrow batches (``mapInArrow``): no per-row conversion on either side. ``s3``/``s3_bucket``
-    (input_s3_parameters) reach the executors in the task closure, as reassembly's WriteContext does, never
-    through Spark settings; they apply to the input bucket only.
+    Arrow batches (``mapInArrow``): no per-row conversion on either side. ``access`` (the input credentials, for
+    the input bucket only) reaches the executors in the task closure, as reassembly's ``TaskSettings`` does,
+    never through Spark settings.
     """
     shares = balance_by_bytes(archives, tasks) if archives else []
     n = max(1, len(shares))
     work = spark.sparkContext.broadcast(shares)
 
     def index_tasks(batches: Any) -> Any:
-        from ..io import clients
         from .index import index_batches
 
-        if s3 is not None:
-            clients.set_archive_s3_settings(s3, s3_bucket)
         for batch in batches:
             for task in batch.column(0).to_pylist():
                 share = work.value[task] if task < len(work.value) else []
-                yield from index_batches(share, index_run, indexed_at, coalesce_gap, max_header_bytes)
+                yield from index_batches(share, index_run, indexed_at, coalesce_gap, max_header_bytes, access)
 
     return spark.range(0, n, 1, n).mapInArrow(index_tasks, manifest_schema())
 
 
 def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
     """The archive-level rows of an existing manifest (newest index each), for incremental runs."""
-    if not manifest_exists(manifest_uri):
+    if not dataset_exists(manifest_uri):
         return []
     from pyspark.sql import functions as F
 
@@ -140,10 +129,11 @@ def write_manifest(spark: Any, df: Any, manifest_uri: str, group: str, member_by
 
     Bucket counts come from the expected bytes of member and archive rows (at least one bucket per core for
     members, so the write runs on every core). ``inputs`` are files these rows replace (a compaction): deleted
-    once the new files are in. Returns the plan.
+    once the new files are in. ``group`` may be a run id (``layout.group_of`` names the group). Returns the plan.
     """
     from pyspark.sql import functions as F
 
+    group = layout.group_of(group)
     cores = spark.sparkContext.defaultParallelism
     plan = {"group": group, "member_buckets": layout.bucket_count(member_bytes, cores),
             "archive_buckets": layout.bucket_count(archive_bytes), "inputs": sorted(inputs)}
@@ -222,7 +212,7 @@ def prepare_manifest(spark: Any, manifest_uri: str) -> dict[str, Any] | None:
     if not legacy:
         return None
     log.info("manifest %s: %d unclustered files rewritten in buckets", manifest_uri, len(legacy))
-    return compact_manifest(spark, manifest_uri, legacy, new_index_run()[0])
+    return compact_manifest(spark, manifest_uri, legacy, layout.group_of(new_run_id()))
 
 
 def merge_small_groups(spark: Any, manifest_uri: str, max_groups: int = 8) -> dict[str, Any] | None:
@@ -235,4 +225,4 @@ def merge_small_groups(spark: Any, manifest_uri: str, max_groups: int = 8) -> di
         return None
     by_size = sorted(groups.values(), key=lambda fs: sum(f.size for f in fs))
     merged = [f for fs in by_size[: len(groups) - max_groups + 1] for f in fs]
-    return compact_manifest(spark, manifest_uri, merged, new_index_run()[0])
+    return compact_manifest(spark, manifest_uri, merged, layout.group_of(new_run_id()))

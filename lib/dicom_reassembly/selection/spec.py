@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import CriteriaError, ReassemblyError
 from ..io import json_document
-from ..io.clients import S3Settings
+from ..io.clients import ArchiveAccess, S3Settings, archive_access
 from ..io.secret_store import is_secret_arn, read_secret_bytes
 from .criteria import Criterion, compile_criterion, show
 
@@ -56,6 +56,11 @@ class CriteriaSpec:
     def __reduce__(self) -> Any:
         # Pickling would carry the secret into Spark tasks; executors only need the criteria.
         raise TypeError("CriteriaSpec holds credentials and is not picklable; ship spec.criteria instead")
+
+    @property
+    def access(self) -> ArchiveAccess | None:
+        """The input credentials for the input bucket only, to hand to whatever lists or reads the archives."""
+        return archive_access(self.s3, self.bucket)
 
     @property
     def tag_keys(self) -> tuple[str, ...]:
@@ -146,16 +151,19 @@ def _parse_s3_parameters(raw: Any) -> tuple[S3Settings, str]:
     return settings, bucket.strip()
 
 
+def _warn_ignored(what: str, keys: list[Any]) -> None:
+    """Log the fields a criteria document has that we leave alone (never their values)."""
+    if keys:
+        log.warning("criteria document: ignoring %s: %s", what, ", ".join(show(k, 40) for k in sorted(map(str, keys))))
+
+
 def parse_criteria(obj: Any) -> CriteriaSpec:
     """Validate and compile an already-parsed criteria document (bare list or orchestrator object, bare or
     wrapped in ``{"parameters": ...}``)."""
     s3: S3Settings | None = None
     bucket: str | None = None
     if isinstance(obj, Mapping) and "parameters" in obj and "criteria" not in obj:
-        extra = sorted(str(k) for k in obj if k != "parameters")
-        if extra:
-            log.warning("criteria document: ignoring fields beside 'parameters': %s", ", ".join(show(k, 40)
-                                                                                                for k in extra))
+        _warn_ignored("fields beside 'parameters'", [k for k in obj if k != "parameters"])
         obj = obj["parameters"]
         if not isinstance(obj, Mapping):
             raise CriteriaError("criteria_bad_document", f"'parameters' must be an object, got {type(obj).__name__}")
@@ -164,11 +172,8 @@ def parse_criteria(obj: Any) -> CriteriaSpec:
     elif isinstance(obj, Mapping):
         if "criteria" not in obj:
             raise CriteriaError("criteria_bad_document", "the parameters object has no 'criteria' list")
-        extra = sorted(str(k) for k in obj if k not in _TOP_LEVEL_FIELDS | _FLOW_PARAMETERS)
-        if extra:
-            # other orchestrator fields are not ours to reject, but a typo here must not pass silently
-            log.warning("criteria document: ignoring unknown top-level fields %s", ", ".join(show(k, 40)
-                                                                                             for k in extra))
+        # other orchestrator fields are not ours to reject, but a typo here must not pass silently
+        _warn_ignored("unknown top-level fields", [k for k in obj if k not in _TOP_LEVEL_FIELDS | _FLOW_PARAMETERS])
         raw_criteria = obj["criteria"]
         if not isinstance(raw_criteria, list):
             raise CriteriaError("criteria_bad_document", f"'criteria' must be a list, got {type(raw_criteria).__name__}")

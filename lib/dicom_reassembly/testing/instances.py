@@ -48,28 +48,32 @@ class Variant:
     note: str = ""
 
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant("ct-native", "CT_small.dcm", "native", "native", note="native CT, 16-bit signed"),
-    Variant("mr-native", "MR_small.dcm", "native", "native", note="native MR, 16-bit signed"),
-    Variant("mr-j2k-lossless", "MR_small_jp2klossless.dcm", "j2k", "j2k", note="J2K reversible, no lossy flag"),
-    Variant("nm-j2k-lossy", "JPEG2000.dcm", "j2k", "j2k", note="J2K irreversible 9-7, LossyImageCompression 01"),
-    Variant("ct-j2k-lossy-flag", "693_J2KI.dcm", "j2k", "j2k",
-            note="reversible 5-3 codestream but LossyImageCompression 01 -> .91"),
-    Variant("us-j2k-colour", "examples_jpeg2k.dcm", "j2k", "j2k", note="colour J2K lossless, YBR_RCT"),
-    Variant("sc-jp2-bundled", "GDCMJ2K_TextGBR.dcm", "jp2", "jp2-bundled",
-            note="real-world JP2 file format (rreq, ICC colr, uuid boxes) inside Pixel Data"),
-    Variant("mr-jp2-wrapped", "MR_small_jp2klossless.dcm", "jp2", "jp2-wrap", note="codestream wrapped in minimal JP2"),
-    Variant("rgb-odd-native", "SC_rgb_small_odd.dcm", "native", "native", note="native RGB 3x3, odd length 27"),
-    Variant("rgb-2frame-native", "SC_rgb_rle_2frame.dcm", "native", "native", note="RLE decompressed, 2 frames"),
-    Variant("rtdose-native", "rtdose.dcm", "native", "native", note="implicit VR source, 32-bit, 15 frames"),
-    Variant("seg-1bit-native", "liver_1frame.dcm", "native", "native", note="1-bit packed SEG"),
-    Variant("us-palette-native", "examples_palette.dcm", "native", "native",
-            note="PALETTE COLOR, LUT data as InlineBinary"),
-    Variant("rgb-2frame-j2k", "SC_rgb_rle_2frame.dcm", "multiframe-j2k", "encode-j2k", use_mct=True,
-            note="2 frames encoded lossless with MCT -> YBR_RCT"),
-    Variant("rgb16-2frame-j2k", "SC_rgb_rle_16bit_2frame.dcm", "multiframe-j2k", "encode-j2k", use_mct=False,
-            note="2 frames 16-bit RGB encoded lossless without MCT"),
-)
+# key | pydicom test file | payload | how it is built | MCT (encode-j2k) | note
+_VARIANT_TABLE = """
+ct-native         | CT_small.dcm                | native         | native      | -   | native CT, 16-bit signed
+mr-native         | MR_small.dcm                | native         | native      | -   | native MR, 16-bit signed
+mr-j2k-lossless   | MR_small_jp2klossless.dcm   | j2k            | j2k         | -   | J2K reversible, no lossy flag
+nm-j2k-lossy      | JPEG2000.dcm                | j2k            | j2k         | -   | J2K irreversible 9-7, LossyImageCompression 01
+ct-j2k-lossy-flag | 693_J2KI.dcm                | j2k            | j2k         | -   | reversible 5-3 codestream but LossyImageCompression 01 -> .91
+us-j2k-colour     | examples_jpeg2k.dcm         | j2k            | j2k         | -   | colour J2K lossless, YBR_RCT
+sc-jp2-bundled    | GDCMJ2K_TextGBR.dcm         | jp2            | jp2-bundled | -   | real-world JP2 file format (rreq, ICC colr, uuid boxes) inside Pixel Data
+mr-jp2-wrapped    | MR_small_jp2klossless.dcm   | jp2            | jp2-wrap    | -   | codestream wrapped in minimal JP2
+rgb-odd-native    | SC_rgb_small_odd.dcm        | native         | native      | -   | native RGB 3x3, odd length 27
+rgb-2frame-native | SC_rgb_rle_2frame.dcm       | native         | native      | -   | RLE decompressed, 2 frames
+rtdose-native     | rtdose.dcm                  | native         | native      | -   | implicit VR source, 32-bit, 15 frames
+seg-1bit-native   | liver_1frame.dcm            | native         | native      | -   | 1-bit packed SEG
+us-palette-native | examples_palette.dcm        | native         | native      | -   | PALETTE COLOR, LUT data as InlineBinary
+rgb-2frame-j2k    | SC_rgb_rle_2frame.dcm       | multiframe-j2k | encode-j2k  | mct | 2 frames encoded lossless with MCT -> YBR_RCT
+rgb16-2frame-j2k  | SC_rgb_rle_16bit_2frame.dcm | multiframe-j2k | encode-j2k  | -   | 2 frames 16-bit RGB encoded lossless without MCT
+"""
+
+
+def _variants(table: str) -> tuple[Variant, ...]:
+    rows = ([cell.strip() for cell in line.split(" | ")] for line in table.strip().splitlines())
+    return tuple(Variant(key, source, payload, build, mct == "mct", note) for key, source, payload, build, mct, note in rows)
+
+
+VARIANTS: tuple[Variant, ...] = _variants(_VARIANT_TABLE)
 VARIANTS_BY_KEY = {v.key: v for v in VARIANTS}
 # Good instances of the damaged delivery: small and quick.
 DAMAGED_GOOD_VARIANTS = ("ct-native", "mr-j2k-lossless", "rgb-odd-native", "mr-native")
