@@ -119,6 +119,21 @@ def ratarmount_rates(deliveries: list[tuple[str, dict[str, Any]]], work: str, re
             "per_core_wall": None if wall is None else 1 / wall, "per_cpu_s": None if cpu is None else 1 / cpu}
 
 
+def measure_build(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, repeats: int,
+                  pipeline: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Members indexed per second per core: the pipeline's build_manifest (headers parsed), build_manifest over the
+    pixel archives alone, and ratarmountcore indexing the same pixel archives, each marginal between the sizes."""
+    out = {"with_headers": build_rates(pipeline, cores),
+           "pixel_archives": pixel_build_rates(deliveries, work, cores, repeats, log)}
+    log("ratarmountcore indexing the same pixel archives, one process (three runs per size, the fastest counts)")
+    out["ratarmount"] = ratarmount_rates(deliveries, work)
+    for key in ("with_headers", "pixel_archives", "ratarmount"):
+        b = out[key]
+        log(f"  {key}: {b.get('per_core_wall') or float('nan'):,.0f} members/s per core, "
+            f"{b.get('per_cpu_s') or float('nan'):,.0f} per CPU-second")
+    return out
+
+
 # ---------------------------------------------------------------- manifests of 10^4 to 10^6 instances
 
 

@@ -211,24 +211,6 @@ def measure_local(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores
     return {"cores": cores, "sizes": sizes, "with_computations": {"instances": n, **with_comp}}
 
 
-# ---------------------------------------------------------------- manifest build rates (issue 20)
-
-
-def measure_manifest_build(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, repeats: int,
-                           pipeline: dict[str, Any], log: Progress) -> dict[str, Any]:
-    """Members indexed per second per core: the pipeline's build_manifest (headers parsed), build_manifest over the
-    pixel archives alone, and ratarmountcore indexing the same pixel archives, each marginal between the sizes."""
-    out = {"with_headers": bm.build_rates(pipeline, cores),
-           "pixel_archives": bm.pixel_build_rates(deliveries, work, cores, repeats, log)}
-    log("ratarmountcore indexing the same pixel archives, one process (three runs per size, the fastest counts)")
-    out["ratarmount"] = bm.ratarmount_rates(deliveries, work)
-    for key in ("with_headers", "pixel_archives", "ratarmount"):
-        b = out[key]
-        log(f"  {key}: {b.get('per_core_wall') or float('nan'):,.0f} members/s per core, "
-            f"{b.get('per_cpu_s') or float('nan'):,.0f} per CPU-second")
-    return out
-
-
 # ---------------------------------------------------------------- S3: requests, amplification, selection
 
 
@@ -413,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  ratio per core {hs['ratio_per_core']:.2f}, per CPU-second {hs['ratio_cpu'] or float('nan'):.2f}")
         results["pipeline"] = measure_local([(half_root, half_index), (main_root, index)], work, args.cores, log,
                                             sizes["computations"], sizes["repeats"])
-        results["manifest_build"] = measure_manifest_build([(half_root, half_index), (main_root, index)], work,
-                                                           args.cores, sizes["repeats"], results["pipeline"], log)
+        results["manifest_build"] = bm.measure_build([(half_root, half_index), (main_root, index)], work,
+                                                     args.cores, sizes["repeats"], results["pipeline"], log)
         results["manifest_lookup"] = bm.measure_lookup_layout(work, sizes["manifest_sizes"], args.cores, args.seed, log)
         if not args.skip_s3:
             from bench.s3count import CountingS3Server
