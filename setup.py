@@ -14,6 +14,7 @@ setup(
         "numpy>=1.24",
         "boto3>=1.28.57",  # first release honouring AWS_ENDPOINT_URL
         "pyarrow>=12",
+        "orjson>=3.9",  # header JSON parsed and hashed 2-5x faster at indexing (dicom_json, where it gives json's result)
         "pylibjpeg>=2.0",
         "pylibjpeg-openjpeg>=2.3",  # decodes J2K/HTJ2K for checks and previews
         "requests>=2.28",  # STOW-RS

@@ -11,6 +11,7 @@ import os
 import statistics
 from typing import Any
 
+from bench import manifest as manifest_bench
 from bench.notebook_memory import render_notebook_memory
 
 MB = 1000 ** 2
@@ -32,6 +33,7 @@ TARGETS = [
     ("lookup_manifest_max_gets", "archive GETs per single-UID lookup with the manifest (max)", "<=", 2),
     ("notebook_peak_ratio", "notebook kernel peak memory, generated 10^5 instances / the pipeline's outputs (issue 20)",
      "<=", 2.0),
+    *manifest_bench.TARGETS,
 ]
 
 
@@ -178,6 +180,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     if lookups:
         r["lookup_manifest_max_gets"] = max(x["manifest"]["archive_gets"] for x in lookups)
     r["notebook_peak_ratio"] = _get(results, "notebook_memory", "ratio")
+    r.update(manifest_bench.ratios(results))
     for key, label, op, threshold in TARGETS:
         value = r.get(key)
         met = None if value is None else {">=": value >= threshold, "<=": value <= threshold,
@@ -378,6 +381,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                     [[x["archives"], x["manifest"]["wall_s"], x["manifest"]["archive_gets"], x["scan"]["wall_s"],
                       x["scan"]["archive_gets"], x["scan"]["lists"]] for x in (_get(results, "lookup", "by_archives") or [])])
     lines += render_notebook_memory(results)
+    lines += manifest_bench.markdown(results, _f, _table)
     lines += ["## Peak memory (RSS, sampled every 0.2 s)", ""]
     rows = []
     for name, mem in _memory_rows(results):

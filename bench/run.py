@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 
 from bench import delivery as dl  # noqa: E402
+from bench import manifest as bm  # noqa: E402
 from bench import measure as ms  # noqa: E402
 from bench import notebook_memory as nm  # noqa: E402
 from bench.report import write_report  # noqa: E402
@@ -40,9 +41,11 @@ LOOKUP_BUCKET = "bench-lookup"
 SELECTION_FRACTION = 0.10
 
 QUICK = {"instances": 240, "per_archive": 20, "naive_sample": 15, "lookup_archives": (10, 50), "profile": 100,
-         "hot_path_streams": 120, "pool": 4, "computations": False, "repeats": 1}
+         "hot_path_streams": 120, "pool": 4, "computations": False, "repeats": 1,
+         "manifest_sizes": (2_000, 10_000, 20_000)}
 FULL = {"instances": 2000, "per_archive": 50, "naive_sample": 50, "lookup_archives": (10, 100, 1000), "profile": 200,
-        "hot_path_streams": 2000, "pool": 8, "computations": True, "repeats": 2}
+        "hot_path_streams": 2000, "pool": 8, "computations": True, "repeats": 2,
+        "manifest_sizes": (10_000, 100_000, 1_000_000)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,6 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--naive-sample", type=int, help="UIDs timed for the naive baseline (default 50; 15 with --quick)")
     p.add_argument("--lookup-archives", help="comma-separated archive counts for the lookups (default 10,100,1000)")
     p.add_argument("--repeats", type=int, help="pipeline runs per size, the fastest counts (default 2; 1 with --quick)")
+    p.add_argument("--manifest-sizes", help="comma-separated instance counts of the generated manifests whose lookups "
+                                            "are measured (default 10000,100000,1000000)")
     p.add_argument("--note", default="", help="free text recorded in the report (e.g. 'machine shared')")
     p.add_argument("--notebook-instances", type=int, default=100_000,
                    help="instances of the generated manifest the notebook's memory is measured on (0: skip)")
@@ -83,6 +88,8 @@ def resolve_sizes(args: argparse.Namespace) -> dict[str, Any]:
         base["repeats"] = max(1, args.repeats)
     if args.lookup_archives:
         base["lookup_archives"] = tuple(int(x) for x in args.lookup_archives.split(",") if x.strip())
+    if args.manifest_sizes:
+        base["manifest_sizes"] = tuple(int(x) for x in args.manifest_sizes.split(",") if x.strip())
     return base
 
 
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                        "archives_per_role": math.ceil(n / k), "cores": args.cores, "seed": args.seed,
                        "sizes": [half, n], "repeats": sizes["repeats"], "naive_sample": sizes["naive_sample"],
                        "lookup_archives": list(sizes["lookup_archives"]), "profile_instances": sizes["profile"],
+                       "manifest_sizes": list(sizes["manifest_sizes"]),
                        "selection_fraction": SELECTION_FRACTION, "skip_s3": args.skip_s3, "note": args.note,
                        "spark": f"spark-submit --master local[{args.cores}] --conf spark.ui.enabled=false, conf/local.json"},
         "machine": machine_info(), "versions": versions(),
@@ -393,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.notebook_instances:
             results["notebook_memory"] = nm.measure_notebook_memory(results["pipeline"]["sizes"][-1], work,
                                                                     args.notebook_instances, log)
+        results["manifest_build"] = bm.measure_build([(half_root, half_index), (main_root, index)], work,
+                                                     args.cores, sizes["repeats"], results["pipeline"], log)
+        results["manifest_lookup"] = bm.measure_lookup_layout(work, sizes["manifest_sizes"], args.cores, args.seed, log)
         if not args.skip_s3:
             from bench.s3count import CountingS3Server
 

@@ -5,6 +5,10 @@ spark-submit jobs/build_manifest.py --text URI --images URI --manifest URI [--cr
 
 ``--criteria`` is the same file reassemble takes; only its ``input_s3_parameters`` are used here (they list and
 read the partner's archives), the criteria themselves apply in restore planning and reassembly.
+
+The manifest is written in the lookup layout (``dicom_reassembly.manifest.layout``): a manifest in the layout
+before issue 20 is rewritten into it first, and small groups of files are merged once there are more than
+``--max-groups`` of them. One build at a time per manifest.
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="re-index every archive, not only new or changed ones")
     p.add_argument("--tranche", help="index only the image archives of a tranche (text archives always): "
                                      + TRANCHE_HELP.split(": ", 1)[1].replace(" or limit:N (N instances)", ""))
+    p.add_argument("--max-groups", type=int, default=8, help="merge the smallest groups of manifest files beyond "
+                                                              "this many (a lookup reads one bucket file per group)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
+    from dicom_reassembly.manifest import layout
+    from dicom_reassembly.manifest import spark as manifest_spark
     from dicom_reassembly.manifest.index import manifest_schema
     from dicom_reassembly.manifest.listing import archives_in_tranche, archives_to_index, list_archives, listing_summary
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives, manifest_tasks
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc)
 
     def index(spark: Any) -> int:
+        migrated = manifest_spark.prepare_manifest(spark, args.manifest)
         todo = listing if args.full else archives_to_index(listing, indexed_archives(spark, args.manifest))
         todo = archives_in_tranche(todo, tranche)
         indexed_at = datetime.now(timezone.utc)
@@ -67,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if todo:
             df = build_manifest_df(spark, todo, index_run, indexed_at, tasks, cfg.coalesce_gap, cfg.max_header_bytes,
                                    access=access)
-            df.write.mode("append").parquet(args.manifest)
+            manifest_spark.write_manifest(spark, df, args.manifest, index_run, *layout.estimated_bytes(todo))
+        if migrated:
+            print(f"manifest rewritten in buckets: {len(migrated['inputs'])} files of the earlier layout")
         print(f"manifest: {args.manifest}")
         for line in listing_summary(listing, todo):
             print(line)
@@ -80,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             run = spark.read.schema(manifest_schema()).parquet(args.manifest).filter(F.col("index_run") == index_run)
             for r in run.groupBy("kind", "error").count().orderBy("kind", "error").collect():
                 print(f"  {r['kind']:<8} {r['error'] or 'ok':<24} {r['count']}")
+        merged = manifest_spark.merge_small_groups(spark, args.manifest, args.max_groups)
+        if merged:
+            print(f"manifest groups merged: {len(merged['inputs'])} files rewritten as one group")
         return 0
 
     return run_spark_job("dicom-reassembly build_manifest", cfg.spark, index)

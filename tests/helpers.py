@@ -70,15 +70,18 @@ def debian_package_files(package: str) -> set[str]:
 
 def build_manifest(spark, text: str, images: str, manifest_uri: str) -> None:  # noqa: ANN001
     """Index the new or changed archives under two prefixes, as jobs/build_manifest.py does."""
-    from dicom_reassembly.manifest import listing
+    from dicom_reassembly.manifest import layout, listing
+    from dicom_reassembly.manifest import spark as manifest_spark
     from dicom_reassembly.manifest.spark import build_manifest_df, indexed_archives
     from dicom_reassembly.run_id import new_run_id
 
+    manifest_spark.prepare_manifest(spark, manifest_uri)
     todo = listing.archives_to_index(listing.list_archives(text, images), indexed_archives(spark, manifest_uri))
     if todo:
         at = datetime.now(timezone.utc)
         run = new_run_id(at)
-        build_manifest_df(spark, todo, run, at, 4, 64 * 1024).write.mode("append").parquet(manifest_uri)
+        df = build_manifest_df(spark, todo, run, at, 4, 64 * 1024)
+        manifest_spark.write_manifest(spark, df, manifest_uri, run, *layout.estimated_bytes(todo))
 
 
 def work_item(root: str, inst: dict, uid: str) -> dict:

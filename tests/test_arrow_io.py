@@ -195,3 +195,29 @@ def test_lookup_by_manifest_reads_the_members_of_the_newest_index(s3: Any, bucke
     assert reads.read_range(t, *text_at[f"{uid}.json"]) == header
     none = manifest_members("1.2.3.404", manifest)
     assert (none.headers, none.pixels) == ([], [])
+
+
+def test_a_dataset_exists_only_once_a_parquet_file_is_outside_hidden_names(tmp_path: Any, s3: Any, bucket: str) -> None:
+    """A staged write that never moved in (``_staging-*/``) or Spark's ``_temporary`` is no dataset: readers skip
+    them, so a job must not take them for a manifest."""
+    table = pa.table({"x": [1]})
+    for root, client in ((str(tmp_path / "m"), None), (f"s3://{bucket}/exists/m", s3)):
+        assert not arrow_io.dataset_exists(root)
+        for hidden in ("_staging-g/_role=m/_b=0/part-0.parquet", "_temporary/0/part-0.parquet", ".x/part-0.parquet"):
+            _put(root, hidden, table, client)
+        assert not arrow_io.dataset_exists(root)
+        _put(root, "sub/part-1.parquet", table, client)
+        assert arrow_io.dataset_exists(root)
+
+
+def _put(root: str, name: str, table: Any, s3: Any) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    if s3 is not None:
+        bucket, key = root[len("s3://"):].split("/", 1)
+        s3.put_object(Bucket=bucket, Key=f"{key}/{name}", Body=buf.getvalue())
+        return
+    path = os.path.join(root, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())

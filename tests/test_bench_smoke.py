@@ -182,3 +182,33 @@ def test_s3_client_cpu_step_measures_the_library_over_https_and_feeds_the_cost_m
     assert all(figures[k] == pytest.approx(res["figures"][k]) and figures[k] > 0 for k in figures)
     assert "s3_client_cpu.figures" in where
     assert "## S3 client CPU" in (tmp_path / "report.md").read_text()
+
+
+def test_bench_manifest_generator_and_lookup_figures_without_spark(tmp_path) -> None:  # noqa: ANN001
+    """The generated manifest (the layout before issue 20) holds each UID's header and pixel rows, and the lookup
+    figures find them through the counting filesystem; the report's manifest section renders them."""
+    import pyarrow.dataset as pads
+
+    from bench import manifest as bm
+    from bench.report import _f, _table
+
+    folder = str(tmp_path / "manifest")
+    pool = bm.header_pool(seed=3, size=5)
+    uids = bm.write_unclustered_manifest(folder, 120, seed=3, pool=pool)
+    table = pads.dataset(folder, format="parquet").to_table(columns=["sop_instance_uid", "kind", "header_json"])
+    rows = table.to_pylist()
+    assert sorted(r["sop_instance_uid"] for r in rows if r["kind"] == "header") == sorted(uids)
+    assert sorted(r["sop_instance_uid"] for r in rows if r["kind"] == "pixels") == sorted(uids)
+    assert all(r["sop_instance_uid"] in r["header_json"] for r in rows if r["kind"] == "header")
+    assert sum(r["kind"] == "archive" for r in rows) == 2 * -(-120 // bm.PER_ARCHIVE)
+    figures = bm.lookup_figures(folder, uids[:3])
+    assert figures["lookups"] == 3 and all(p["members"] == 2 for p in figures["per_lookup"])
+    assert figures["bytes_median"] > 0 and figures["files_median"] == len(os.listdir(folder))
+    results = {"manifest_lookup": {"sizes": [
+        {"instances": n, "rewrite_wall_s": 1.0, "before": figures, "stats_only": figures,
+         "after": {**figures, "bytes": 10 * figures["bytes_median"] * k, "files": 3, "member_buckets": 2}}
+        for k, n in ((1, 10_000), (3, 100_000))]}}
+    assert bm.ratios(results)["lookup_bytes_growth"] == 1.0
+    assert bm.ratios(results)["lookup_bytes_share_1e5"] == 1 / 30
+    md = "\n".join(bm.markdown(results, _f, _table))
+    assert "| 100,000 |" in md and "ratarmountcore" in md

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from helpers import dcmftest_ok
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom import dcmread
 
 from dicom_reassembly.dicom.dicom_json import build_dataset, canonical_sha256, check_identity, key_tags, parse_header
@@ -327,3 +329,96 @@ def test_stale_encapsulation_elements_from_the_source_do_not_survive() -> None:
     ds = dcmread(io.BytesIO(_write(header)))
     assert not [e.tag for e in ds if e.tag.group == 0x7FE0 and e.tag.element < 0x0010]
     assert ds.PixelData == PIXELS
+
+
+# The manifest's hash was always json.dumps's sorted, compact text in UTF-8: the orjson path must give those bytes.
+def _reference_sha256(header: Any) -> str:
+    import hashlib
+
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# Numbers orjson and Python format differently, or that orjson cannot hold, and strings that look like them.
+AWKWARD_VALUES = [
+    1e-05, -1e-05, 0.00009231, 9.9e-05, 1e-4, 1.5e-300, 5e-324, 1e15, 1e16, -1e16, 1.7976931348623157e308, 2.0**63,
+    123456789012345.6, 1234567890123456.7, 0.0, -0.0, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**64), 10**30,
+    float("nan"), float("inf"), None, True, "0e5", "1,2e3", "[1e5", "a\\\"b", "ok\u00e9\U0001f600", "NaN", "null",
+    "x" * 20 + "0.00001", "3zjkCtP/sdWagMTIa5escGdgiqV7ARcG", "\u2028\x00\x1f\x7f",
+]
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES, ids=repr)
+def test_canonical_sha256_is_json_dumps_sha256_for_every_number_form(value: Any) -> None:
+    header = {"00180050": {"vr": "DS", "Value": [value, 1.25]}, "00100010": {"vr": "PN", "Value": [{"Alphabetic": "A"}]},
+              "7FE00010": {"vr": "OB", "InlineBinary": "AAEC"}, "00081030": {"vr": "LO", "Value": [str(value)]}}
+    assert canonical_sha256(header) == _reference_sha256(header)
+
+
+def test_canonical_sha256_is_json_dumps_sha256_for_random_doubles() -> None:
+    rng = __import__("random").Random(20261204)
+    doubles = [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(3000)]
+    doubles += [rng.random() * 10.0 ** rng.randint(-12, 20) for _ in range(3000)]
+    for i in range(0, len(doubles), 30):
+        header = {"00180050": {"vr": "FD", "Value": doubles[i:i + 30]}}
+        assert canonical_sha256(header) == _reference_sha256(header), doubles[i:i + 30]
+
+
+@pytest.mark.parametrize("text", [
+    '{"00280010": {"vr": "US", "Value": [123456789012345678901234567890]}}',  # orjson would read a float
+    '{"00280010": {"vr": "US", "Value": [-9999999999999999999]}}',
+    '{"00280010": {"vr": "US", "Value": [18446744073709551615]}}',
+    '{"00180050": {"vr": "DS", "Value": [NaN, Infinity, -Infinity, 1e400]}}',  # json only
+    '{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "\\ud800"}]}}',  # a lone surrogate: json only
+    '{"00080018": {"vr": "UI", "Value": ["1.2"]}, "00080018": {"vr": "UI", "Value": ["1.3"]}}',  # the last wins
+    '{"00180050": {"vr": "DS", "Value": [1E5, 0.1, -0.0, 2.5e-7]}}',
+    ' \n{"00081030": {"vr": "LO", "Value": ["2.25.123456789012345678901234567890"]}}\t',
+])
+def test_parse_header_gives_what_json_loads_gives(text: str) -> None:
+    got = parse_header(text)
+    want = json.loads(text)
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+    assert [type(v) for e in got.values() for v in e["Value"]] == [type(v) for e in want.values() for v in e["Value"]]
+    assert parse_header(text.encode("utf-8") if "\\ud800" not in text else text) is not None
+
+
+def _depth(obj: Any) -> int:
+    """How deep lists and objects nest, by walking the parsed object (the reference)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack += [(c, level + 1) for c in (node.values() if isinstance(node, dict) else node)]
+    return deepest
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(alphabet='[]{}"\\ab,:'),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(alphabet='[]{}"\\x', max_size=3), inner,
+                                                                 max_size=4),
+    max_leaves=30)
+
+
+@given(JSON_VALUES, st.sampled_from([None, 0, 2]))
+def test_the_nesting_depth_read_from_the_text_is_the_parsed_objects(value: Any, indent: int | None) -> None:
+    from dicom_reassembly.dicom.dicom_json import _json_depth
+
+    data = json.dumps(value, indent=indent, ensure_ascii=False).encode("utf-8")
+    got = _json_depth(data)
+    assert got is None and b'\\"' in data or got == _depth(value)
+
+
+@pytest.mark.parametrize("levels", [195, 196, 197, 400])
+@pytest.mark.parametrize("string", ['"]]]]"', '"[[[["', '"a\\"]"'])
+def test_too_deep_is_decided_on_the_nesting_whatever_strings_hold(levels: int, string: str) -> None:
+    from dicom_reassembly.dicom.header_rules import MAX_JSON_DEPTH
+
+    text = '{"00081030": {"vr": "LO", "Value": [' + "[" * (levels - 3) + string + "]" * (levels - 3) + "]}}"
+    assert _depth(json.loads(text)) == levels
+    if levels > MAX_JSON_DEPTH:
+        with pytest.raises(HeaderError) as err:
+            parse_header(text)
+        assert err.value.reason == "too_deep"
+    else:
+        assert parse_header(text)["00081030"]["vr"] == "LO"

@@ -69,3 +69,31 @@ def test_every_manifest_row_has_the_schema_types(sample_delivery: Any, damaged_d
     assert_typed(rows, index.MANIFEST_FIELDS)
     # The damaged delivery's rows went through the error paths too.
     assert {None, "malformed_json", "truncated_archive"} <= errors, errors
+
+
+def test_index_batches_carry_the_rows_of_index_archive_in_the_arrow_schema(sample_delivery: Any,
+                                                                           damaged_delivery: Any) -> None:
+    """What mapInArrow hands Spark: every row index_archive yields, typed by the schema, in batches of bounded size."""
+    from dicom_reassembly.manifest import index, listing
+    from dicom_reassembly.run_id import new_run_id
+
+    at = datetime.now(timezone.utc)
+    run = new_run_id(at)
+    archives = [a for root, _ in (sample_delivery, damaged_delivery)
+                for a in listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))]
+    rows = [row for a in archives for row in index.index_archive(a, run, at)]
+    batches = list(index.index_batches(archives, run, at, batch_rows=7, batch_bytes=20_000))
+    assert all(b.schema == index.arrow_schema() for b in batches)
+    assert all(b.num_rows <= 7 for b in batches) and len(batches) >= len(rows) / 7
+    json_at = index.FIELD_NAMES.index("header_json")
+    assert all(sum(len(v or "") for v in b.column(json_at).to_pylist()[:-1]) < 20_000 for b in batches)
+    got = [tuple(r.values()) for b in batches for r in b.to_pylist()]
+    assert got == [tuple(v.astimezone(timezone.utc) if isinstance(v, datetime) else v for v in r) for r in rows]
+
+
+def test_a_name_that_is_not_utf8_reaches_arrow_with_replacement_characters() -> None:
+    from dicom_reassembly.manifest import index
+
+    row = tuple("bad\udcff.json" if n == "member_name" else None for n in index.FIELD_NAMES)
+    batch = index.rows_to_batch([row])
+    assert batch.column(index.FIELD_NAMES.index("member_name")).to_pylist() == ["bad\ufffd.json"]

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError, NotFoundError, StorageError
 from . import uris
-from .listing import list_objects
+from .listing import list_dataset_files
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,10 +54,9 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
 
 
 def dataset_exists(uri: str) -> bool:
-    """True when a Parquet dataset (at least one ``.parquet`` file) has been written at ``uri``."""
-    if uris.is_s3(uri):
-        return any(True for _ in list_objects(uri, (".parquet",)))
-    return os.path.isdir(uri) and any(f.endswith(".parquet") for _, _, fs in os.walk(uri) for f in fs)
+    """True when a Parquet dataset (at least one ``.parquet`` file) has been written at ``uri``: files under
+    ``_``/``.`` names (a staged write that never moved in, ``_temporary``) do not count, as readers skip them."""
+    return any(o.uri.endswith(".parquet") for o in list_dataset_files(uri, recursive=True))
 
 
 def open_dataset(uri: str, partitioning: Any = None) -> pads.Dataset:

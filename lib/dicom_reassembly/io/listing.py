@@ -8,6 +8,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from ..errors import NotFoundError, StorageError
 from .clients import ArchiveAccess, client_for, s3_call, translate_client_error
@@ -160,3 +161,95 @@ def head(uri: str, access: ArchiveAccess | None = None) -> ObjectInfo | None:
         return None
     return ObjectInfo(uri, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}",
                       datetime.fromtimestamp(st.st_mtime, tz=timezone.utc))
+
+
+def _hidden(relative: str) -> bool:
+    """A path Spark and pyarrow leave out of a dataset: one of its parts starts with ``_`` or ``.``."""
+    return any(part.startswith(("_", ".")) for part in relative.split("/"))
+
+
+def list_dataset_files(folder: str, prefix: str = "", *, recursive: bool = False,
+                       skip: str = "") -> Iterator[ObjectInfo]:
+    """The data files of a dataset folder whose name starts with ``prefix``, in key order, without the
+    ``_``/``.`` files and folders readers leave out; with ``recursive``, those in sub-folders too.
+
+    Names starting with ``skip`` (at the folder's top) are not listed: on S3 the listing jumps over their key
+    range, so a folder of many such files costs no requests for them. A missing folder lists nothing.
+    """
+    if is_s3(folder):
+        yield from _list_s3_names(folder, prefix, recursive, skip)
+        return
+    if not os.path.isdir(folder):
+        return
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if _hidden(entry.name) or not entry.name.startswith(prefix) or (skip and entry.name.startswith(skip)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if recursive:
+                yield from (o for o in list_objects(entry.path) if not o.error
+                            and not _hidden(os.path.relpath(o.uri, os.path.abspath(folder)).replace(os.sep, "/")))
+        elif entry.is_file():
+            yield _local_entry(entry.path)
+
+
+def _list_s3_names(folder: str, prefix: str, recursive: bool, skip: str) -> Iterator[ObjectInfo]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(folder)
+    base = key.rstrip("/") + "/" if key.strip("/") else ""
+    # Keys starting with base + skip sort together: list up to them, then on from just past them.
+    ranges = [("", base + skip), (base + skip[:-1] + chr(ord(skip[-1]) + 1), None)] if skip else [("", None)]
+    client = client_for(folder)
+    try:
+        for start_after, stop in ranges:
+            for obj in _s3_contents(client, bucket, base + prefix, "" if recursive else "/", start_after):
+                name = obj["Key"]
+                if stop is not None and name >= stop:
+                    break  # the generator is dropped: no further page is requested
+                if not _hidden(name[len(base):]) and not (name.endswith("/") and not obj["Size"]):
+                    yield ObjectInfo(uri=f"s3://{bucket}/{name}", size=int(obj["Size"]),
+                                     etag=str(obj.get("ETag", "")).strip('"'), mtime=obj.get("LastModified"))
+    except ClientError as exc:
+        raise translate_client_error(exc, folder) from exc
+    except BotoCoreError as exc:
+        raise StorageError("s3_unreachable", type(exc).__name__, uri=folder) from exc
+
+
+def _s3_contents(client: Any, bucket: str, prefix: str, delimiter: str, start_after: str) -> Iterator[dict[str, Any]]:
+    """The listed objects of one ListObjectsV2 walk, page by page as they are consumed."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
+        yield from page.get("Contents", [])
+
+
+def name_prefixes(folder: str, prefix: str, delimiter: str) -> list[str]:
+    """The distinct beginnings of the names in ``folder`` that start with ``prefix``: each cut just after the
+    first ``delimiter`` past the prefix (S3's common prefixes), in order. One request on S3 for a few of them."""
+    if is_s3(folder):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(folder)
+        base = key.rstrip("/") + "/" if key.strip("/") else ""
+        found: list[str] = []
+        try:
+            pages = client_for(folder).get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=base + prefix, Delimiter=delimiter)
+            for page in pages:
+                found += [p["Prefix"][len(base):] for p in page.get("CommonPrefixes", [])]
+        except ClientError as exc:
+            raise translate_client_error(exc, folder) from exc
+        except BotoCoreError as exc:
+            raise StorageError("s3_unreachable", type(exc).__name__, uri=folder) from exc
+        return sorted(found)
+    if not os.path.isdir(folder):
+        return []
+    cut = set()
+    for name in os.listdir(folder):
+        at = name.find(delimiter, len(prefix))
+        if name.startswith(prefix) and at >= 0:
+            cut.add(name[: at + len(delimiter)])
+    return sorted(cut)

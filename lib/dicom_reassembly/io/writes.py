@@ -259,3 +259,35 @@ def delete(uri: str) -> None:
         s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
     elif os.path.exists(uri):
         os.unlink(uri)
+
+
+def move(src: str, dst: str) -> None:
+    """Move one object within a store: a rename locally (atomic), a server-side copy then a delete on S3."""
+    if is_s3(src):
+        bucket, key = split_s3(src)
+        dst_bucket, dst_key = split_s3(dst)
+        client = s3_client()
+        # The managed copy switches to a multipart copy for large objects (a single CopyObject stops at 5 GB).
+        s3_call(dst, client.copy, CopySource={"Bucket": bucket, "Key": key}, Bucket=dst_bucket, Key=dst_key)
+        delete(src)
+        return
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        raise StorageError("not_writable", f"{exc.strerror or type(exc).__name__} moving {src}", uri=dst) from exc
+
+
+def delete_tree(uri: str) -> None:
+    """Delete a folder (a local tree, or every key under an S3 prefix); missing is fine."""
+    if not is_s3(uri):
+        import shutil
+
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    prefix = key.rstrip("/") + "/"
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3_call(uri, client.delete_objects, Bucket=bucket, Delete={"Objects": keys, "Quiet": True})

@@ -2,14 +2,15 @@
 UID and key header tags; damage as rows with a reason).
 
 Like ratarmount's index, it makes random access one seek; unlike it, it spans millions of archives and carries
-the header JSON, so reassembly never re-reads a text archive. Rows come from a plain generator per archive,
-run inside ``mapPartitions``; Spark only schedules and writes.
+the header JSON, so reassembly never re-reads a text archive. Rows come from a plain generator per archive;
+``index_batches`` gathers them into Arrow record batches, which Spark's ``mapInArrow`` takes without a per-row
+conversion. Spark only schedules, clusters and writes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -43,12 +44,71 @@ MANIFEST_FIELDS: list[tuple[str, str]] = [
 FIELD_NAMES = [n for n, _ in MANIFEST_FIELDS]
 
 
-def manifest_schema() -> Any:
-    """The manifest's Spark schema."""
+# The bucket a row is clustered in (manifest.layout): set when the rows are written, absent from older files.
+STORED_FIELDS: list[tuple[str, str]] = [*MANIFEST_FIELDS, ("bucket", "int")]
+# Rows per Arrow batch handed to Spark, and a bound on its header JSON: large enough to amortise the batch,
+# small enough that a task holds a few megabytes, never a whole archive's headers.
+BATCH_ROWS = 4096
+BATCH_BYTES = 8 << 20
+
+
+def manifest_schema(stored: bool = False) -> Any:
+    """The manifest's Spark schema: of the rows ``index_archive`` yields, or as stored (with ``bucket``)."""
     from pyspark.sql import types as T
 
     kinds = {"string": T.StringType(), "long": T.LongType(), "int": T.IntegerType(), "timestamp": T.TimestampType()}
-    return T.StructType([T.StructField(n, kinds[t], True) for n, t in MANIFEST_FIELDS])
+    return T.StructType([T.StructField(n, kinds[t], True) for n, t in (STORED_FIELDS if stored else MANIFEST_FIELDS)])
+
+
+def arrow_schema(stored: bool = False) -> Any:
+    """The manifest's Arrow schema, as Spark exchanges it (timestamps in microseconds, UTC)."""
+    import pyarrow as pa
+
+    kinds = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "timestamp": pa.timestamp("us", tz="UTC")}
+    return pa.schema([pa.field(n, kinds[t]) for n, t in (STORED_FIELDS if stored else MANIFEST_FIELDS)])
+
+
+def rows_to_batch(rows: list[tuple], schema: Any = None) -> Any:
+    """One Arrow record batch of manifest rows (tuples in ``FIELD_NAMES`` order)."""
+    import pyarrow as pa
+
+    schema = schema or arrow_schema()
+    columns = list(zip(*rows)) if rows else [()] * len(schema)
+    return pa.RecordBatch.from_arrays([_array(c, f.type) for c, f in zip(columns, schema)], schema=schema)
+
+
+def _array(values: tuple, kind: Any) -> Any:
+    """An Arrow array; a name read with surrogate escapes (bytes that are not UTF-8) keeps U+FFFD in their place."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=kind)
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        if not pa.types.is_string(kind):
+            raise
+        return pa.array([v if v is None else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                         for v in values], type=kind)
+
+
+def index_batches(archives: Iterable[dict[str, Any]], index_run: str, indexed_at: datetime,
+                  coalesce_gap: int = tar_access.DEFAULT_COALESCE_GAP, max_header_bytes: int = MAX_HEADER_BYTES,
+                  access: ArchiveAccess | None = None, batch_rows: int = BATCH_ROWS,
+                  batch_bytes: int = BATCH_BYTES) -> Iterator[Any]:
+    """The rows of ``archives`` (``index_archive`` for each) as Arrow record batches of at most ``batch_rows``
+    rows, cut early once their header JSON passes ``batch_bytes``. ``access``: the input credentials."""
+    schema = arrow_schema()
+    json_at = FIELD_NAMES.index("header_json")
+    rows: list[tuple] = []
+    held = 0
+    for archive in archives:
+        for row in index_archive(archive, index_run, indexed_at, coalesce_gap, max_header_bytes, access):
+            rows.append(row)
+            held += len(row[json_at] or "")
+            if len(rows) >= batch_rows or held >= batch_bytes:
+                yield rows_to_batch(rows, schema)
+                rows, held = [], 0
+    if rows:
+        yield rows_to_batch(rows, schema)
 
 
 def member_kind(name: str) -> str:

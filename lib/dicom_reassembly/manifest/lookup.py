@@ -14,7 +14,7 @@ from typing import Any
 from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..dicom.uids import member_uid
 from ..errors import ArchiveError, HeaderError, NotFoundError, ReassemblyError
-from ..io import arrow_io, listing, reads, tar_access, uris
+from ..io import listing, reads, tar_access, uris
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,13 @@ def scan_members(uid: str, text: str, images: str) -> Members:
 def manifest_members(uid: str, manifest: str) -> Members:
     """Every copy of ``uid``'s members in the manifest (each archive's newest index); no archive is read.
 
-    A missing, unreadable or foreign manifest raises as ``arrow_io.read_manifest_table`` does.
+    Only the UID's bucket and the row groups that can hold it are read (``layout.read_uid_rows``), and the
+    unclustered files of a manifest not yet rewritten in buckets. A missing, unreadable or foreign manifest
+    raises as ``arrow_io.read_manifest_table`` does.
     """
-    import pyarrow.dataset as pads
+    from .layout import read_uid_rows
 
-    table = arrow_io.read_manifest_table(manifest, MEMBER_COLUMNS, filter=pads.field("sop_instance_uid") == uid)
+    table = read_uid_rows(manifest, uid, MEMBER_COLUMNS)
     where = f"in the manifest {manifest}"
     return _split(table.to_pylist(), where, where)
 
