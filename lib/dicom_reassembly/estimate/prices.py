@@ -138,18 +138,25 @@ def read_prices(path: str | None = None, region: str = "us-east-1") -> PriceBook
     return PriceBook(data, region, path)
 
 
+def _read_report(path: str) -> Any:
+    """The benchmark report's JSON; None when it is absent or unreadable (the defaults are used then)."""
+    if not uris.is_s3(path) and not os.path.exists(path):
+        return None
+    try:
+        return json.loads(reads.read_bytes(path))
+    except (ValueError, ReassemblyError):
+        log.warning("benchmark report %s is unreadable; using the defaults", path)
+        return None
+
+
 def read_bench_throughput(path: str | None = None) -> tuple[float, str] | None:
     """``per_core_mb_s`` from the benchmark report and where it was found; None when absent.
 
     The key is searched anywhere in the report; a value under a reassembly section wins.
     """
     path = _existing(path or DEFAULT_BENCH_REPORT)
-    if not uris.is_s3(path) and not os.path.exists(path):
-        return None
-    try:
-        report = json.loads(reads.read_bytes(path))
-    except (ValueError, ReassemblyError):
-        log.warning("benchmark report %s is unreadable; using the default throughput", path)
+    report = _read_report(path)
+    if report is None:
         return None
     found: list[tuple[str, float]] = []
 
@@ -180,12 +187,7 @@ def read_bench_s3_figures(path: str | None = None) -> tuple[dict[str, float], st
     """The measured S3 client CPU figures (``s3_client_cpu.figures`` in the benchmark report) and where they were
     found; None when the report or the section is absent or incomplete."""
     path = _existing(path or DEFAULT_BENCH_REPORT)
-    if not uris.is_s3(path) and not os.path.exists(path):
-        return None
-    try:
-        report = json.loads(reads.read_bytes(path))
-    except (ValueError, ReassemblyError):
-        return None
+    report = _read_report(path)
     section = report.get(S3_FIGURES_SECTION) if isinstance(report, dict) else None
     figures = section.get("figures") if isinstance(section, dict) else None
     needed = ("put_cpu_ms", "put_object_cpu_ms", "put_object_bytes", "ranged_get_cpu_ms", "read_pass_cpu_ms_per_mb",
