@@ -30,14 +30,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, timeout: float = 30) -> Any:
-    """One JSON request; returns the decoded answer (None for an empty body)."""
+# Prefect's server answers 503 when its SQLite database is busy (a loaded machine) and 429 when it sheds load;
+# Prefect's own client retries both, for every method, so the tests' client does too.
+RETRIED_STATUS = (429, 503)
+
+
+def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, timeout: float = 30,
+         attempts: int = 6) -> Any:
+    """One JSON request (retried on 429/503 with backoff); returns the decoded answer (None for an empty body)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     ctype = "text/plain" if raw is not None else "application/json"
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        text = resp.read()
-    return json.loads(text) if text else None
+    for attempt in range(attempts):
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                text = resp.read()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRIED_STATUS or attempt == attempts - 1:
+                raise
+            time.sleep(min(2 ** attempt, 10))
+    return None
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
