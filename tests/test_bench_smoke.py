@@ -154,7 +154,6 @@ def test_s3_client_cpu_step_measures_the_library_over_https_and_feeds_the_cost_m
     # bench/s3cpu.py on a tiny delivery, without the A/B: moto over HTTPS in its own process, the library's own
     # calls in fresh client processes. Checked: the figures exist, are the cost model's (merged into a report,
     # read_bench_s3_figures takes them), and each came from real S3 traffic (ranged GETs, not whole archives).
-    pytest.importorskip("uvicorn")
     from bench.s3cpu import measure_s3_client_cpu, merge_into
     from dicom_reassembly.estimate.prices import read_bench_s3_figures
 

@@ -236,7 +236,7 @@ def test_kernel_memory_on_a_1e5_instance_manifest_is_within_twice_the_samples(sa
 
     sample_peak = sample_run[0].metadata["kernel_memory"]["peak_rss_bytes"]
     large_peak = nb.metadata["kernel_memory"]["peak_rss_bytes"]
-    if sample_peak is None or large_peak is None:
-        pytest.skip("no /proc/<pid>/status here: the kernel's peak memory cannot be read")
+    # Linux (CI included) always has /proc/<pid>/status: a missing peak is a fault of the measurement, not a skip.
+    assert sample_peak is not None and large_peak is not None, "the kernel's peak memory was not read"
     print(f"kernel peak memory: sample {sample_peak / 2**20:.0f} MiB, {LARGE:,} instances {large_peak / 2**20:.0f} MiB")
     assert large_peak <= 2 * sample_peak, (sample_peak, large_peak)
