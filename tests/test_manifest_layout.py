@@ -232,3 +232,20 @@ def test_a_staged_write_that_never_committed_is_removed_and_its_inputs_kept(tmp_
         '{"group": "g8", "member_buckets": 1, "archive_buckets": 1, "inputs": ["%s"]}' % (tmp_path / "part-0.parquet"))
     manifest_spark.finish_pending(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["part-0.parquet"]
+
+
+def test_a_staged_file_named_otherwise_stops_the_move_and_nothing_is_deleted(tmp_path: Any) -> None:
+    from dicom_reassembly.errors import StorageError
+
+    odd = tmp_path / "_staging-g9" / "_role=m" / "_b=0" / "rows-from-another-committer.parquet"
+    odd.parent.mkdir(parents=True)
+    odd.write_bytes(b"rows")
+    (tmp_path / "part-0.parquet").write_bytes(b"input")
+    (tmp_path / "_staging-g9" / "_SUCCESS").write_bytes(b"")
+    (tmp_path / "_staging-g9.json").write_text(
+        '{"group": "g9", "member_buckets": 1, "archive_buckets": 1, "inputs": ["%s"]}' % (tmp_path / "part-0.parquet"))
+    with pytest.raises(StorageError) as err:
+        manifest_spark.move_in(str(tmp_path), {"group": "g9", "member_buckets": 1, "archive_buckets": 1,
+                                               "inputs": [str(tmp_path / "part-0.parquet")]})
+    assert err.value.reason == "unexpected_staged_file"
+    assert odd.read_bytes() == b"rows" and (tmp_path / "part-0.parquet").read_bytes() == b"input"

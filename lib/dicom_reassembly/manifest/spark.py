@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from ..dicom.header_rules import MAX_HEADER_BYTES
+from ..errors import StorageError
 from ..io import listing as io_listing
 from ..io import reads, uris, writes
 from ..io.arrow_io import dataset_exists
@@ -108,6 +109,8 @@ def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 1
 # Columns whose values (nearly) never repeat within a row group: written without a dictionary.
 _DISTINCT_COLUMNS = ("header_json", "header_sha256", "member_name", "sop_instance_uid", "header_offset", "data_offset")
 # Spark's names: part-<task>-<uuid>.c<file>.<codec>.parquet, under the partition folders of role and bucket.
+# The sequence of a staged file comes from its name (Spark's part-NNNNN-<uuid>.cNNN), so a move that is run
+# again after a crash names every file as the first attempt did.
 _STAGED = re.compile(r"_role=([ma])/_b=(\d+)/part-(\d+)-[^/]*\.c(\d+)\.[^/]*parquet$")
 
 
@@ -163,8 +166,10 @@ def move_in(manifest_uri: str, plan: dict[str, Any]) -> None:
     staged = []
     for obj in io_listing.list_objects(staging, (".parquet",)):
         m = _STAGED.search(obj.uri.replace(os.sep, "/"))
-        if m:
-            staged.append((m[1] != layout.MEMBERS, obj.uri, m[1], int(m[2]), int(m[3]) * 1000 + int(m[4])))
+        if not m:  # rows this layout cannot place: stop before anything moves, rather than delete them unread
+            raise StorageError("unexpected_staged_file", "a staged manifest file not named as Spark names them",
+                               uri=obj.uri)
+        staged.append((m[1] != layout.MEMBERS, obj.uri, m[1], int(m[2]), int(m[3]) * 1000 + int(m[4])))
     counts = {layout.MEMBERS: plan["member_buckets"], layout.ARCHIVES: plan["archive_buckets"]}
     for _, uri, role, bucket, seq in sorted(staged):
         writes.move(uri, uris.join_uri(manifest_uri, layout.file_name(role, counts[role], bucket, group, seq)))
