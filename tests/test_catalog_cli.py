@@ -195,3 +195,9 @@ def test_stats_per_modality_study_and_patient(sample_catalog, tmp_path, capsys) 
     assert printed[0].split()[:3] == ["level", "key", "patients"]
     assert len([ln for ln in printed[2:] if ln.startswith("modality")]) == len({i["modality"] for i in instances.values()})
     assert out.strip().endswith(f"(per modality, study and patient): {out_csv}")
+
+
+def test_stats_to_a_folder_that_does_not_exist_is_one_line_and_exit_2(sample_catalog, tmp_path, capsys) -> None:  # noqa: ANN001
+    _, _, uri = sample_catalog
+    code, _, err = _run(capsys, "stats", "--catalog", uri, "--csv", str(tmp_path / "no" / "stats.csv"))
+    assert code == 2 and err.count("\n") == 1 and "csv_not_writable" in err and "Traceback" not in err

@@ -277,3 +277,15 @@ def test_rows_name_objects_and_archives_by_absolute_location(spark) -> None:  # 
                                                                                 "/abs/i.tar")
     assert (row["modality"], row["study_date"], row["study_year"], row["criteria_values"]) == \
         ("MR", date(2023, 1, 2), 2023, {"00080060": ["MR"], "00080020": ["20230102"]})
+
+
+def test_a_uid_list_with_a_bom_keeps_its_first_uid(spark, tmp_path) -> None:  # noqa: ANN001
+    from dicom_reassembly.records.cohort import read_uid_list_df
+
+    listed = tmp_path / "list.csv"
+    listed.write_bytes("\ufeffsop_instance_uid,output_uri\n1.2.3,/x/1.dcm\n1.2.4,/x/2.dcm\n".encode())
+    got = sorted(r["sop_instance_uid"] for r in read_uid_list_df(spark, str(listed)).collect())
+    assert got == ["1.2.3", "1.2.4"]
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes("\ufeff1.2.5\n1.2.6\n".encode())
+    assert sorted(r["sop_instance_uid"] for r in read_uid_list_df(spark, str(plain)).collect()) == ["1.2.5", "1.2.6"]

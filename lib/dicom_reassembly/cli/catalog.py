@@ -115,8 +115,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     write_table([d[0] for d in cur.description], cur.fetchall(), sys.stdout)
     if args.csv:
         cur = run_sql(con, stats_sql(tuple(STATS_LEVELS)))
-        with open(args.csv, "w", encoding="utf-8", newline="") as fh:
-            n = write_csv([d[0] for d in cur.description], iter_rows(cur), fh)
+        try:
+            with open(args.csv, "w", encoding="utf-8", newline="") as fh:
+                n = write_csv([d[0] for d in cur.description], iter_rows(cur), fh)
+        except OSError as exc:
+            raise ConfigError("csv_not_writable", exc.strerror or type(exc).__name__, uri=args.csv) from None
         print(f"{n} row(s) (per modality, study and patient): {args.csv}")
     return 0
 

@@ -124,6 +124,8 @@ def read_uid_list_df(spark: Any, uri: str) -> Any:
     """The list's UIDs as a one-column DataFrame (``sop_instance_uid``, distinct), read by Spark at any size."""
     from pyspark.sql import functions as F
 
-    first = F.trim(F.split(F.col("value"), ",").getItem(0))
+    # A list saved by a spreadsheet starts with a BOM: without it, the first UID would match nothing.
+    line = F.regexp_replace(F.col("value"), "^\ufeff", "")
+    first = F.trim(F.split(line, ",").getItem(0))
     return (spark.read.text(uri).select(first.alias("sop_instance_uid"))
             .filter((F.col("sop_instance_uid") != "") & (F.col("sop_instance_uid") != HEADER)).distinct())
