@@ -157,15 +157,10 @@ class SparkEngine(Engine):
         self.spark.read.parquet(*[self._spark_path(uri, f) for f in files]).createOrReplaceTempView(name)
 
     def register_catalog(self, name: str, uri: str) -> None:
-        # The newest row per instance, as records.catalog's CURRENT_VIEW_SQL for DuckDB (Spark reads the
-        # catalogue's __HIVE_DEFAULT_PARTITION__ folders as nulls itself).
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
+        # The catalogue's own reader: the same current rows as DuckDB's view (records.catalog.current_rows_sql).
+        from ..records.catalog_spark import read_catalog
 
-        df = self.spark.read.option("basePath", uri).parquet(uri)
-        newest = Window.partitionBy("sop_instance_uid").orderBy(F.col("recorded_at").desc())
-        (df.withColumn("_newest", F.row_number().over(newest)).filter(F.col("_newest") == 1).drop("_newest")
-         .createOrReplaceTempView(name))
+        read_catalog(self.spark, uri).createOrReplaceTempView(name)
 
     @staticmethod
     def _spark_path(uri: str, file: str) -> str:
