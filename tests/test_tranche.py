@@ -87,6 +87,20 @@ def test_expiry_from_the_restore_ledger_newest_successful_request_wins(tmp_path)
     assert expiry.read_expired_archives(str(tmp_path / "none"), now) == {}
 
 
+def test_active_restores_are_the_complement_of_expired_ones_on_the_same_ledger(tmp_path) -> None:  # noqa: ANN001
+    # The campaign's "already under way" and the run's "expired" read one rule: a later failed request takes
+    # nothing away from a copy an earlier request restored.
+    now = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    ledger = _ledger(str(tmp_path / "rl"), [
+        {"uri": "s3://b/live.tar", "outcome": "requested", "days": 7, "requested_at": now - timedelta(days=2)},
+        {"uri": "s3://b/live.tar", "outcome": "error", "days": 7, "requested_at": now - timedelta(days=1)},
+        {"uri": "s3://b/gone.tar", "outcome": "requested", "days": 1, "requested_at": now - timedelta(days=3)},
+        {"uri": "s3://b/never.tar", "outcome": "error", "days": 7, "requested_at": now},
+    ])
+    assert expiry.read_active_restores(ledger, now) == {"s3://b/live.tar"}
+    assert set(expiry.read_expired_archives(ledger, now, timedelta(0))) == {"s3://b/gone.tar"}
+
+
 def test_expiry_by_head_on_moto(s3) -> None:  # noqa: ANN001
     clients._clients.clear()
     bucket = f"expiry-{uuid.uuid4().hex[:8]}"

@@ -16,16 +16,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
-from .. import errors
 from ..emr.layout import WorkLayout, work_layout
 from ..errors import ConfigError, ReassemblyError
 from ..io import arrow_io, clients, uris
 from ..io.clients import ArchiveAccess
 from ..manifest import listing as manifest_listing
-from ..restore import ledger, requests, status
+from ..restore import expiry, requests, status
 from ..restore import plan as restore_plan
 from . import jobs
 from .channel import criteria_file
@@ -34,9 +33,6 @@ from .params import CampaignParams, SecretText
 log = logging.getLogger(__name__)
 SPARK_PLAN_BYTES = 1 << 30  # about 300,000 headers: minutes in one process; beyond, wave 2 is planned on Spark
 
-# Restore-ledger outcomes that mean a restored copy exists or is on its way (until ``days`` after the request).
-ACTIVE_OUTCOMES = (requests.OUTCOME_REQUESTED, requests.OUTCOME_IN_PROGRESS, requests.OUTCOME_ALREADY_RESTORED,
-                   requests.OUTCOME_BATCH)
 
 
 class CampaignError(ReassemblyError):
@@ -155,25 +151,10 @@ def plan_wave_on_spark(params: CampaignParams, inputs: Inputs, tranche: Any) -> 
     return spark_plan.read_plan(where)
 
 
-def read_active_restores(ledger_uri: str, now: datetime) -> set[str]:
-    """Archives whose newest restore request succeeded and whose copy has not expired (requested_at + days)."""
-    try:
-        table = ledger.read_restore_ledger(ledger_uri)
-    except errors.NotFoundError:
-        return set()
-    newest: dict[str, dict[str, Any]] = {}
-    for row in table.select(["uri", "requested_at", "outcome", "days"]).to_pylist():
-        prev = newest.get(row["uri"])
-        if prev is None or (row["requested_at"] or now) >= (prev["requested_at"] or now):
-            newest[row["uri"]] = row
-    return {uri for uri, r in newest.items() if r["outcome"] in ACTIVE_OUTCOMES and r["requested_at"] is not None
-            and r["requested_at"] + timedelta(days=int(r["days"] or 0)) > now}
-
-
 def request_wave(params: CampaignParams, inputs: Inputs, plan: restore_plan.RestorePlan, wave: int) -> dict[str, Any]:
     """Request the restores of one wave that are not already under way; every request goes to the ledger."""
     todo = plan.to_restore(params.include_unknown, wave)
-    active = read_active_restores(layout_of(params).restore_ledger, datetime.now(timezone.utc))
+    active = expiry.read_active_restores(layout_of(params).restore_ledger, datetime.now(timezone.utc))
     fresh = [o for o in todo if o.uri not in active]
     out: dict[str, Any] = {"wave": wave, "to_restore": len(todo), "bytes": sum(o.size for o in todo),
                            "already_requested": len(todo) - len(fresh), "outcomes": {}}

@@ -36,10 +36,10 @@ def _when(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%MZ")
 
 
-def read_expired_archives(restore_ledger_uri: str, now: datetime, margin: timedelta = DEFAULT_MARGIN) -> dict[str, str]:
-    """``{archive_uri: reason}`` for archives whose newest successful restore expires before ``now + margin``.
+def read_newest_restores(restore_ledger_uri: str) -> dict[str, dict[str, Any]]:
+    """Each archive's newest successful restore request (``uri``, ``requested_at``, ``outcome``, ``days``).
 
-    Archives the ledger never restored (already readable, or never asked for) are not named: a read decides.
+    A later failed request does not count: it takes nothing away from a copy that an earlier request restored.
     """
     try:
         table = read_restore_ledger(restore_ledger_uri)
@@ -52,9 +52,27 @@ def read_expired_archives(restore_ledger_uri: str, now: datetime, margin: timede
         prev = newest.get(row["uri"])
         if prev is None or row["requested_at"] >= prev["requested_at"]:
             newest[row["uri"]] = row
+    return newest
+
+
+def restored_until(row: dict[str, Any]) -> datetime:
+    """About when a restore request's copy expires: ``requested_at + days``."""
+    return row["requested_at"] + timedelta(days=int(row["days"] or 0))
+
+
+def read_active_restores(restore_ledger_uri: str, now: datetime) -> set[str]:
+    """Archives whose newest successful restore has a copy (or one on its way) that has not expired at ``now``."""
+    return {uri for uri, r in read_newest_restores(restore_ledger_uri).items() if restored_until(r) > now}
+
+
+def read_expired_archives(restore_ledger_uri: str, now: datetime, margin: timedelta = DEFAULT_MARGIN) -> dict[str, str]:
+    """``{archive_uri: reason}`` for archives whose newest successful restore expires before ``now + margin``.
+
+    Archives the ledger never restored (already readable, or never asked for) are not named: a read decides.
+    """
     out = {}
-    for uri, r in newest.items():
-        expiry = r["requested_at"] + timedelta(days=int(r["days"] or 0))
+    for uri, r in read_newest_restores(restore_ledger_uri).items():
+        expiry = restored_until(r)
         if expiry > now + margin:
             continue
         verb = "expired" if expiry <= now else f"expires within {margin.total_seconds() / 3600:g} h, at"
