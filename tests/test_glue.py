@@ -80,7 +80,8 @@ def test_register_on_moto_creates_then_updates_tables_views_and_partitions(moto_
     printed = capsys.readouterr().out
     client = boto3.client("glue")
     tables = {t["Name"]: t for t in client.get_tables(DatabaseName="dicom")["TableList"]}
-    assert set(tables) == {"catalog_files", "catalog", "series", "ledger", "manifest"}
+    assert set(tables) == {"catalog_files", "catalog", "series", "ledger", "manifest", "manifest_current"}
+    assert glue.view_sql(tables["manifest_current"]) == glue.manifest_current_sql("manifest")
     files = tables["catalog_files"]
     assert files["StorageDescriptor"]["Location"] == "s3://lake/ledger_catalog/"
     assert [(k["Name"], k["Type"]) for k in files["PartitionKeys"]] == [("modality", "string"), ("study_year", "int")]
@@ -171,3 +172,18 @@ def test_spark_sql_reads_the_registered_tables_files(spark, moto_server, tmp_pat
     finally:
         for name in ("t_catalog_files", "t_ledger"):
             spark.sql(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_the_manifest_view_keeps_each_archives_newest_index_run() -> None:
+    import duckdb
+    import pyarrow as pa
+
+    rows = pa.table({"archive_uri": ["a", "a", "a", "a", "b", "b"], "kind": ["archive", "pixels", "archive", "pixels",
+                                                                            "archive", "header"],
+                     "index_run": ["1", "1", "2", "2", "1", "1"], "member_name": [None, "x.j2c", None, "y.j2c", None,
+                                                                                  "z.json"]})
+    con = duckdb.connect()
+    con.register("manifest", rows)
+    got = sorted(con.execute(glue.manifest_current_sql("manifest")).fetchall())
+    assert got == [("a", "archive", "2", None), ("a", "pixels", "2", "y.j2c"), ("b", "archive", "1", None),
+                   ("b", "header", "1", "z.json")]

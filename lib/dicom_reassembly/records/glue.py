@@ -6,13 +6,14 @@
 - ``catalog`` and ``series``: Athena views over it, the current rows and the per-series rollup, in the SQL
   DuckDB and Spark use (``catalog.current_rows_sql``, ``catalog.series_sql``): query these, not the files;
 - ``ledger``: partitioned by ``run_id``;
-- ``manifest``: its files, with whatever Hive partitioning they have.
+- ``manifest``: its files (every index run), and ``manifest_current``, a view of each archive's newest index run.
 
 Partitions. The catalogue's and the ledger's are registered from a listing, and a rerun of ``register`` adds new
 ones and drops vanished ones: the catalogue has few (modalities times years), its null values sit in
 ``__HIVE_DEFAULT_PARTITION__`` folders that projection cannot name, and an ``injected`` projection would refuse
 ``study_year >= 2022``; run ids cannot be projected at all. A partition column whose values are integers from a
-known range (a manifest laid out by hash bucket) is projected (``integer`` range), so new buckets need no call.
+known range is projected (``integer`` range), so new values need no call. (The manifest's UID buckets are in its
+file names, not in Hive folders: Athena reads all of its files and prunes by row-group statistics.)
 
 Athena views made through the Glue API (``VIRTUAL_VIEW``, ``/* Presto View: base64 */``) are how Athena itself
 stores them; that format is not documented by AWS. Spark reads the tables from their location and schema
@@ -340,8 +341,22 @@ def register(glue: Any, database: str, *, catalog_uri: str | None = None, manife
     if ledger_uri:
         table("ledger", ledger_dataset(ledger_uri))
     if manifest_uri:
-        table("manifest", read_dataset(manifest_uri))
+        dataset = read_dataset(manifest_uri)
+        table("manifest", dataset)
+        # The files hold every index run of an archive (and a compaction's copies for a moment): query the view.
+        sql = manifest_current_sql(prefix + "manifest")
+        action = put_table(glue, database, build_view_input(prefix + "manifest_current", database, sql,
+                                                            [*dataset.columns, *dataset.partition_keys]))
+        done.append({"table": prefix + "manifest_current", "action": action, "location": "view", "partitions": "-",
+                     "added": 0, "dropped": 0})
     return done
+
+
+def manifest_current_sql(source: str) -> str:
+    """The manifest's rows of each archive's newest index run (manifest.spark.with_latest_index, in SQL)."""
+    return (f"SELECT m.* FROM {source} m JOIN (SELECT archive_uri AS newest_archive, max(index_run) AS newest_run "
+            f"FROM {source} WHERE kind = 'archive' GROUP BY archive_uri) n "
+            "ON m.archive_uri = n.newest_archive AND m.index_run = n.newest_run")
 
 
 def spark_table_ddl(name: str, table: dict[str, Any]) -> str:
