@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import measure as ms
 
-# Archives per file of a generated manifest in the earlier layout: manifest_tasks' one task per 16 archives.
+# Archives per file of a generated manifest in the earlier layout: manifest_tasks once made one task per 16 archives.
 ARCHIVES_PER_FILE = 16
 HEADER_POOL = 400
 PER_ARCHIVE = 50

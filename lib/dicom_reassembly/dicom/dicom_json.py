@@ -54,7 +54,6 @@ _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{}')
 _BRACKET_STEP = np.zeros(256, np.int8)
 _BRACKET_STEP[list(b"[{")] = 1
 _BRACKET_STEP[list(b"]}")] = -1
-_SMALL_FRACTIONS = tuple(sep + sign + b"0.0000" for sep in (b"[", b":", b",") for sign in (b"", b"-"))
 
 # Manifest column -> (tag, type). Typed columns later stages filter or group on.
 KEY_TAGS: dict[str, tuple[str, type]] = {
@@ -118,7 +117,9 @@ def parse_header(raw: bytes | str, max_bytes: int = MAX_HEADER_BYTES) -> dict[st
         obj = obj[0]  # a QIDO/WADO metadata response holds a list of one dataset
     if not isinstance(obj, dict):
         raise HeaderError("malformed_json", f"top level is {type(obj).__name__}, not an object")
-    if any(not k.isupper() for k in obj if not k.isdigit()):
+    # Keys upper-cased only when one changes: one C-speed test of all of them, as upper() maps each character alone.
+    keys = "".join(obj)
+    if keys.upper() != keys:
         obj = {k.upper(): v for k, v in obj.items()}
     return obj
 
@@ -141,7 +142,7 @@ def _json_depth(data: bytes) -> int | None:
     """How deep the lists and objects of a parsed JSON text nest, from its brackets outside strings (C-speed
     array operations, where walking the parsed object takes ~4x longer); None when a string holds an escaped
     quote, which this reading of the text cannot place."""
-    if b'\\"' in data:
+    if b"\\" in data and b'\\"' in data:  # a one-byte search first: most headers hold no backslash at all
         return None
     marks = np.frombuffer(data.translate(None, _NOT_STRUCTURE), np.uint8)
     if not marks.size:
@@ -165,9 +166,21 @@ def _orjson_canonical(header: dict[str, Any]) -> bytes | None:
         return None
     tokens = data.translate(_OUT_TOKENS)
     if (b"null" in data or b"S" + b"0" * 16 in tokens or b"S-" + b"0" * 16 in tokens
-            or any(f in data for f in _SMALL_FRACTIONS) or _has_exponent(tokens)):
+            or _has_small_fraction(data) or _has_exponent(tokens)):
         return None
     return data
+
+
+def _has_small_fraction(data: bytes) -> bool:
+    """Whether a number token (after ``[``, ``:`` or ``,``, perhaps signed) is a fraction below 1e-4 written out:
+    one search for its digits, then a look at what precedes each (rare) match, not a search per prefix."""
+    at = data.find(b"0.0000")
+    while at >= 0:
+        start = at - 1 if at and data[at - 1] == ord("-") else at
+        if start and data[start - 1] in b"[:,":
+            return True
+        at = data.find(b"0.0000", at + 1)
+    return False
 
 
 def _has_exponent(tokens: bytes) -> bool:

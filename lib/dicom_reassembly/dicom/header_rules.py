@@ -145,6 +145,9 @@ def _texts(value: Any) -> list[str]:
 _RESERVED_PREFIXES = frozenset({"0001", "0003", "0005", "0007", "FFFF", "ffff"})
 # What each VR's values are checked for (a dict lookup per element keeps the walk cheap).
 _SEQUENCE, _BINARY, _UID, _ASCII, _TEXT = range(5)
+# Top-level groups with rules of their own, and the elements those rules are about.
+_TOP_GROUPS = frozenset({"0002", "0008", "0020", "0028"})
+_TOP_RULES = SINGLE_VALUED_UIDS | {BITS_ALLOCATED}
 _CHECK = {"SQ": _SEQUENCE, "UI": _UID, **dict.fromkeys(BINARY_VRS, _BINARY),
           **dict.fromkeys(DEFAULT_REPERTOIRE_VRS, _ASCII), **dict.fromkeys(TEXT_VRS, _TEXT)}
 
@@ -181,10 +184,11 @@ class _Check:
                 kind = check(elem.get("vr"))
                 if kind is None:
                     continue
-                if top and group in ("0002", "0008", "0020", "0028"):
+                if top and group in _TOP_GROUPS:
                     if key in OWNED_META:
                         continue  # replaced by the writer's own value
-                    self._top_level(key, values)
+                    if key in _TOP_RULES:
+                        self._top_level(key, values)
                     if kind == _TEXT and group == "0002":
                         kind = _ASCII  # the file meta has no character set
                 if kind == _SEQUENCE:
