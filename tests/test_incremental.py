@@ -195,22 +195,72 @@ def test_state_commit_is_what_counts(spark, tmp_path) -> None:  # noqa: ANN001
     """A snapshot without its commit (a run that died writing it) is never read; the newest commit wins."""
     state_uri = str(tmp_path / "ledger_state")
     rows = [("1.1", "out/{sop_instance_uid}.dcm", "fp1", "written", "20260101T000000Z-aaaaaaaa", "out/1.1.dcm", 10,
-             "sha256:x", None)]
+             "sha256:x", None, None)]
     df = spark.createDataFrame(rows, state_mod.state_schema())
     assert state_mod.write_state(spark, state_uri, df, "20260101T000000Z-aaaaaaaa") == 1
     dead = os.path.join(state_uri, "snapshots", "20260102T000000Z-bbbbbbbb")
-    spark.createDataFrame([("9.9", "x", "f", "written", "20260102T000000Z-bbbbbbbb", None, None, None, None)],
+    spark.createDataFrame([("9.9", "x", "f", "written", "20260102T000000Z-bbbbbbbb", None, None, None, None, None)],
                           state_mod.state_schema()).write.parquet(dead)
     final = state_mod.read_final_instances(spark, state_uri, "out/{sop_instance_uid}.dcm")
     assert [tuple(r) for r in final.collect()] == [("1.1", "fp1")]
     newer = spark.createDataFrame([("1.1", "out/{sop_instance_uid}.dcm", "fp2", "failed", "20260103T000000Z-cccccccc",
-                                    None, None, None, None)], state_mod.state_schema())
+                                    None, None, None, None, None)], state_mod.state_schema())
     assert state_mod.write_state(spark, state_uri, newer, "20260103T000000Z-cccccccc") == 1
     assert state_mod.read_final_instances(spark, state_uri, "out/{sop_instance_uid}.dcm").count() == 0
     commit = state_mod.read_state_commit(state_uri)
     assert commit["run_id"] == "20260103T000000Z-cccccccc"
     with open(os.path.join(state_uri, "_commits", "20260103T000000Z-cccccccc.json")) as f:
         assert json.load(f)["rows"] == 1
+
+
+def test_outcomes_a_rerun_cannot_change_are_settled_for_the_same_source_and_criteria(spark, tmp_path) -> None:  # noqa: ANN001
+    """filtered_out, orphans, invalid members and spare copies are final like written; failures are retried."""
+    from dicom_reassembly.reassembly.scope import RunScope, with_run_scope
+
+    state_uri, out = str(tmp_path / "ledger_state"), "out/{sop_instance_uid}.dcm"
+    statuses = ["written", "skipped_existing", "filtered_out", "duplicate", "orphan_header", "orphan_pixels",
+                "invalid_header", "invalid_pixels", "failed", "not_restored", "unreadable_archive", "conflict"]
+    ledger = spark.createDataFrame([(f"1.{i}", s, None) for i, s in enumerate(statuses)]
+                                   + [("1.99", "invalid_pixels", None), ("1.99", "failed", None)],  # a bad copy, a failure
+                                   "sop_instance_uid string, status string, output_uri string")
+    ledger = ledger.select(*[ledger[n] if n in ledger.columns else pa_null(n) for n in state_mod.STATE_NAMES
+                             if n not in ("output", "source_fingerprint", "criteria_sha256")])
+    sources = spark.createDataFrame([(f"1.{i}", f"fp{i}") for i in [*range(len(statuses)), 99]],
+                                    "sop_instance_uid string, source_fingerprint string")
+    rows = ledger.transform(state_mod.with_instance_states(sources, out, "crit-a"))
+    state_mod.write_state(spark, state_uri, rows, "20260101T000000000000Z-aaaaaaaa")
+
+    def final(criteria: str | None) -> set[str]:
+        got = state_mod.read_final_instances(spark, state_uri, out, criteria).collect()
+        return {statuses[int(r["sop_instance_uid"][2:])] for r in got if r["sop_instance_uid"] != "1.99"} | (
+            {"1.99"} & {r["sop_instance_uid"] for r in got})
+
+    settled = {"written", "skipped_existing", "duplicate", "orphan_header", "orphan_pixels", "invalid_header",
+               "invalid_pixels"}
+    assert final("crit-a") == settled | {"filtered_out"}  # 1.99 failed beside its invalid copy: retried
+    assert final("crit-b") == settled and final(None) == settled  # other criteria re-evaluate the filtered ones
+
+    # limit:2 takes sources the state does not know before the retries, even when the retries come first.
+    manifest_rows = [(f"1.{i}", f"fp{i}", "s3://b/a.tar", i) for i in range(len(statuses))]
+    manifest_rows += [("2.1", "new1", "s3://b/z.tar", 1), ("2.2", "new2", "s3://b/z.tar", 2),
+                      ("2.3", "new3", "s3://b/z.tar", 3)]
+    fingerprinted = spark.createDataFrame(manifest_rows, "sop_instance_uid string, source_fingerprint string, "
+                                          "scope_archive string, scope_offset long")
+    states = state_mod.read_instance_states(spark, state_uri, out, "crit-a")
+    scope = RunScope.of(fingerprinted.transform(with_run_scope(parse_tranche("limit:2"), states)).cache(),
+                        parse_tranche("limit:2"), narrowed=True)
+    assert scope.counts == {"planned_instances": 2, "carried_over": 8, "outside_tranche": 5}
+    assert {r["sop_instance_uid"] for r in scope.todo.collect()} == {"2.1", "2.2"}
+    scope = RunScope.of(fingerprinted.transform(with_run_scope(parse_tranche("limit:5"), states)).cache(),
+                        parse_tranche("limit:5"), narrowed=True)
+    assert {r["sop_instance_uid"] for r in scope.todo.collect()} == {"2.1", "2.2", "2.3", "1.8", "1.9"}
+
+
+def pa_null(name: str):  # noqa: ANN201
+    from pyspark.sql import functions as F
+
+    kind = dict(state_mod.STATE_FIELDS)[name]
+    return F.lit(None).cast(kind).alias(name)
 
 
 # ------------------------------------------------------------------------------------------ the transforms
@@ -232,12 +282,15 @@ def _member(uid: str, kind: str, archive: str, **kw) -> dict:  # noqa: ANN003
 
 
 def test_only_an_unchanged_source_is_final(spark) -> None:  # noqa: ANN001
+    from pyspark.sql import functions as F
+
     from dicom_reassembly.reassembly.scope import FINAL, with_run_scope, with_source_fingerprints
 
     text, img, img2 = "s3://b/t.tar", "s3://b/i.tar", "s3://b/j.tar"
     uids = ["1.1", "1.2", "1.3", "1.4", "1.5"]
     before = [m for u in uids for m in (_member(u, "header", text), _member(u, "pixels", img))]
-    final = _manifest(spark, before).transform(with_source_fingerprints).select("sop_instance_uid", "source_fingerprint")
+    final = (_manifest(spark, before).transform(with_source_fingerprints)
+             .select("sop_instance_uid", "source_fingerprint", F.lit(True).alias("final")))
     after = [m for m in before if m["sop_instance_uid"] not in ("1.2", "1.3", "1.4")]
     after += [_member("1.2", "header", text, header_sha256="h-changed"), _member("1.2", "pixels", img),
               _member("1.3", "header", text), _member("1.3", "pixels", img, archive_etag="e-reuploaded"),

@@ -2,9 +2,12 @@
 
 ``reassemble`` reads it to plan only the instances that are not final; each run folds its own ledger rows in.
 
-- **Final** is ``written`` or ``skipped_existing`` for the same output (``--out`` and key template) and the same
-  source fingerprint (``reassembly.scope.with_source_fingerprints``: every member of the UID, its location, size,
-  archive ETag and header SHA-256). Anything else, and a changed source, is planned again.
+- **Final** (settled) is an outcome that a rerun on the same source cannot change, for the same output (``--out``
+  and key template) and the same source fingerprint (``reassembly.scope.with_source_fingerprints``: every member of
+  the UID, its location, size, archive ETag and header SHA-256): ``written``, ``skipped_existing``, ``duplicate``,
+  ``orphan_*`` and ``invalid_*`` (``SETTLED``), and ``filtered_out`` by the same criteria (``criteria_sha256``).
+  ``failed``, ``not_restored``, ``unreadable_archive`` (errors reading an archive) and ``conflict`` (the output may
+  hold another object at the key, which an operator can clear) are planned again, and so is a changed source.
 - **Layout**, beside the ledger: ``<ledger>_state/snapshots/<run_id>/`` (Parquet, one row per UID and output) and
   ``<ledger>_state/_commits/<run_id>.json``. A snapshot counts only once its commit file exists, so a run that
   dies while writing leaves an ignored folder, never a half state. Readers take the newest commit.
@@ -28,11 +31,19 @@ from .ledger import STATUSES
 
 log = logging.getLogger(__name__)
 
-FINAL = ("written", "skipped_existing")
+WRITTEN = ("written", "skipped_existing")
+# Outcomes that are a function of the source alone: the same fingerprint gives the same outcome again.
+SETTLED = (*WRITTEN, "duplicate", "orphan_header", "orphan_pixels", "invalid_header", "invalid_pixels")
+FILTERED = "filtered_out"  # settled only for the same criteria (their canonical JSON's SHA-256)
+# The row that speaks for a UID with several: written first, then anything a rerun must retry, then settled ones,
+# so a UID is settled only when none of its rows (e.g. a transient failure beside an invalid copy) needs a retry.
+STATE_RANK = (*WRITTEN, "failed", "not_restored", "unreadable_archive", "conflict", "received", "invalid_header",
+              "invalid_pixels", FILTERED, "orphan_header", "orphan_pixels", "duplicate")
 STATE_FIELDS: list[tuple[str, str]] = [
     ("sop_instance_uid", "string"), ("output", "string"), ("source_fingerprint", "string"), ("status", "string"),
     ("run_id", "string"), ("output_uri", "string"), ("output_bytes", "long"), ("output_checksum", "string"),
     ("finished_at", "timestamp"),
+    ("criteria_sha256", "string"),  # the run's criteria (None: no criteria file); older snapshots read it as null
 ]
 STATE_NAMES = [n for n, _ in STATE_FIELDS]
 KEEP_COMMITS = 2  # the newest and the one before, which a run that started earlier may still be reading
@@ -89,26 +100,38 @@ def read_state(spark: Any, state_uri: str) -> Any:
     return spark.read.schema(state_schema()).parquet(commit["snapshot_uri"])
 
 
-def read_final_instances(spark: Any, state_uri: str, output: str) -> Any:
-    """(sop_instance_uid, source_fingerprint) of the instances final for ``output``, or None without a state."""
+def read_instance_states(spark: Any, state_uri: str, output: str, criteria_sha256: str | None) -> Any:
+    """(sop_instance_uid, source_fingerprint, final) of every instance the state holds for ``output``; None without
+    a state. ``final`` says settled (module docstring) for a run with criteria ``criteria_sha256``."""
     from pyspark.sql import functions as F
 
     state = read_state(spark, state_uri)
     if state is None:
         return None
-    return (state.filter((F.col("output") == output) & F.col("status").isin(*FINAL))
-            .select("sop_instance_uid", "source_fingerprint"))
+    same_criteria = F.col("criteria_sha256") == F.lit(criteria_sha256) if criteria_sha256 else F.lit(False)
+    final = F.col("status").isin(*SETTLED) | ((F.col("status") == FILTERED) & same_criteria)
+    return (state.filter(F.col("output") == output)
+            .select("sop_instance_uid", "source_fingerprint", F.coalesce(final, F.lit(False)).alias("final")))
 
 
-def with_instance_states(sources: Any, output: str) -> Any:
-    """Transform: a run's ledger rows -> its state rows, one per UID (the instance's own row, not a spare copy's).
+def read_final_instances(spark: Any, state_uri: str, output: str, criteria_sha256: str | None = None) -> Any:
+    """(sop_instance_uid, source_fingerprint) of the instances final for ``output``, or None without a state."""
+    from pyspark.sql import functions as F
 
-    ``sources`` is (sop_instance_uid, source_fingerprint) of the UIDs the run planned.
+    states = read_instance_states(spark, state_uri, output, criteria_sha256)
+    return None if states is None else states.filter(F.col("final")).select("sop_instance_uid", "source_fingerprint")
+
+
+def with_instance_states(sources: Any, output: str, criteria_sha256: str | None = None) -> Any:
+    """Transform: a run's ledger rows -> its state rows, one per UID (``STATE_RANK`` picks the row that speaks).
+
+    ``sources`` is (sop_instance_uid, source_fingerprint) of the UIDs the run planned; ``criteria_sha256`` the run's.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ranked = [s for s in STATUSES if s != "duplicate"] + ["duplicate"]  # a spare copy's row gives way
+    ranked = list(STATE_RANK) + [s for s in STATUSES if s not in STATE_RANK]
+    values = {"output": F.lit(output), "criteria_sha256": F.lit(criteria_sha256).cast("string")}
 
     def transform(ledger: Any) -> Any:
         rank = F.array_position(F.array(*[F.lit(s) for s in ranked]), F.col("status"))
@@ -117,7 +140,7 @@ def with_instance_states(sources: Any, output: str) -> Any:
         own = (ledger.filter(F.col("sop_instance_uid").isNotNull())
                .withColumn("_n", F.row_number().over(best)).filter(F.col("_n") == 1))
         return (own.join(sources.select("sop_instance_uid", "source_fingerprint"), "sop_instance_uid")
-                .select(*[F.lit(output).alias(n) if n == "output" else F.col(n) for n in STATE_NAMES]))
+                .select(*[values[n].alias(n) if n in values else F.col(n) for n in STATE_NAMES]))
 
     return transform
 
