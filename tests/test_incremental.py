@@ -195,16 +195,16 @@ def test_state_commit_is_what_counts(spark, tmp_path) -> None:  # noqa: ANN001
     """A snapshot without its commit (a run that died writing it) is never read; the newest commit wins."""
     state_uri = str(tmp_path / "ledger_state")
     rows = [("1.1", "out/{sop_instance_uid}.dcm", "fp1", "written", "20260101T000000Z-aaaaaaaa", "out/1.1.dcm", 10,
-             "sha256:x", None, None)]
+             "sha256:x", None, None, None)]
     df = spark.createDataFrame(rows, state_mod.state_schema())
     assert state_mod.write_state(spark, state_uri, df, "20260101T000000Z-aaaaaaaa") == 1
     dead = os.path.join(state_uri, "snapshots", "20260102T000000Z-bbbbbbbb")
-    spark.createDataFrame([("9.9", "x", "f", "written", "20260102T000000Z-bbbbbbbb", None, None, None, None, None)],
+    spark.createDataFrame([("9.9", "x", "f", "written", "20260102T000000Z-bbbbbbbb", None, None, None, None, None, None)],
                           state_mod.state_schema()).write.parquet(dead)
     final = state_mod.read_final_instances(spark, state_uri, "out/{sop_instance_uid}.dcm")
     assert [tuple(r) for r in final.collect()] == [("1.1", "fp1")]
     newer = spark.createDataFrame([("1.1", "out/{sop_instance_uid}.dcm", "fp2", "failed", "20260103T000000Z-cccccccc",
-                                    None, None, None, None, None)], state_mod.state_schema())
+                                    None, None, None, None, None, None)], state_mod.state_schema())
     assert state_mod.write_state(spark, state_uri, newer, "20260103T000000Z-cccccccc") == 1
     assert state_mod.read_final_instances(spark, state_uri, "out/{sop_instance_uid}.dcm").count() == 0
     commit = state_mod.read_state_commit(state_uri)
@@ -254,6 +254,29 @@ def test_outcomes_a_rerun_cannot_change_are_settled_for_the_same_source_and_crit
     scope = RunScope.of(fingerprinted.transform(with_run_scope(parse_tranche("limit:5"), states)).cache(),
                         parse_tranche("limit:5"), narrowed=True)
     assert {r["sop_instance_uid"] for r in scope.todo.collect()} == {"2.1", "2.2", "2.3", "1.8", "1.9"}
+
+
+def test_a_failed_stow_forward_is_not_final_for_a_run_that_forwards(spark, tmp_path) -> None:  # noqa: ANN001
+    """Before the state a rerun with --stow-url re-sent skipped_existing instances: it still retries the forward."""
+    from dicom_reassembly.stow.client import FAILED, SENT
+
+    state_uri, out = str(tmp_path / "ledger_state"), "out/{sop_instance_uid}.dcm"
+    forwarded = {"1.1": ("written", SENT), "1.2": ("written", FAILED), "1.3": ("skipped_existing", FAILED),
+                 "1.4": ("written", None), "1.5": ("orphan_header", None)}
+    ledger = spark.createDataFrame([(u, s, f) for u, (s, f) in forwarded.items()],
+                                   "sop_instance_uid string, status string, stow_status string")
+    ledger = ledger.select(*[ledger[n] if n in ledger.columns else pa_null(n) for n in state_mod.STATE_NAMES
+                             if n not in ("output", "source_fingerprint", "criteria_sha256")])
+    sources = spark.createDataFrame([(u, "fp") for u in forwarded], "sop_instance_uid string, source_fingerprint string")
+    state_mod.write_state(spark, state_uri, ledger.transform(state_mod.with_instance_states(sources, out)),
+                          "20260101T000000000000Z-aaaaaaaa")
+
+    def final(forwarding: bool) -> set[str]:
+        return {r["sop_instance_uid"] for r in
+                state_mod.read_final_instances(spark, state_uri, out, forwarding=forwarding).collect()}
+
+    assert final(forwarding=True) == {"1.1", "1.5"}
+    assert final(forwarding=False) == set(forwarded)
 
 
 def pa_null(name: str):  # noqa: ANN201

@@ -167,7 +167,8 @@ class ReassembleRun:
 
         output = self.output_identity()
         use = self.state_uri and output and self.skip_final
-        states = read_instance_states(self.spark, self.state_uri, output, self.criteria_sha256()) if use else None
+        states = (read_instance_states(self.spark, self.state_uri, output, self.criteria_sha256(),
+                                       forwarding=self.stow is not None) if use else None)
         flagged = (manifest.transform(with_source_fingerprints).transform(with_run_scope(self.tranche, states))
                    .persist(StorageLevel.MEMORY_AND_DISK))
         return RunScope.of(flagged, self.tranche, narrowed=states is not None or self.tranche is not None)

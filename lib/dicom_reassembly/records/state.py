@@ -8,6 +8,8 @@
   ``orphan_*`` and ``invalid_*`` (``SETTLED``), and ``filtered_out`` by the same criteria (``criteria_sha256``).
   ``failed``, ``not_restored``, ``unreadable_archive`` (errors reading an archive) and ``conflict`` (the output may
   hold another object at the key, which an operator can clear) are planned again, and so is a changed source.
+  For a run that forwards by STOW-RS, ``written`` and ``skipped_existing`` are final only once forwarded
+  (``stow_status`` ``sent``), so a rerun retries a failed forward as it did before the state.
 - **Layout**, beside the ledger: ``<ledger>_state/snapshots/<run_id>/`` (Parquet, one row per UID and output) and
   ``<ledger>_state/_commits/<run_id>.json``. A snapshot counts only once its commit file exists, so a run that
   dies while writing leaves an ignored folder, never a half state. Readers take the newest commit.
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 WRITTEN = ("written", "skipped_existing")
 # Outcomes that are a function of the source alone: the same fingerprint gives the same outcome again.
 SETTLED = (*WRITTEN, "duplicate", "orphan_header", "orphan_pixels", "invalid_header", "invalid_pixels")
+STOW_SENT = "sent"  # stow.client.SENT (records must not import stow)
 FILTERED = "filtered_out"  # settled only for the same criteria (their canonical JSON's SHA-256)
 # The row that speaks for a UID with several: written first, then anything a rerun must retry, then settled ones,
 # so a UID is settled only when none of its rows (e.g. a transient failure beside an invalid copy) needs a retry.
@@ -44,6 +47,7 @@ STATE_FIELDS: list[tuple[str, str]] = [
     ("run_id", "string"), ("output_uri", "string"), ("output_bytes", "long"), ("output_checksum", "string"),
     ("finished_at", "timestamp"),
     ("criteria_sha256", "string"),  # the run's criteria (None: no criteria file); older snapshots read it as null
+    ("stow_status", "string"),  # the ledger row's STOW-RS result (None: not forwarded)
 ]
 STATE_NAMES = [n for n, _ in STATE_FIELDS]
 KEEP_COMMITS = 2  # the newest and the one before, which a run that started earlier may still be reading
@@ -100,9 +104,11 @@ def read_state(spark: Any, state_uri: str) -> Any:
     return spark.read.schema(state_schema()).parquet(commit["snapshot_uri"])
 
 
-def read_instance_states(spark: Any, state_uri: str, output: str, criteria_sha256: str | None) -> Any:
+def read_instance_states(spark: Any, state_uri: str, output: str, criteria_sha256: str | None,
+                         forwarding: bool = False) -> Any:
     """(sop_instance_uid, source_fingerprint, final) of every instance the state holds for ``output``; None without
-    a state. ``final`` says settled (module docstring) for a run with criteria ``criteria_sha256``."""
+    a state. ``final`` says settled (module docstring) for a run with criteria ``criteria_sha256`` that forwards
+    by STOW-RS or not (``forwarding``)."""
     from pyspark.sql import functions as F
 
     state = read_state(spark, state_uri)
@@ -110,15 +116,18 @@ def read_instance_states(spark: Any, state_uri: str, output: str, criteria_sha25
         return None
     same_criteria = F.col("criteria_sha256") == F.lit(criteria_sha256) if criteria_sha256 else F.lit(False)
     final = F.col("status").isin(*SETTLED) | ((F.col("status") == FILTERED) & same_criteria)
+    if forwarding:
+        final = final & (~F.col("status").isin(*WRITTEN) | (F.col("stow_status") == F.lit(STOW_SENT)))
     return (state.filter(F.col("output") == output)
             .select("sop_instance_uid", "source_fingerprint", F.coalesce(final, F.lit(False)).alias("final")))
 
 
-def read_final_instances(spark: Any, state_uri: str, output: str, criteria_sha256: str | None = None) -> Any:
+def read_final_instances(spark: Any, state_uri: str, output: str, criteria_sha256: str | None = None,
+                         forwarding: bool = False) -> Any:
     """(sop_instance_uid, source_fingerprint) of the instances final for ``output``, or None without a state."""
     from pyspark.sql import functions as F
 
-    states = read_instance_states(spark, state_uri, output, criteria_sha256)
+    states = read_instance_states(spark, state_uri, output, criteria_sha256, forwarding)
     return None if states is None else states.filter(F.col("final")).select("sop_instance_uid", "source_fingerprint")
 
 
