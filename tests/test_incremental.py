@@ -279,6 +279,19 @@ def test_a_failed_stow_forward_is_not_final_for_a_run_that_forwards(spark, tmp_p
     assert final(forwarding=False) == set(forwarded)
 
 
+def test_a_relative_out_names_the_folder_it_resolves_to(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    template = "{sop_instance_uid}.dcm"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    here = state_mod.output_identity("dcm", template)
+    assert here == os.path.join(str(tmp_path / "a" / "dcm"), template)
+    assert state_mod.output_identity(str(tmp_path / "a" / "dcm"), template) == here
+    monkeypatch.chdir(tmp_path / "b")
+    assert state_mod.output_identity("dcm", template) != here
+    assert state_mod.output_identity("s3://bucket/dcm", template) == "s3://bucket/dcm/" + template
+
+
 def pa_null(name: str):  # noqa: ANN201
     from pyspark.sql import functions as F
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -60,8 +61,11 @@ def state_uri_for(ledger_uri: str) -> str:
 
 
 def output_identity(out: str, key_template: str) -> str:
-    """One string naming where a run's objects go: the output root and the key template, e.g. ``s3://b/dcm/{...}``."""
-    return uris.join_uri(out, key_template)
+    """One string naming where a run's objects go: the output root and the key template, e.g. ``s3://b/dcm/{...}``.
+
+    A local root is made absolute: the same relative ``--out`` given from another folder is another output.
+    """
+    return uris.join_uri(out if uris.is_s3(out) else os.path.abspath(out), key_template)
 
 
 def state_schema() -> Any:
