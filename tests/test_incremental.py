@@ -292,6 +292,29 @@ def test_a_relative_out_names_the_folder_it_resolves_to(tmp_path, monkeypatch) -
     assert state_mod.output_identity("s3://bucket/dcm", template) == "s3://bucket/dcm/" + template
 
 
+def test_pruning_keeps_the_newest_commits_and_drops_week_old_uncommitted_snapshots(spark, tmp_path) -> None:  # noqa: ANN001
+    state_uri, now = str(tmp_path / "ledger_state"), datetime.now(timezone.utc)
+    row = [("1.1", "o", "fp", "written", None, None, None, None, None, None, None)]
+    runs = [new_run_id(now - timedelta(days=d)) for d in (3, 2, 1)]
+    for run in runs:
+        state_mod.write_state(spark, state_uri, spark.createDataFrame(row, state_mod.state_schema()), run, now=now)
+    dead_old, dead_new = new_run_id(now - timedelta(days=8)), new_run_id(now - timedelta(days=6))
+    for dead in (dead_old, dead_new):  # runs that died before their commit
+        os.makedirs(os.path.join(state_uri, "snapshots", dead))
+        open(os.path.join(state_uri, "snapshots", dead, "part-0.parquet"), "wb").close()
+    state_mod.prune_state(state_uri, now)
+    assert sorted(os.listdir(os.path.join(state_uri, "snapshots"))) == sorted([dead_new, *runs[1:]])
+    assert sorted(os.listdir(os.path.join(state_uri, "_commits"))) == [f"{r}.json" for r in runs[1:]]
+
+
+def test_run_id_time_reads_what_new_run_id_writes() -> None:
+    from dicom_reassembly.run_id import run_id_time
+
+    at = datetime(2026, 12, 5, 0, 59, 29, 988395, tzinfo=timezone.utc)
+    assert run_id_time(new_run_id(at)) == at
+    assert run_id_time("not-a-run") is None
+
+
 def pa_null(name: str):  # noqa: ANN201
     from pyspark.sql import functions as F
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import NotFoundError, StorageError
 from ..io import listing, reads, uris, writes
+from ..run_id import run_id_time
 from .ledger import STATUSES
 
 log = logging.getLogger(__name__)
@@ -192,16 +193,9 @@ def prune_state(state_uri: str, now: datetime) -> None:
         writes.delete(uris.join_uri(state_uri, "_commits", f"{run_id}.json"))  # the commit first: never a dangling one
         _delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
     for run_id in _snapshot_folders(state_uri):
-        started = _run_time(run_id)
+        started = run_id_time(run_id)
         if run_id not in keep and run_id not in committed and started is not None and now - started > STALE_UNCOMMITTED:
             _delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
-
-
-def _run_time(run_id: str) -> datetime | None:
-    try:
-        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
 
 
 def _snapshot_folders(state_uri: str) -> set[str]:
