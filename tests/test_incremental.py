@@ -315,6 +315,19 @@ def test_run_id_time_reads_what_new_run_id_writes() -> None:
     assert run_id_time("not-a-run") is None
 
 
+def test_a_run_without_state_rows_leaves_the_state_as_it_is(spark, tmp_path) -> None:  # noqa: ANN001
+    state_uri = str(tmp_path / "ledger_state")
+    empty = spark.createDataFrame([], state_mod.state_schema())
+    assert state_mod.write_state(spark, state_uri, empty, new_run_id()) == 0 and not os.path.exists(state_uri)
+    first = new_run_id()
+    rows = [("1.1", "o", "fp", "written", first, None, None, None, None, None, None),
+            ("1.2", "o", "fp", "failed", first, None, None, None, None, None, None)]
+    assert state_mod.write_state(spark, state_uri, spark.createDataFrame(rows, state_mod.state_schema()), first) == 2
+    assert state_mod.write_state(spark, state_uri, empty, new_run_id()) == 2
+    assert os.listdir(os.path.join(state_uri, "_commits")) == [f"{first}.json"]
+    assert os.listdir(os.path.join(state_uri, "snapshots")) == [first]
+
+
 def pa_null(name: str):  # noqa: ANN201
     from pyspark.sql import functions as F
 
