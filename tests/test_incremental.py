@@ -328,6 +328,33 @@ def test_a_run_without_state_rows_leaves_the_state_as_it_is(spark, tmp_path) -> 
     assert os.listdir(os.path.join(state_uri, "snapshots")) == [first]
 
 
+def test_a_run_without_out_or_tranche_fingerprints_nothing(spark, sample_delivery, local_manifest, monkeypatch,  # noqa: ANN001
+                                                           tmp_path) -> None:
+    """No state to read or write and no tranche: the fingerprint pass (a shuffle of every member) is skipped."""
+    _, expected = sample_delivery
+    from dicom_reassembly.reassembly import run as run_mod
+
+    def refuse(manifest):  # noqa: ANN001, ANN202
+        raise AssertionError("fingerprinted without a state or a tranche")
+
+    monkeypatch.setattr(run_mod, "with_source_fingerprints", refuse)
+    manifest = manifest_spark.read_manifest(spark, local_manifest)
+    ledger = str(tmp_path / "ledger")
+    run = ReassembleRun(spark=spark, manifest_uri=local_manifest, out=None, ledger_uri=ledger,
+                        runs_uri=str(tmp_path / "runs"), computations_uri=str(tmp_path / "c"), cfg=Config(),
+                        state_uri=state_mod.state_uri_for(ledger))
+    scope = run.read_scope(manifest)
+    assert scope.counts == {"carried_over": 0, "outside_tranche": 0} and not scope.narrowed
+    assert scope.members(manifest) is manifest and scope.expected_members(manifest) is manifest
+    scope.release()
+    summary = run.execute()  # end to end without --out: every instance planned, every member accounted for
+    assert summary["unaccounted_members"] == 0 and summary["state_rows"] is None
+    assert summary["status_counts"] == {"written": len(expected["instances"])}
+    run.tranche = parse_tranche("limit:1")
+    with pytest.raises(AssertionError, match="fingerprinted"):
+        run.read_scope(manifest)
+
+
 def pa_null(name: str):  # noqa: ANN201
     from pyspark.sql import functions as F
 

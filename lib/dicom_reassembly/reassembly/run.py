@@ -166,6 +166,8 @@ class ReassembleRun:
         from ..records.state import read_instance_states
 
         output = self.output_identity()
+        if not (self.state_uri and output) and self.tranche is None:
+            return RunScope.whole()  # no state to read or write, no tranche: the fingerprints would go unused
         use = self.state_uri and output and self.skip_final
         states = (read_instance_states(self.spark, self.state_uri, output, self.criteria_sha256(),
                                        forwarding=self.stow is not None) if use else None)

@@ -156,7 +156,11 @@ def with_unavailable_archives(unavailable: Any) -> Callable[[Any], Any]:
 
 @dataclass
 class RunScope:
-    """The UIDs one run plans (``todo``), from the persisted flags of every UID, and the run's counts."""
+    """The UIDs one run plans (``todo``), from the persisted flags of every UID, and the run's counts.
+
+    ``whole()`` is the scope of a run that neither reads nor writes a state and has no tranche: every UID, and no
+    fingerprint computed (``flagged`` and ``todo`` are None, and ``planned_instances`` is not counted).
+    """
 
     flagged: Any
     todo: Any
@@ -194,6 +198,11 @@ class RunScope:
                  pending, carried, outside)
         return cls(flagged, todo, tranche, narrowed, counts)
 
+    @classmethod
+    def whole(cls) -> RunScope:
+        """Every UID planned, nothing carried over or outside a tranche."""
+        return cls(None, None, None, False, {"carried_over": 0, "outside_tranche": 0})
+
     def _uids(self, members: Any) -> Any:
         uids = self.todo.select(self.todo["sop_instance_uid"].alias("_uid"))
         return members.join(uids, members["sop_instance_uid"].eqNullSafe(uids["_uid"]), "left_semi")
@@ -225,4 +234,5 @@ class RunScope:
         return self._uids(usable_members(manifest)).unionByName(odd)
 
     def release(self) -> None:
-        self.flagged.unpersist()
+        if self.flagged is not None:
+            self.flagged.unpersist()
