@@ -307,6 +307,22 @@ def test_pruning_keeps_the_newest_commits_and_drops_week_old_uncommitted_snapsho
     assert sorted(os.listdir(os.path.join(state_uri, "_commits"))) == [f"{r}.json" for r in runs[1:]]
 
 
+def test_pruning_on_s3_deletes_whole_snapshot_prefixes(s3) -> None:  # noqa: ANN001
+    now = datetime.now(timezone.utc)
+    s3.create_bucket(Bucket="state-prune")
+    runs = [new_run_id(now - timedelta(days=d)) for d in (3, 2, 1)]
+    dead = new_run_id(now - timedelta(days=8))
+    for run in [*runs, dead]:
+        for part in ("part-0.parquet", "part-1.parquet"):
+            s3.put_object(Bucket="state-prune", Key=f"ls/snapshots/{run}/{part}", Body=b"x")
+    for run in runs:
+        s3.put_object(Bucket="state-prune", Key=f"ls/_commits/{run}.json", Body=b"{}")
+    state_mod.prune_state("s3://state-prune/ls", now)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="state-prune")["Contents"])
+    assert keys == sorted([f"ls/_commits/{r}.json" for r in runs[1:]]
+                          + [f"ls/snapshots/{r}/{p}" for r in runs[1:] for p in ("part-0.parquet", "part-1.parquet")])
+
+
 def test_run_id_time_reads_what_new_run_id_writes() -> None:
     from dicom_reassembly.run_id import run_id_time
 

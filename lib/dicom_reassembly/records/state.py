@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -198,11 +197,11 @@ def prune_state(state_uri: str, now: datetime) -> None:
     keep = set(committed[-KEEP_COMMITS:])
     for run_id in committed[:-KEEP_COMMITS]:
         writes.delete(uris.join_uri(state_uri, "_commits", f"{run_id}.json"))  # the commit first: never a dangling one
-        _delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
+        writes.delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
     for run_id in _snapshot_folders(state_uri):
         started = run_id_time(run_id)
         if run_id not in keep and run_id not in committed and started is not None and now - started > STALE_UNCOMMITTED:
-            _delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
+            writes.delete_tree(uris.join_uri(state_uri, "snapshots", run_id))
 
 
 def _snapshot_folders(state_uri: str) -> set[str]:
@@ -213,14 +212,6 @@ def _snapshot_folders(state_uri: str) -> set[str]:
         return set()
     prefix = base.rstrip("/") + "/"
     return {o.uri[len(prefix):].split("/", 1)[0] for o in objects if o.uri.startswith(prefix)}
-
-
-def _delete_tree(uri: str) -> None:
-    if not uris.is_s3(uri):
-        shutil.rmtree(uri, ignore_errors=True)
-        return
-    for obj in list(listing.list_objects(uri)):
-        writes.delete(obj.uri)
 
 
 def read_state_table(ledger_uri: str, columns: list[str]) -> tuple[Any, str | None]:
