@@ -195,22 +195,187 @@ def test_state_commit_is_what_counts(spark, tmp_path) -> None:  # noqa: ANN001
     """A snapshot without its commit (a run that died writing it) is never read; the newest commit wins."""
     state_uri = str(tmp_path / "ledger_state")
     rows = [("1.1", "out/{sop_instance_uid}.dcm", "fp1", "written", "20260101T000000Z-aaaaaaaa", "out/1.1.dcm", 10,
-             "sha256:x", None)]
+             "sha256:x", None, None, None)]
     df = spark.createDataFrame(rows, state_mod.state_schema())
     assert state_mod.write_state(spark, state_uri, df, "20260101T000000Z-aaaaaaaa") == 1
     dead = os.path.join(state_uri, "snapshots", "20260102T000000Z-bbbbbbbb")
-    spark.createDataFrame([("9.9", "x", "f", "written", "20260102T000000Z-bbbbbbbb", None, None, None, None)],
+    spark.createDataFrame([("9.9", "x", "f", "written", "20260102T000000Z-bbbbbbbb", None, None, None, None, None, None)],
                           state_mod.state_schema()).write.parquet(dead)
     final = state_mod.read_final_instances(spark, state_uri, "out/{sop_instance_uid}.dcm")
     assert [tuple(r) for r in final.collect()] == [("1.1", "fp1")]
     newer = spark.createDataFrame([("1.1", "out/{sop_instance_uid}.dcm", "fp2", "failed", "20260103T000000Z-cccccccc",
-                                    None, None, None, None)], state_mod.state_schema())
+                                    None, None, None, None, None, None)], state_mod.state_schema())
     assert state_mod.write_state(spark, state_uri, newer, "20260103T000000Z-cccccccc") == 1
     assert state_mod.read_final_instances(spark, state_uri, "out/{sop_instance_uid}.dcm").count() == 0
     commit = state_mod.read_state_commit(state_uri)
     assert commit["run_id"] == "20260103T000000Z-cccccccc"
     with open(os.path.join(state_uri, "_commits", "20260103T000000Z-cccccccc.json")) as f:
         assert json.load(f)["rows"] == 1
+
+
+def test_outcomes_a_rerun_cannot_change_are_settled_for_the_same_source_and_criteria(spark, tmp_path) -> None:  # noqa: ANN001
+    """filtered_out, orphans, invalid members and spare copies are final like written; failures are retried."""
+    from dicom_reassembly.reassembly.scope import RunScope, with_run_scope
+
+    state_uri, out = str(tmp_path / "ledger_state"), "out/{sop_instance_uid}.dcm"
+    statuses = ["written", "skipped_existing", "filtered_out", "duplicate", "orphan_header", "orphan_pixels",
+                "invalid_header", "invalid_pixels", "failed", "not_restored", "unreadable_archive", "conflict"]
+    ledger = spark.createDataFrame([(f"1.{i}", s, None) for i, s in enumerate(statuses)]
+                                   + [("1.99", "invalid_pixels", None), ("1.99", "failed", None)],  # a bad copy, a failure
+                                   "sop_instance_uid string, status string, output_uri string")
+    ledger = ledger.select(*[ledger[n] if n in ledger.columns else pa_null(n) for n in state_mod.STATE_NAMES
+                             if n not in ("output", "source_fingerprint", "criteria_sha256")])
+    sources = spark.createDataFrame([(f"1.{i}", f"fp{i}") for i in [*range(len(statuses)), 99]],
+                                    "sop_instance_uid string, source_fingerprint string")
+    rows = ledger.transform(state_mod.with_instance_states(sources, out, "crit-a"))
+    state_mod.write_state(spark, state_uri, rows, "20260101T000000000000Z-aaaaaaaa")
+
+    def final(criteria: str | None) -> set[str]:
+        got = state_mod.read_final_instances(spark, state_uri, out, criteria).collect()
+        return {statuses[int(r["sop_instance_uid"][2:])] for r in got if r["sop_instance_uid"] != "1.99"} | (
+            {"1.99"} & {r["sop_instance_uid"] for r in got})
+
+    settled = {"written", "skipped_existing", "duplicate", "orphan_header", "orphan_pixels", "invalid_header",
+               "invalid_pixels"}
+    assert final("crit-a") == settled | {"filtered_out"}  # 1.99 failed beside its invalid copy: retried
+    assert final("crit-b") == settled and final(None) == settled  # other criteria re-evaluate the filtered ones
+
+    # limit:2 takes sources the state does not know before the retries, even when the retries come first.
+    manifest_rows = [(f"1.{i}", f"fp{i}", "s3://b/a.tar", i) for i in range(len(statuses))]
+    manifest_rows += [("2.1", "new1", "s3://b/z.tar", 1), ("2.2", "new2", "s3://b/z.tar", 2),
+                      ("2.3", "new3", "s3://b/z.tar", 3)]
+    fingerprinted = spark.createDataFrame(manifest_rows, "sop_instance_uid string, source_fingerprint string, "
+                                          "scope_archive string, scope_offset long")
+    states = state_mod.read_instance_states(spark, state_uri, out, "crit-a")
+    scope = RunScope.of(fingerprinted.transform(with_run_scope(parse_tranche("limit:2"), states)).cache(),
+                        parse_tranche("limit:2"), narrowed=True)
+    assert scope.counts == {"planned_instances": 2, "carried_over": 8, "outside_tranche": 5}
+    assert {r["sop_instance_uid"] for r in scope.todo.collect()} == {"2.1", "2.2"}
+    scope = RunScope.of(fingerprinted.transform(with_run_scope(parse_tranche("limit:5"), states)).cache(),
+                        parse_tranche("limit:5"), narrowed=True)
+    assert {r["sop_instance_uid"] for r in scope.todo.collect()} == {"2.1", "2.2", "2.3", "1.8", "1.9"}
+
+
+def test_a_failed_stow_forward_is_not_final_for_a_run_that_forwards(spark, tmp_path) -> None:  # noqa: ANN001
+    """Before the state a rerun with --stow-url re-sent skipped_existing instances: it still retries the forward."""
+    from dicom_reassembly.stow.client import FAILED, SENT
+
+    state_uri, out = str(tmp_path / "ledger_state"), "out/{sop_instance_uid}.dcm"
+    forwarded = {"1.1": ("written", SENT), "1.2": ("written", FAILED), "1.3": ("skipped_existing", FAILED),
+                 "1.4": ("written", None), "1.5": ("orphan_header", None)}
+    ledger = spark.createDataFrame([(u, s, f) for u, (s, f) in forwarded.items()],
+                                   "sop_instance_uid string, status string, stow_status string")
+    ledger = ledger.select(*[ledger[n] if n in ledger.columns else pa_null(n) for n in state_mod.STATE_NAMES
+                             if n not in ("output", "source_fingerprint", "criteria_sha256")])
+    sources = spark.createDataFrame([(u, "fp") for u in forwarded], "sop_instance_uid string, source_fingerprint string")
+    state_mod.write_state(spark, state_uri, ledger.transform(state_mod.with_instance_states(sources, out)),
+                          "20260101T000000000000Z-aaaaaaaa")
+
+    def final(forwarding: bool) -> set[str]:
+        return {r["sop_instance_uid"] for r in
+                state_mod.read_final_instances(spark, state_uri, out, forwarding=forwarding).collect()}
+
+    assert final(forwarding=True) == {"1.1", "1.5"}
+    assert final(forwarding=False) == set(forwarded)
+
+
+def test_a_relative_out_names_the_folder_it_resolves_to(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    template = "{sop_instance_uid}.dcm"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    here = state_mod.output_identity("dcm", template)
+    assert here == os.path.join(str(tmp_path / "a" / "dcm"), template)
+    assert state_mod.output_identity(str(tmp_path / "a" / "dcm"), template) == here
+    monkeypatch.chdir(tmp_path / "b")
+    assert state_mod.output_identity("dcm", template) != here
+    assert state_mod.output_identity("s3://bucket/dcm", template) == "s3://bucket/dcm/" + template
+
+
+def test_pruning_keeps_the_newest_commits_and_drops_week_old_uncommitted_snapshots(spark, tmp_path) -> None:  # noqa: ANN001
+    state_uri, now = str(tmp_path / "ledger_state"), datetime.now(timezone.utc)
+    row = [("1.1", "o", "fp", "written", None, None, None, None, None, None, None)]
+    runs = [new_run_id(now - timedelta(days=d)) for d in (3, 2, 1)]
+    for run in runs:
+        state_mod.write_state(spark, state_uri, spark.createDataFrame(row, state_mod.state_schema()), run, now=now)
+    dead_old, dead_new = new_run_id(now - timedelta(days=8)), new_run_id(now - timedelta(days=6))
+    for dead in (dead_old, dead_new):  # runs that died before their commit
+        os.makedirs(os.path.join(state_uri, "snapshots", dead))
+        open(os.path.join(state_uri, "snapshots", dead, "part-0.parquet"), "wb").close()
+    state_mod.prune_state(state_uri, now)
+    assert sorted(os.listdir(os.path.join(state_uri, "snapshots"))) == sorted([dead_new, *runs[1:]])
+    assert sorted(os.listdir(os.path.join(state_uri, "_commits"))) == [f"{r}.json" for r in runs[1:]]
+
+
+def test_pruning_on_s3_deletes_whole_snapshot_prefixes(s3) -> None:  # noqa: ANN001
+    now = datetime.now(timezone.utc)
+    s3.create_bucket(Bucket="state-prune")
+    runs = [new_run_id(now - timedelta(days=d)) for d in (3, 2, 1)]
+    dead = new_run_id(now - timedelta(days=8))
+    for run in [*runs, dead]:
+        for part in ("part-0.parquet", "part-1.parquet"):
+            s3.put_object(Bucket="state-prune", Key=f"ls/snapshots/{run}/{part}", Body=b"x")
+    for run in runs:
+        s3.put_object(Bucket="state-prune", Key=f"ls/_commits/{run}.json", Body=b"{}")
+    state_mod.prune_state("s3://state-prune/ls", now)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="state-prune")["Contents"])
+    assert keys == sorted([f"ls/_commits/{r}.json" for r in runs[1:]]
+                          + [f"ls/snapshots/{r}/{p}" for r in runs[1:] for p in ("part-0.parquet", "part-1.parquet")])
+
+
+def test_run_id_time_reads_what_new_run_id_writes() -> None:
+    from dicom_reassembly.run_id import run_id_time
+
+    at = datetime(2026, 12, 5, 0, 59, 29, 988395, tzinfo=timezone.utc)
+    assert run_id_time(new_run_id(at)) == at
+    assert run_id_time("not-a-run") is None
+
+
+def test_a_run_without_state_rows_leaves_the_state_as_it_is(spark, tmp_path) -> None:  # noqa: ANN001
+    state_uri = str(tmp_path / "ledger_state")
+    empty = spark.createDataFrame([], state_mod.state_schema())
+    assert state_mod.write_state(spark, state_uri, empty, new_run_id()) == 0 and not os.path.exists(state_uri)
+    first = new_run_id()
+    rows = [("1.1", "o", "fp", "written", first, None, None, None, None, None, None),
+            ("1.2", "o", "fp", "failed", first, None, None, None, None, None, None)]
+    assert state_mod.write_state(spark, state_uri, spark.createDataFrame(rows, state_mod.state_schema()), first) == 2
+    assert state_mod.write_state(spark, state_uri, empty, new_run_id()) == 2
+    assert os.listdir(os.path.join(state_uri, "_commits")) == [f"{first}.json"]
+    assert os.listdir(os.path.join(state_uri, "snapshots")) == [first]
+
+
+def test_a_run_without_out_or_tranche_fingerprints_nothing(spark, sample_delivery, local_manifest, monkeypatch,  # noqa: ANN001
+                                                           tmp_path) -> None:
+    """No state to read or write and no tranche: the fingerprint pass (a shuffle of every member) is skipped."""
+    _, expected = sample_delivery
+    from dicom_reassembly.reassembly import run as run_mod
+
+    def refuse(manifest):  # noqa: ANN001, ANN202
+        raise AssertionError("fingerprinted without a state or a tranche")
+
+    monkeypatch.setattr(run_mod, "with_source_fingerprints", refuse)
+    manifest = manifest_spark.read_manifest(spark, local_manifest)
+    ledger = str(tmp_path / "ledger")
+    run = ReassembleRun(spark=spark, manifest_uri=local_manifest, out=None, ledger_uri=ledger,
+                        runs_uri=str(tmp_path / "runs"), computations_uri=str(tmp_path / "c"), cfg=Config(),
+                        state_uri=state_mod.state_uri_for(ledger))
+    scope = run.read_scope(manifest)
+    assert scope.counts == {"carried_over": 0, "outside_tranche": 0} and not scope.narrowed
+    assert scope.members(manifest) is manifest and scope.expected_members(manifest) is manifest
+    scope.release()
+    summary = run.execute()  # end to end without --out: every instance planned, every member accounted for
+    assert summary["unaccounted_members"] == 0 and summary["state_rows"] is None
+    assert summary["status_counts"] == {"written": len(expected["instances"])}
+    run.tranche = parse_tranche("limit:1")
+    with pytest.raises(AssertionError, match="fingerprinted"):
+        run.read_scope(manifest)
+
+
+def pa_null(name: str):  # noqa: ANN201
+    from pyspark.sql import functions as F
+
+    kind = dict(state_mod.STATE_FIELDS)[name]
+    return F.lit(None).cast(kind).alias(name)
 
 
 # ------------------------------------------------------------------------------------------ the transforms
@@ -232,12 +397,15 @@ def _member(uid: str, kind: str, archive: str, **kw) -> dict:  # noqa: ANN003
 
 
 def test_only_an_unchanged_source_is_final(spark) -> None:  # noqa: ANN001
+    from pyspark.sql import functions as F
+
     from dicom_reassembly.reassembly.scope import FINAL, with_run_scope, with_source_fingerprints
 
     text, img, img2 = "s3://b/t.tar", "s3://b/i.tar", "s3://b/j.tar"
     uids = ["1.1", "1.2", "1.3", "1.4", "1.5"]
     before = [m for u in uids for m in (_member(u, "header", text), _member(u, "pixels", img))]
-    final = _manifest(spark, before).transform(with_source_fingerprints).select("sop_instance_uid", "source_fingerprint")
+    final = (_manifest(spark, before).transform(with_source_fingerprints)
+             .select("sop_instance_uid", "source_fingerprint", F.lit(True).alias("final")))
     after = [m for m in before if m["sop_instance_uid"] not in ("1.2", "1.3", "1.4")]
     after += [_member("1.2", "header", text, header_sha256="h-changed"), _member("1.2", "pixels", img),
               _member("1.3", "header", text), _member("1.3", "pixels", img, archive_etag="e-reuploaded"),

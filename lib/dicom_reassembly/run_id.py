@@ -9,8 +9,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
+TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
 
 def new_run_id(now: datetime | None = None) -> str:
     """A run id for a run started at ``now`` (default: now, UTC)."""
     now = now or datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S%fZ-") + uuid.uuid4().hex[:8]
+    return now.strftime(TIME_FORMAT) + "-" + uuid.uuid4().hex[:8]
+
+
+def run_id_time(run_id: str) -> datetime | None:
+    """When the run ``run_id`` started (UTC), or None when it is not a run id ``new_run_id`` makes."""
+    try:
+        return datetime.strptime(run_id.split("-", 1)[0], TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None

@@ -163,14 +163,21 @@ class ReassembleRun:
         """The UIDs this run plans: its tranche's, minus those final for this output in the state."""
         from pyspark import StorageLevel
 
-        from ..records.state import read_final_instances
+        from ..records.state import read_instance_states
 
         output = self.output_identity()
+        if not (self.state_uri and output) and self.tranche is None:
+            return RunScope.whole()  # no state to read or write, no tranche: the fingerprints would go unused
         use = self.state_uri and output and self.skip_final
-        final = read_final_instances(self.spark, self.state_uri, output) if use else None
-        flagged = (manifest.transform(with_source_fingerprints).transform(with_run_scope(self.tranche, final))
+        states = (read_instance_states(self.spark, self.state_uri, output, self.criteria_sha256(),
+                                       forwarding=self.stow is not None) if use else None)
+        flagged = (manifest.transform(with_source_fingerprints).transform(with_run_scope(self.tranche, states))
                    .persist(StorageLevel.MEMORY_AND_DISK))
-        return RunScope.of(flagged, self.tranche, narrowed=final is not None or self.tranche is not None)
+        return RunScope.of(flagged, self.tranche, narrowed=states is not None or self.tranche is not None)
+
+    def criteria_sha256(self) -> str | None:
+        """The SHA-256 of the criteria alone (never the input credentials), or None without a criteria file."""
+        return self.spec.sha256() if self.spec is not None else None
 
     def with_available_archives(self, plan: Any) -> Any:
         """The plan with work on archives the check refuses (an expired restore) made ``not_restored``."""
@@ -189,7 +196,7 @@ class ReassembleRun:
         output = self.output_identity()
         if not self.state_uri or not output:
             return None
-        rows = run_ledger.transform(with_instance_states(scope.todo, output))
+        rows = run_ledger.transform(with_instance_states(scope.todo, output, self.criteria_sha256()))
         return write_state(self.spark, self.state_uri, rows, run_id)
 
     def size_shuffle(self) -> None:

@@ -4,8 +4,10 @@ All of it is decided on narrow columns (no header JSON) before the UID join, so 
 and reads, only what is new or not done:
 
 - ``with_source_fingerprints``: one row per UID with the fingerprint of its source and the archive it belongs to;
-- ``with_run_scope``: each UID marked in or out of the tranche, and final (for this output) or not;
-- ``read_limited``: ``limit:N`` applied, whole archives first;
+- ``with_run_scope``: each UID marked in or out of the tranche, final (settled for this output) or not, and known
+  (the state has a row for this source) or not;
+- ``read_limited``: ``limit:N`` applied, whole archives first; ``RunScope.of`` gives it the sources the state does
+  not know before those it knows (a retry of ``failed`` or ``not_restored``), so ``limit:`` tranches advance;
 - ``with_unavailable_archives``: pending work on archives whose restored copy expired made ``not_restored``;
 - ``RunScope``: the above put together for one run, with what its conservation check covers.
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_CHARS = 32  # 128 bits of SHA-256: compared per UID only, so collisions are out of reach
 IN_TRANCHE = "in_tranche"
 FINAL = "final"
+KNOWN = "known"
 
 
 def usable_members(manifest: Any) -> Any:
@@ -63,10 +66,11 @@ def with_source_fingerprints(manifest: Any) -> Any:
         F.coalesce(F.col("_p.data_offset"), F.col("_h.data_offset")).alias("scope_offset"))
 
 
-def with_run_scope(tranche: Tranche | None, final: Any) -> Callable[[Any], Any]:
-    """Transform: fingerprinted UIDs -> the same with ``in_tranche`` and ``final`` flags.
+def with_run_scope(tranche: Tranche | None, states: Any) -> Callable[[Any], Any]:
+    """Transform: fingerprinted UIDs -> the same with ``in_tranche``, ``final`` and ``known`` flags.
 
-    ``final`` is (sop_instance_uid, source_fingerprint) of the instances final for this output (None: no state).
+    ``states`` is (sop_instance_uid, source_fingerprint, final) of the state's instances for this output
+    (``records.state.read_instance_states``; None: no state).
     """
 
     def transform(sources: Any) -> Any:
@@ -74,12 +78,13 @@ def with_run_scope(tranche: Tranche | None, final: Any) -> Callable[[Any], Any]:
 
         flagged = sources.withColumn(IN_TRANCHE, tranche.archive_condition(F.col("scope_archive"))
                                      if tranche is not None and tranche.bounds_archives else F.lit(True))
-        if final is None:
-            return flagged.withColumn(FINAL, F.lit(False))
+        if states is None:
+            return flagged.withColumn(FINAL, F.lit(False)).withColumn(KNOWN, F.lit(False))
         # One state row per UID and output (records.state): no duplicate to remove before the join.
-        marked = final.select("sop_instance_uid", "source_fingerprint").withColumn("_f", F.lit(True))
+        marked = states.select("sop_instance_uid", "source_fingerprint", F.col("final").alias("_f"))
         return (flagged.join(marked, ["sop_instance_uid", "source_fingerprint"], "left")
-                .withColumn(FINAL, F.coalesce(F.col("_f"), F.lit(False))).drop("_f"))
+                .withColumn(FINAL, F.coalesce(F.col("_f"), F.lit(False)))
+                .withColumn(KNOWN, F.col("_f").isNotNull()).drop("_f"))
 
     return transform
 
@@ -151,7 +156,11 @@ def with_unavailable_archives(unavailable: Any) -> Callable[[Any], Any]:
 
 @dataclass
 class RunScope:
-    """The UIDs one run plans (``todo``), from the persisted flags of every UID, and the run's counts."""
+    """The UIDs one run plans (``todo``), from the persisted flags of every UID, and the run's counts.
+
+    ``whole()`` is the scope of a run that neither reads nor writes a state and has no tranche: every UID, and no
+    fingerprint computed (``flagged`` and ``todo`` are None, and ``planned_instances`` is not counted).
+    """
 
     flagged: Any
     todo: Any
@@ -164,22 +173,35 @@ class RunScope:
         """Count the flags (one job over narrow rows) and apply ``limit:``."""
         from pyspark.sql import functions as F
 
-        groups = {(bool(r[IN_TRANCHE]), bool(r[FINAL])): int(r["count"])
-                  for r in flagged.groupBy(IN_TRANCHE, FINAL).count().collect()}
+        groups: dict[tuple[bool, bool], int] = {}
+        retries = 0  # pending sources the state knows (failed, not_restored, ...): a limit takes them last
+        for r in flagged.groupBy(IN_TRANCHE, FINAL, KNOWN).count().collect():
+            key = (bool(r[IN_TRANCHE]), bool(r[FINAL]))
+            groups[key] = groups.get(key, 0) + int(r["count"])
+            retries += int(r["count"]) if key == (True, False) and r[KNOWN] else 0
         carried = groups.get((True, True), 0)
         pending = groups.get((True, False), 0)
         outside = groups.get((False, True), 0) + groups.get((False, False), 0)
-        todo = (flagged.filter(F.col(IN_TRANCHE) & ~F.col(FINAL))
-                .select("sop_instance_uid", "source_fingerprint", "scope_archive", "scope_offset"))
+        columns = ("sop_instance_uid", "source_fingerprint", "scope_archive", "scope_offset")
+        todo = flagged.filter(F.col(IN_TRANCHE) & ~F.col(FINAL)).select(*columns, KNOWN)
         if tranche is not None and tranche.limit is not None and pending > tranche.limit:
-            todo = read_limited(todo, tranche.limit)
+            fresh, limit = pending - retries, tranche.limit
+            first = todo.filter(~F.col(KNOWN))
+            todo = (read_limited(first, limit) if fresh >= limit
+                    else first.unionByName(read_limited(todo.filter(F.col(KNOWN)), limit - fresh)))
             outside += pending - tranche.limit
             pending = tranche.limit
             narrowed = True
         counts = {"planned_instances": pending, "carried_over": carried, "outside_tranche": outside}
+        todo = todo.select(*columns)
         log.info("run scope: %d instances planned, %d carried over (final), %d outside the tranche",
                  pending, carried, outside)
         return cls(flagged, todo, tranche, narrowed, counts)
+
+    @classmethod
+    def whole(cls) -> RunScope:
+        """Every UID planned, nothing carried over or outside a tranche."""
+        return cls(None, None, None, False, {"carried_over": 0, "outside_tranche": 0})
 
     def _uids(self, members: Any) -> Any:
         uids = self.todo.select(self.todo["sop_instance_uid"].alias("_uid"))
@@ -212,4 +234,5 @@ class RunScope:
         return self._uids(usable_members(manifest)).unionByName(odd)
 
     def release(self) -> None:
-        self.flagged.unpersist()
+        if self.flagged is not None:
+            self.flagged.unpersist()
