@@ -147,8 +147,11 @@ def with_instance_states(sources: Any, output: str, criteria_sha256: str | None 
     values = {"output": F.lit(output), "criteria_sha256": F.lit(criteria_sha256).cast("string")}
 
     def transform(ledger: Any) -> Any:
-        rank = F.array_position(F.array(*[F.lit(s) for s in ranked]), F.col("status"))
-        rank = F.when(rank == 0, F.lit(len(ranked) + 1)).otherwise(rank)
+        # A CASE chain, not array_position: Spark 3.5's Python array_position takes no Column as the value.
+        rank = F.when(F.col("status") == ranked[0], 1)
+        for i, status in enumerate(ranked[1:], 2):
+            rank = rank.when(F.col("status") == status, i)
+        rank = rank.otherwise(len(ranked) + 1)
         best = Window.partitionBy("sop_instance_uid").orderBy(rank, F.col("output_uri").asc_nulls_last())
         own = (ledger.filter(F.col("sop_instance_uid").isNotNull())
                .withColumn("_n", F.row_number().over(best)).filter(F.col("_n") == 1))
