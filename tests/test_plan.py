@@ -47,8 +47,15 @@ def test_identical_header_copies_write_once_and_record_the_copy() -> None:
     assert dup["header_archive"] == "t1.tar" and "t0.tar" in dup["reason"]
 
 
+def test_copies_formatted_differently_are_duplicates_not_a_conflict() -> None:
+    # The manifest hashes each member's bytes: key order and white space alone must not make a conflict.
+    out = fates([header("t0.tar", "a", hj='{"x": 1, "y": [2, 3]}'), header("t1.tar", "b", hj='{"y":[2,3],"x":1}')],
+                [pixels()])
+    assert sorted(f["status"] for f in out) == ["duplicate", PENDING]
+
+
 def test_conflicting_headers_are_not_written_and_name_both_locations() -> None:
-    out = fates([header("t0.tar", "a"), header("t1.tar", "b")], [pixels()])
+    out = fates([header("t0.tar", "a", hj='{"x": 1}'), header("t1.tar", "b", hj='{"x": 2}')], [pixels()])
     assert {f["status"] for f in out} == {"conflict"}
     assert {f["header_archive"] for f in out} == {"t0.tar", "t1.tar"}
     assert all("t0.tar" in f["reason"] and "t1.tar" in f["reason"] for f in out)

@@ -97,3 +97,24 @@ def test_a_name_that_is_not_utf8_reaches_arrow_with_replacement_characters() -> 
     row = tuple("bad\udcff.json" if n == "member_name" else None for n in index.FIELD_NAMES)
     batch = index.rows_to_batch([row])
     assert batch.column(index.FIELD_NAMES.index("member_name")).to_pylist() == ["bad\ufffd.json"]
+
+
+def test_header_sha256_is_the_hash_of_the_member_as_stored(sample_delivery: Any) -> None:
+    """The manifest hashes each header member's bytes (read here with tarfile, not with the indexer's reader)."""
+    import hashlib
+    import tarfile
+
+    from dicom_reassembly.manifest import index, listing
+
+    at = datetime.now(timezone.utc)
+    root, _ = sample_delivery
+    archives = listing.list_archives(os.path.join(root, "text"), os.path.join(root, "images"))
+    expected = {}
+    for a in archives:
+        if a["role"] == "text":
+            with tarfile.open(a["uri"]) as tar:
+                for m in tar.getmembers():
+                    expected[m.name] = hashlib.sha256(tar.extractfile(m).read()).hexdigest()
+    got = {dict(zip(index.FIELD_NAMES, r))["member_name"]: dict(zip(index.FIELD_NAMES, r))["header_sha256"]
+           for a in archives for r in index.index_archive(a, "run", at) if r[index.FIELD_NAMES.index("kind")] == "header"}
+    assert got and got == expected

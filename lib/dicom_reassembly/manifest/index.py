@@ -9,12 +9,13 @@ conversion. Spark only schedules, clusters and writes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from ..dicom.dicom_json import KEY_TAGS, canonical_sha256, key_tags, parse_header, prepare_header, too_large
+from ..dicom.dicom_json import KEY_TAGS, key_tags, parse_header, prepare_header, too_large
 from ..dicom.header_rules import MAX_HEADER_BYTES
 from ..dicom.uids import member_uid, uid_problem
 from ..errors import HeaderError, NotRestoredError, ReassemblyError
@@ -196,7 +197,9 @@ def member_row(base: dict[str, Any], m: tar_access.Member, max_header_bytes: int
 
 
 def header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
-    """Header JSON, its hash and typed key tags; an error code when it is unusable (the header rules included)."""
+    """Header JSON, the SHA-256 of its bytes and typed key tags; an error code when it is unusable (the header
+    rules included). The hash is of the member as stored: copies that differ only in formatting are told apart
+    where they meet (``reassembly.plan``), not here, so indexing never serialises a header again."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -205,7 +208,7 @@ def header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYT
         header = parse_header(text, max_header_bytes)
         cols = key_tags(header)
         cols.pop("header_sop_instance_uid", None)
-        cols.update(header_json=text, header_sha256=canonical_sha256(header))
+        cols.update(header_json=text, header_sha256=hashlib.sha256(data).hexdigest())
         prepare_header(header, uid)
     except HeaderError as exc:
         partial = locals().get("cols") or {}

@@ -12,6 +12,9 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..dicom.dicom_json import canonical_sha256, parse_header
+from ..errors import HeaderError
+
 log = logging.getLogger(__name__)
 # Work items: the fields the executor needs, and nothing heavier than the header JSON.
 PLAN_FIELDS: list[tuple[str, str]] = [
@@ -55,6 +58,17 @@ def _loc(m: dict) -> str:
 def _first(members: list[dict]) -> list[dict]:
     """Copies in a stable order: the first one is the primary."""
     return sorted(members, key=lambda m: (m["archive_uri"], m["data_offset"]))
+
+
+def same_content(a: dict, b: dict) -> bool:
+    """Whether two header members say the same: the same bytes (the manifest's SHA-256 of each member), or the
+    same canonical JSON when only key order or white space differ (rare: parsed only then)."""
+    if a["header_sha256"] == b["header_sha256"]:
+        return True
+    try:
+        return canonical_sha256(parse_header(a["header_json"])) == canonical_sha256(parse_header(b["header_json"]))
+    except HeaderError:
+        return False
 
 
 def _why(m: dict) -> str:
@@ -107,7 +121,7 @@ def plan_instance(uid: str, headers: list[dict], pixels: list[dict],
     for h in bad_h:
         yield _plan(uid, "invalid_header", _why(h), h, None)
     primary, *extra_h = good_h
-    if any(h["header_sha256"] != primary["header_sha256"] for h in extra_h):
+    if not all(same_content(h, primary) for h in extra_h):
         reason = "headers differ: " + ", ".join(_loc(h) for h in good_h)
         named = good_p[: len(good_h)]
         for i, h in enumerate(good_h):

@@ -12,7 +12,7 @@ and reads, only what is new or not done:
 - ``RunScope``: the above put together for one run, with what its conservation check covers.
 
 The fingerprint covers every member of the UID: kind, archive, member name, offset, size, the archive's ETag and
-the header's canonical SHA-256 (and any member error). Pixel bytes are not hashed (the manifest never reads them,
+the SHA-256 of the header member's bytes (and any member error). Pixel bytes are not hashed (the manifest never reads them,
 and reading them is what a pass must not do); their archive's ETag, offset and size stand for them, and
 build_manifest re-indexes an archive whose ETag or size changed. A new copy of an instance arriving in a later
 tranche changes the fingerprint too, so the instance is planned again and the new member is accounted for.
