@@ -123,7 +123,7 @@ def member_kind(name: str) -> str:
 
 
 def _row(**values: Any) -> tuple:
-    return tuple(values.get(n) for n in FIELD_NAMES)
+    return tuple(map(values.get, FIELD_NAMES))
 
 
 def index_archive(archive: dict[str, Any], index_run: str, indexed_at: datetime,
