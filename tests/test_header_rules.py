@@ -231,7 +231,7 @@ def test_non_ascii_in_a_default_repertoire_vr_is_refused() -> None:
 
 def test_pydicoms_replacement_characters_are_an_error_even_where_the_rules_miss(monkeypatch: pytest.MonkeyPatch) -> None:
     # The rules refuse this first; without them, pydicom's '?' substitution (a warning only) must still stop it.
-    monkeypatch.setattr(dicom_json, "check_header", lambda header: header)
+    monkeypatch.setattr(dicom_json, "check_header", lambda header, raw=None: header)
     raw = json.dumps(_header(**{"00080005": {"vr": "CS", "Value": ["ISO_IR 100"]},
                                 "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Иванов"}]}}))
     for fast in (True, False):

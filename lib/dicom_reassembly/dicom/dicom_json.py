@@ -314,10 +314,12 @@ def _refuse_bulkdata(tag: str, vr: str, value: str) -> Any:
     raise HeaderError("unresolved_bulkdata", f"BulkDataURI on {tag} ({vr}) points outside the pixel member: {value}")
 
 
-def prepare_header(header: dict[str, Any], uid: str) -> tuple[str, str, dict[str, Any]]:
-    """Identity and header rules: (sop_class_uid, sop_instance_uid, the header to encode). Raises HeaderError."""
+def prepare_header(header: dict[str, Any], uid: str, raw: bytes | None = None) -> tuple[str, str, dict[str, Any]]:
+    """Identity and header rules: (sop_class_uid, sop_instance_uid, the header to encode). Raises HeaderError.
+
+    ``raw``, the bytes ``header`` was parsed from, lets the rules skip checks its text cannot fail."""
     sop_class, sop_instance = check_identity(header, uid)
-    return sop_class, sop_instance, check_header(header)
+    return sop_class, sop_instance, check_header(header, raw)
 
 
 def warned(caught: list[warnings.WarningMessage]) -> str:

@@ -219,14 +219,16 @@ class _Check:
                                     self._text(key, path, text, terms)
         return self._fixed()
 
-    def _top_level(self, key: str, values: list[Any]) -> None:
+    @staticmethod
+    def _top_level(key: str, values: list[Any]) -> None:
         """Rules for the elements that describe this object itself."""
         if key in SINGLE_VALUED_UIDS and len(values) > 1:
             raise HeaderError("invalid_vm", f"{element_name(key)} has {len(values)} values; its VM is 1")
         if key == BITS_ALLOCATED:
-            self._bits_allocated(values)
+            _Check._bits_allocated(values)
 
-    def _bits_allocated(self, values: list[Any]) -> None:
+    @staticmethod
+    def _bits_allocated(values: list[Any]) -> None:
         for v in values:
             numeric = isinstance(v, (int, float)) and not isinstance(v, bool)  # other types are pydicom's to refuse
             if numeric and not (v == 1 or (v > 0 and v % 8 == 0)):  # nan and inf fail both tests
@@ -278,6 +280,54 @@ class _Check:
         return root
 
 
-def check_header(header: dict[str, Any]) -> dict[str, Any]:
-    """Apply the rules to a parsed header; return it, or a fixed copy. Raises HeaderError."""
+def _plain(raw: bytes) -> bool:
+    """Whether the strings parsed from ``raw`` are exactly its bytes, all ASCII, with no null anywhere (JSON lets
+    no control character through unescaped but DEL, which a UID must not hold)."""
+    return raw.isascii() and b"\\" not in raw and b"\x7f" not in raw and b"null" not in raw
+
+
+def _plainly_valid(header: dict[str, Any]) -> bool:
+    """True when a header with a plain text (``_plain``) meets every rule; False when the whole walk must decide.
+
+    In such a text no character-set, null or UID-encoding rule can apply and nothing needs fixing: what is
+    left is the reserved groups, the sequence depth, the top level's UIDs and its VM and BitsAllocated rules,
+    in a walk of a third of the cost.
+    """
+    for key in _TOP_RULES:
+        elem = header.get(key)
+        values = elem.get("Value") if type(elem) is dict else None
+        if type(values) is list and values and _CHECK.get(elem.get("vr")) is not None:
+            try:
+                _Check._top_level(key, values)
+            except HeaderError:
+                return False
+    stack: list[tuple[dict[str, Any], int]] = [(header, 0)]
+    while stack:
+        dataset, level = stack.pop()
+        for key, elem in dataset.items():
+            group = key[:4]
+            if group in _RESERVED_PREFIXES or (group[:1] in ("f", "F") and group.upper() == "FFFF"):
+                return False
+            if type(elem) is dict:
+                vr = elem.get("vr")
+                if vr == "SQ":
+                    values = elem.get("Value")
+                    if type(values) is list and values:
+                        if level >= MAX_SEQUENCE_DEPTH:
+                            return False
+                        stack.extend((item, level + 1) for item in values if type(item) is dict)
+                elif vr == "UI" and not level and key not in OWNED_META:
+                    values = elem.get("Value")
+                    if type(values) is list and any(isinstance(v, str) and v and uid_problem(v) for v in values):
+                        return False
+    return True
+
+
+def check_header(header: dict[str, Any], raw: bytes | None = None) -> dict[str, Any]:
+    """Apply the rules to a parsed header; return it, or a fixed copy. Raises HeaderError.
+
+    ``raw``, the text ``header`` was parsed from, lets a plain one (ASCII, no escapes) skip to a walk of what
+    it can still fail; the whole walk decides otherwise, and names the first problem in the header's order."""
+    if raw is not None and _plain(raw) and _plainly_valid(header):
+        return header
     return _Check(header).run()

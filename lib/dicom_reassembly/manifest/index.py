@@ -209,7 +209,7 @@ def header_columns(data: bytes, uid: str, max_header_bytes: int = MAX_HEADER_BYT
         cols = key_tags(header)
         cols.pop("header_sop_instance_uid", None)
         cols.update(header_json=text, header_sha256=hashlib.sha256(data).hexdigest())
-        prepare_header(header, uid)
+        prepare_header(header, uid, data)
     except HeaderError as exc:
         partial = locals().get("cols") or {}
         return {**partial, "error": exc.reason, "error_detail": exc.detail}
