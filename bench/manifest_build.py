@@ -1,18 +1,21 @@
 """The manifest build's rate alone (issue 20), at sizes large enough for a steady marginal figure.
 
-    .venv/bin/python -m bench.manifest_build [--sizes 4000,16000] [--repeats 3] [--work DIR] [--out FILE]
+    .venv/bin/python -m bench.manifest_build [--sizes 16000,64000] [--matrix 64] [--pixel-sizes 16000,64000]
+        [--pixel-matrix 64] [--repeats 3] [--work DIR] [--out FILE]
 
 ``make bench`` measures the same three figures at its own sizes (1,000 and 2,000 instances by default), where the
 difference between two runs is a few CPU-seconds and a loaded machine moves it by as much. Here: the benchmark's
-deliveries at each size, build_manifest over header and pixel archives (headers parsed) and over the pixel
-archives alone, ``--repeats`` times each in turn, the run with the least CPU counting; then ratarmountcore's index
-of the same pixel archives in this process. Members per CPU-second of the whole process tree (JVM and Python
-workers) and per wall second per core, marginal between the smallest and the largest size.
+deliveries at each size (64x64 images by default: the indexer never reads a pixel member, so small ones let the
+counts grow past the noise on a small disk), build_manifest over header and pixel archives (headers parsed) and
+over the pixel archives alone; ``--repeats`` times each in turn, the run with the least CPU counting; then
+ratarmountcore's index of the same pixel archives in this process. Members per CPU-second of the whole process
+tree (JVM and Python workers) and per wall second per core, marginal between the smallest and the largest size.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -25,16 +28,21 @@ from bench import measure as ms
 from bench.delivery import DeliveryParams, build_pixel_pool, read_index, write_delivery
 
 
-def delivery(work: str, instances: int, seed: int, pool: dict[str, list[bytes]]) -> tuple[str, dict[str, Any]]:
+@functools.cache
+def _pool(seed: int, matrix: int) -> dict[str, list[bytes]]:
+    return build_pixel_pool(seed, 8, matrix)
+
+
+def delivery(work: str, instances: int, seed: int, matrix: int = 512) -> tuple[str, dict[str, Any]]:
     """The benchmark's delivery of ``instances`` under ``work`` (generated once, reused when it is there)."""
-    root = os.path.join(work, f"delivery-{instances}")
+    root = os.path.join(work, f"delivery-{instances}" + ("" if matrix == 512 else f"-m{matrix}"))
     try:
         index = read_index(root)
-        if index["totals"]["instances"] == instances:
+        if index["totals"]["instances"] == instances and index["params"]["matrix"] == matrix:
             return root, index
     except (OSError, ValueError, KeyError):
         pass
-    return root, write_delivery(root, DeliveryParams(instances=instances, seed=seed), pool)
+    return root, write_delivery(root, DeliveryParams(instances=instances, seed=seed, matrix=matrix), _pool(seed, matrix))
 
 
 def build_runs(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, repeats: int,
@@ -49,8 +57,9 @@ def build_runs(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: i
         for root, index in deliveries:
             n = index["totals"]["instances"]
             members = 2 * n if with_headers else n
-            manifest = os.path.join(work, "manifest")
-            shutil.rmtree(manifest, ignore_errors=True)
+            # A fresh folder per run, nothing deleted until the end: files created soon after thousands were
+            # deleted cost this file system far more (bench/README.md), and the runs would not be alike.
+            manifest = os.path.join(work, f"manifest-{'h' if with_headers else 'p'}-{n}-{rep}")
             roles = ("text", "images") if with_headers else ("images",)
             ms.prepare_timed_run([os.path.join(root, r, a["name"]) for r in roles for a in index["archives"][r]])
             text = os.path.join(root, "text") if with_headers else empty
@@ -71,7 +80,12 @@ def build_runs(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.manifest_build", description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="4000,16000", help="comma-separated instance counts (default 4000,16000)")
+    p.add_argument("--sizes", default="16000,64000", help="comma-separated instance counts (default 16000,64000)")
+    p.add_argument("--matrix", type=int, default=64, help="image size of the --sizes deliveries (default 64: pixel "
+                                                           "members are never read, and 64,000 instances fit in 1 GB)")
+    p.add_argument("--pixel-sizes", default="16000,64000",
+                   help="instance counts for the pixel archives alone (default 16000,64000)")
+    p.add_argument("--pixel-matrix", type=int, default=64, help="image size of those deliveries (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="runs per size and kind; the least CPU counts")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     p.add_argument("--work", default=os.path.join(ms.ROOT, "bench", "results", "tmp-manifest-build"))
@@ -82,17 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     if len(sizes) < 2:
         p.error("--sizes needs two sizes at least")
     os.makedirs(args.work, exist_ok=True)
-    pool = build_pixel_pool(args.seed, 8, 512)
-    deliveries = [delivery(args.work, n, args.seed, pool) for n in sizes]
+    pixel_sizes = sorted(int(s) for s in args.pixel_sizes.split(",") if s.strip())
+    deliveries = [delivery(args.work, n, args.seed, args.matrix) for n in sizes]
+    pixel_deliveries = [delivery(args.work, n, args.seed, args.pixel_matrix) for n in pixel_sizes]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    out = {"started": started, "sizes": sizes, "cores": args.cores, "load_before": os.getloadavg(),
+    out = {"started": started, "sizes": sizes, "matrix": args.matrix, "pixel_sizes": pixel_sizes,
+           "pixel_matrix": args.pixel_matrix, "cores": args.cores, "load_before": os.getloadavg(),
            "with_headers": build_runs(deliveries, args.work, args.cores, args.repeats, True),
-           "pixel_archives": build_runs(deliveries, args.work, args.cores, args.repeats, False),
-           "ratarmount": bm.ratarmount_rates(deliveries, args.work)}
+           "pixel_archives": build_runs(pixel_deliveries, args.work, args.cores, args.repeats, False),
+           "ratarmount": bm.ratarmount_rates(pixel_deliveries, args.work)}
     for key in ("with_headers", "pixel_archives", "ratarmount"):
         b = out[key]
         print(f"{key}: {b.get('per_cpu_s') or float('nan'):,.0f} members per CPU-second, "
               f"{b.get('per_core_wall') or float('nan'):,.0f} per wall second per core {b.get('skipped', '')}")
+    for name in os.listdir(args.work):
+        if name.startswith("manifest-"):
+            shutil.rmtree(os.path.join(args.work, name), ignore_errors=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)

@@ -97,13 +97,15 @@ def indexed_archives(spark: Any, manifest_uri: str) -> list[dict[str, Any]]:
     return [r.asDict() for r in rows]
 
 
-def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 64) -> int:
+def manifest_tasks(archives: int, configured: int, cores: int, per_task: int = 256) -> int:
     """Indexing tasks: configured, else one per ``per_task`` archives, at least two per core.
 
-    A PySpark task costs its Python worker about 0.15-0.2 CPU-seconds whatever it does (Spark 4.0, local[2], a
-    loaded machine: 10 empty mapInArrow tasks 1.9 s, 40 of them 7.4 s). 16 archives of 50 headers take about
-    0.3 s to index, 16 local pixel archives 0.02 s: 64 archives a task cut that overhead fourfold. On S3, where
-    an archive's GETs take about a second, it is under 1 % either way; the shares stay balanced by bytes."""
+    A PySpark task costs about 0.15-0.3 CPU-seconds, JVM and Python worker, whatever it does (Spark 4.0,
+    local[2]: 10 empty mapInArrow tasks 1.9 s, 40 of them 7.4 s). At 64 archives a task that was about 90 us of
+    each pixel member's 180 (16,000 against 64,000 instances, 2026-12-05), a third of a header member's: 256
+    archives a task cut it fourfold. On S3, where an archive's GETs take about a second, a task of 256 archives
+    runs a few minutes, and a delivery of millions of archives still has thousands of tasks to balance (by bytes)
+    and to retry one at a time."""
     if configured > 0:
         return configured
     return max(1, min(archives, max(2 * cores, math.ceil(archives / per_task))))
