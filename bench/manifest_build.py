@@ -45,39 +45,6 @@ def delivery(work: str, instances: int, seed: int, matrix: int = 512) -> tuple[s
     return root, write_delivery(root, DeliveryParams(instances=instances, seed=seed, matrix=matrix), _pool(seed, matrix))
 
 
-def build_runs(deliveries: list[tuple[str, dict[str, Any]]], work: str, cores: int, repeats: int,
-               with_headers: bool) -> dict[str, Any]:
-    """build_manifest at each size, ``repeats`` times in turn (the run with the least CPU counts): members per
-    CPU-second and per wall second per core, marginal between the sizes."""
-    empty = os.path.join(work, "empty-text")
-    os.makedirs(empty, exist_ok=True)
-    env = ms.base_env()
-    best: dict[int, dict[str, Any]] = {}
-    for rep in range(repeats):
-        for root, index in deliveries:
-            n = index["totals"]["instances"]
-            members = 2 * n if with_headers else n
-            # A fresh folder per run, nothing deleted until the end: files created soon after thousands were
-            # deleted cost this file system far more (bench/README.md), and the runs would not be alike.
-            manifest = os.path.join(work, f"manifest-{'h' if with_headers else 'p'}-{n}-{rep}")
-            roles = ("text", "images") if with_headers else ("images",)
-            ms.prepare_timed_run([os.path.join(root, r, a["name"]) for r in roles for a in index["archives"][r]])
-            text = os.path.join(root, "text") if with_headers else empty
-            r = ms.run_spark_job("build_manifest.py", ["--text", text, "--images", os.path.join(root, "images"),
-                                                       "--manifest", manifest],
-                                 cores=cores, env=env, log_dir=os.path.join(work, "logs"), name=f"build-{n}")
-            print(f"  {'headers+pixels' if with_headers else 'pixels alone'} {n}: {r['wall_s']:.1f} s wall, "
-                  f"{r['cpu_s']:.1f} CPU-s (run {rep + 1})", flush=True)
-            if n not in best or r["cpu_s"] < best[n]["cpu_s"]:
-                best[n] = {"members": members, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
-                           "cpu_s_by_role": r["cpu_s_by_role"]}
-    points = sorted(best.values(), key=lambda p: p["members"])
-    wall = bm._slope([(p["members"], p["wall_s"]) for p in points])
-    cpu = bm._slope([(p["members"], p["cpu_s"]) for p in points])
-    return {"runs": points, "per_core_wall": None if wall is None else 1 / wall / cores,
-            "per_cpu_s": None if cpu is None else 1 / cpu}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.manifest_build", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="16000,64000", help="comma-separated instance counts (default 16000,64000)")
@@ -102,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     out = {"started": started, "sizes": sizes, "matrix": args.matrix, "pixel_sizes": pixel_sizes,
            "pixel_matrix": args.pixel_matrix, "cores": args.cores, "load_before": os.getloadavg(),
-           "with_headers": build_runs(deliveries, args.work, args.cores, args.repeats, True),
-           "pixel_archives": build_runs(pixel_deliveries, args.work, args.cores, args.repeats, False),
+           "with_headers": bm.build_runs(deliveries, args.work, args.cores, args.repeats, True, print),
+           "pixel_archives": bm.build_runs(pixel_deliveries, args.work, args.cores, args.repeats, False, print),
            "ratarmount": bm.ratarmount_rates(pixel_deliveries, args.work)}
     for key in ("with_headers", "pixel_archives", "ratarmount"):
         b = out[key]
